@@ -1,0 +1,34 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "blockd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "blockd", targets: ["blockd"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "CBlockShims"),
+        .target(name: "NBDProtocol", swiftSettings: strict),
+        .target(name: "BlockCore", dependencies: ["CBlockShims"], swiftSettings: strict),
+        .target(name: "BlockDrivers", dependencies: ["BlockCore", "CBlockShims"], swiftSettings: strict),
+        .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "CBlockShims"], swiftSettings: strict),
+        .target(
+            name: "Daemon",
+            dependencies: ["NBDProtocol", "BlockCore", "BlockDrivers", "Exports", "CBlockShims"],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "blockd",
+            dependencies: ["Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
+        .testTarget(name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
+        .testTarget(name: "ExportsTests", dependencies: ["Exports", "NBDProtocol", "BlockCore", "BlockDrivers"], swiftSettings: strict),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
+    ]
+)

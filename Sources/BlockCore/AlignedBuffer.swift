@@ -1,0 +1,63 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A heap buffer aligned for O_DIRECT, owned by one user at a time.
+public final class AlignedBuffer: @unchecked Sendable {
+    /// Alignment of every buffer: a page, enough for any logical block size.
+    public static let alignment = 4096
+
+    /// The memory.
+    public private(set) var bytes: UnsafeMutableRawBufferPointer
+
+    /// Allocates `capacity` bytes (rounded up to the alignment).
+    public init(capacity: Int) {
+        let size = max(AlignedBuffer.alignment, (capacity + AlignedBuffer.alignment - 1) & ~(AlignedBuffer.alignment - 1))
+        var pointer: UnsafeMutableRawPointer?
+        guard posix_memalign(&pointer, AlignedBuffer.alignment, size) == 0, let pointer else {
+            fatalError("out of memory allocating \(size) bytes")
+        }
+        bytes = UnsafeMutableRawBufferPointer(start: pointer, count: size)
+    }
+
+    /// The usable size.
+    public var capacity: Int { bytes.count }
+
+    /// Grows to at least `capacity` bytes, keeping the first `preserving` bytes.
+    public func reserve(_ capacity: Int, preserving: Int = 0) {
+        guard capacity > bytes.count else { return }
+        let bigger = AlignedBuffer(capacity: max(capacity, bytes.count * 2))
+        if preserving > 0 {
+            bigger.bytes.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: preserving)
+        }
+        swap(&bytes, &bigger.bytes)
+    }
+
+    deinit { free(bytes.baseAddress) }
+}
+
+/// A read-only page-aligned block of zeroes shared by everything that writes or sends zeroes.
+public enum ZeroBlock {
+    /// Its size.
+    public static let size = 1 << 20
+    private static let storage = AlignedBuffer(capacity: size)
+    /// The zeroes.
+    public static var bytes: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(storage.bytes)
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    /// True when every byte is zero; fast on the common non-zero case (checks the first word first).
+    public var isAllZero: Bool {
+        guard let base = baseAddress else { return true }
+        var index = 0
+        let words = count / 8
+        while index < words {
+            if base.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self) != 0 { return false }
+            index += 1
+        }
+        for tail in (words * 8)..<count where base.load(fromByteOffset: tail, as: UInt8.self) != 0 { return false }
+        return true
+    }
+}

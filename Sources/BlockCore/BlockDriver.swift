@@ -1,0 +1,100 @@
+/// How a driver honours force-unit-access on writes.
+public enum FUASupport: Sendable {
+    /// The driver makes a FUA write durable itself.
+    case native
+    /// The core emulates FUA with a flush after the write.
+    case emulated
+}
+
+/// What a driver can do, declared as data so the core can emulate the rest (style: "declare capabilities").
+public struct DriverFeatures: Sendable {
+    /// FUA handling.
+    public var fua: FUASupport = .emulated
+    /// The driver zeroes ranges without writing buffers (so `fast-zero` can succeed).
+    public var fastZero = false
+    /// The driver can deallocate ranges (discard is not a no-op).
+    public var discard = false
+    /// The driver's data is volatile until flushed (flush is meaningful).
+    public var needsFlush = true
+    /// The medium is rotational (for `NBD_FLAG_ROTATIONAL`).
+    public var rotational = false
+    /// Concurrent connections see each other's completed writes, and a flush on one covers all.
+    public var multiConnSafe = true
+    /// Byte alignment of offsets, lengths and buffers the driver requires (1: none).
+    public var alignment: Int = 1
+    /// Largest single transfer the driver accepts.
+    public var maxTransfer: Int = 32 << 20
+    /// The driver reports allocation (not everything as data).
+    public var blockStatus = false
+
+    /// Creates the default features: emulated FUA, no fast zero, no discard.
+    public init() {}
+}
+
+/// Flags of a zero-write.
+public struct ZeroFlags: OptionSet, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    /// The range may be deallocated instead of written (the opposite of `NBD_CMD_FLAG_NO_HOLE`).
+    public static let mayUnmap = ZeroFlags(rawValue: 1 << 0)
+    /// Fail with `ENOTSUP` rather than fall back to writing zero buffers (`NBD_CMD_FLAG_FAST_ZERO`).
+    public static let fastOnly = ZeroFlags(rawValue: 1 << 1)
+    /// Durable before returning.
+    public static let fua = ZeroFlags(rawValue: 1 << 2)
+}
+
+/// A block driver: a format, protocol or filter that turns byte ranges into storage operations.
+///
+/// Contract — what the core guarantees on entry to every operation:
+/// - `offset + length <= length of the node` (checked at the edge, asserted in the node);
+/// - offsets, lengths and buffer addresses are multiples of `features.alignment`;
+/// - lengths are at most `features.maxTransfer` for reads and writes;
+/// - writes, zero-writes and discards never reach a read-only node;
+/// - `fua` is passed only when `features.fua == .native`; `.fastOnly` zero-writes reach the driver
+///   only when `features.fastZero` is set.
+/// Operations may be called concurrently from several threads; the driver serialises what it must.
+/// What the driver returns: nothing on success; a `BlockError` whose errno maps onto the client's
+/// protocol (`EIO`, `ENOSPC`, `EPERM`, `EINVAL`, `ENOTSUP`) on failure, never a partial success.
+public protocol BlockDriver: AnyObject, Sendable {
+    /// The driver's name as `--blockdev driver=` spells it.
+    var driverName: String { get }
+    /// The capabilities the core relies on.
+    var features: DriverFeatures { get }
+    /// Current size in bytes.
+    var length: UInt64 { get }
+
+    /// Fills `buffer` with the bytes at `offset`.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError)
+    /// Writes `buffer` at `offset`; durable on return when `fua` is set.
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError)
+    /// Makes `length` bytes at `offset` read as zeroes, without a data buffer.
+    func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockError)
+    /// Tells the driver a range is no longer needed; contents afterwards are unspecified.
+    func discard(at offset: UInt64, length: UInt64) throws(BlockError)
+    /// Makes every completed write durable.
+    func flush() throws(BlockError)
+    /// Describes allocation from `offset` for at most `length` bytes; at least one extent,
+    /// together covering a prefix of the range.
+    func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent]
+    /// Hints that a range will be read soon.
+    func prefetch(at offset: UInt64, length: UInt64) throws(BlockError)
+    /// Releases the driver's resources; no call follows.
+    func close()
+}
+
+extension BlockDriver {
+    /// Default: a hint with no effect.
+    public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {}
+    /// Default: everything is data.
+    public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
+        [.data(length)]
+    }
+    /// Default: discard is a no-op, which the spec allows.
+    public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {}
+    /// Default: zero-writes are done by the core with zero buffers, never fast.
+    public func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockError) {
+        throw .notSupported("\(driverName) has no native zero-write")
+    }
+    /// Default: nothing to release.
+    public func close() {}
+}

@@ -1,0 +1,160 @@
+import Synchronization
+
+/// Settings every node takes besides its driver's own (BlockdevOptionsBase in the schema).
+public struct CommonNodeOptions: Sendable {
+    /// `read-only`.
+    public var readOnly = false
+    /// `cache.direct`: bypass the host page cache (O_DIRECT).
+    public var cacheDirect = false
+    /// `cache.no-flush`: ignore flush requests.
+    public var cacheNoFlush = false
+    /// `discard=unmap` (true) or `ignore` (false).
+    public var discardUnmap = false
+    /// `aio`: `threads` or `native`.
+    public var aio = "threads"
+}
+
+/// A driver instance with the children it opened.
+public struct OpenedDriver: Sendable {
+    /// The driver.
+    public var driver: any BlockDriver
+    /// Its children by role.
+    public var children: [(role: String, node: BlockNode)]
+
+    /// Bundles a driver with its children.
+    public init(driver: any BlockDriver, children: [(role: String, node: BlockNode)] = []) {
+        self.driver = driver
+        self.children = children
+    }
+}
+
+/// What a driver's `open` gets besides its own options: the common settings and access to the graph.
+public struct OpenContext {
+    /// The graph being built.
+    public let graph: BlockGraph
+    /// The name the new node will have.
+    public let nodeName: String
+    /// The common settings.
+    public let common: CommonNodeOptions
+
+    /// Resolves a child given as a node-name reference or as an inline definition.
+    public func child(_ key: String, of options: OptionReader) throws(OptionError) -> BlockNode? {
+        guard let value = options.value(key) else { return nil }
+        switch value {
+        case .string(let reference):
+            guard let node = graph.node(named: reference) else {
+                throw OptionError("\(options.context): parameter '\(key)': no node named '\(reference)'")
+            }
+            return node
+        case .object:
+            return try graph.open(value, context: "\(options.context) → \(key)", inheritReadOnly: common.readOnly)
+        default:
+            throw OptionError("\(options.context): parameter '\(key)' expects a node-name or a definition, got a \(value.typeName)")
+        }
+    }
+}
+
+/// Opens a driver from its options; one per driver name (or family of names).
+public typealias DriverOpener = @Sendable (OptionReader, OpenContext) throws(OptionError) -> OpenedDriver
+
+/// The live graph: every node by name, and the drivers that can be opened.
+public final class BlockGraph: Sendable {
+    private let openers: [String: DriverOpener]
+    private let nodes = Mutex<[String: BlockNode]>([:])
+    private let anonymousCounter = Atomic<Int>(0)
+
+    /// Creates an empty graph that can open the given drivers.
+    public init(drivers: [String: DriverOpener]) {
+        self.openers = drivers
+    }
+
+    /// Names of the drivers this graph can open.
+    public var driverNames: [String] { openers.keys.sorted() }
+
+    /// The node with that name.
+    public func node(named name: String) -> BlockNode? {
+        nodes.withLock { $0[name] }
+    }
+
+    /// Every node, by name.
+    public var allNodes: [BlockNode] {
+        nodes.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+    }
+
+    /// Opens a node from `--blockdev` / `blockdev-add` options and adds it to the graph.
+    @discardableResult
+    public func open(_ value: OptionValue, context: String = "--blockdev", inheritReadOnly: Bool = false) throws(OptionError) -> BlockNode {
+        let top = try OptionReader(value, context: context)
+        let driverName = try top.requiredString("driver")
+        guard let opener = openers[driverName] else {
+            throw OptionError("\(context): unknown driver '\(driverName)' (known: \(driverNames.joined(separator: ", ")))")
+        }
+        let name: String
+        if let given = try top.string("node-name") {
+            guard BlockGraph.isValidNodeName(given) else {
+                throw OptionError("\(context): invalid node-name '\(given)': use letters, digits, '-', '.', '_', starting with a letter")
+            }
+            name = given
+        } else {
+            name = "#block\(anonymousCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
+        }
+        guard node(named: name) == nil else { throw OptionError("\(context): node-name '\(name)' is already in use") }
+        let options = try OptionReader(value, context: "\(context) '\(name)' (driver \(driverName))")
+        _ = options.value("driver")
+        _ = options.value("node-name")
+        let common = try BlockGraph.commonOptions(options, inheritReadOnly: inheritReadOnly)
+        let opened = try opener(options, OpenContext(graph: self, nodeName: name, common: common))
+        do {
+            try options.finish()
+        } catch {
+            opened.driver.close()
+            throw error
+        }
+        let node = BlockNode(name: name, driver: opened.driver, children: opened.children, readOnly: common.readOnly)
+        let inserted = nodes.withLock { table -> Bool in
+            guard table[name] == nil else { return false }
+            table[name] = node
+            return true
+        }
+        guard inserted else {
+            opened.driver.close()
+            throw OptionError("\(context): node-name '\(name)' is already in use")
+        }
+        return node
+    }
+
+    /// Closes every node; used at shutdown.
+    public func closeAll() {
+        let all = nodes.withLock { table in
+            defer { table.removeAll() }
+            return Array(table.values)
+        }
+        for node in all { node.driver.close() }
+    }
+
+    /// QEMU's rule for node names: a letter first, then letters, digits, '-', '.', '_'; at most 31 characters.
+    public static func isValidNodeName(_ name: String) -> Bool {
+        guard let first = name.unicodeScalars.first, first.properties.isAlphabetic, first.isASCII, name.utf8.count < 32 else {
+            return false
+        }
+        return name.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-._".unicodeScalars.contains($0)) }
+    }
+
+    private static func commonOptions(_ options: OptionReader, inheritReadOnly: Bool) throws(OptionError) -> CommonNodeOptions {
+        var common = CommonNodeOptions()
+        common.readOnly = try options.bool("read-only") ?? inheritReadOnly
+        _ = try options.bool("auto-read-only")
+        _ = try options.bool("force-share")
+        if let cache = try options.object("cache") {
+            common.cacheDirect = try cache.bool("direct") ?? false
+            common.cacheNoFlush = try cache.bool("no-flush") ?? false
+            try cache.finish()
+        }
+        common.discardUnmap = try options.choice("discard", ["ignore", "off", "unmap", "on"]).map { $0 == "unmap" || $0 == "on" } ?? false
+        common.aio = try options.choice("aio", ["threads", "native", "io_uring"]) ?? "threads"
+        if let detect = try options.choice("detect-zeroes", ["off", "on", "unmap"]), detect != "off" {
+            throw OptionError("\(options.context): detect-zeroes=\(detect) is not supported yet")
+        }
+        return common
+    }
+}

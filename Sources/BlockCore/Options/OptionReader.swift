@@ -1,0 +1,130 @@
+/// Reads typed members out of an option object, remembers what was read, and rejects the rest,
+/// so that every misspelt key is reported by name.
+public final class OptionReader {
+    /// What the options configure, e.g. "--blockdev 'disk0' (driver file)"; starts every message.
+    public let context: String
+    private let members: [String: OptionValue]
+    private let prefix: String
+    private var consumed: Set<String> = []
+
+    /// Creates a reader over an object value.
+    public init(_ value: OptionValue, context: String, prefix: String = "") throws(OptionError) {
+        guard case .object(let members) = value else {
+            throw OptionError("\(context): expected an object\(prefix.isEmpty ? "" : " for '\(prefix.dropLast())'"), got a \(value.typeName)")
+        }
+        self.members = members
+        self.context = context
+        self.prefix = prefix
+    }
+
+    /// True when the key is present.
+    public func has(_ key: String) -> Bool { members[key] != nil }
+
+    /// The raw value of a key, marked as read.
+    public func value(_ key: String) -> OptionValue? {
+        consumed.insert(key)
+        return members[key]
+    }
+
+    /// A string member.
+    public func string(_ key: String) throws(OptionError) -> String? {
+        guard let value = value(key) else { return nil }
+        switch value {
+        case .string(let text): return text
+        case .integer(let number): return String(number)
+        default: throw typeError(key, "a string", value)
+        }
+    }
+
+    /// A required string member.
+    public func requiredString(_ key: String) throws(OptionError) -> String {
+        guard let text = try string(key) else { throw missing(key) }
+        return text
+    }
+
+    /// A boolean member: JSON true/false, or on/off, yes/no, true/false.
+    public func bool(_ key: String) throws(OptionError) -> Bool? {
+        guard let value = value(key) else { return nil }
+        switch value {
+        case .bool(let flag): return flag
+        case .string(let text):
+            switch text {
+            case "on", "yes", "true": return true
+            case "off", "no", "false": return false
+            default: throw OptionError("\(context): parameter '\(prefix)\(key)' expects 'on' or 'off', got '\(text)'")
+            }
+        default: throw typeError(key, "a boolean", value)
+        }
+    }
+
+    /// An unsigned integer member, plain or as JSON.
+    public func unsigned(_ key: String) throws(OptionError) -> UInt64? {
+        guard let value = value(key) else { return nil }
+        switch value {
+        case .integer(let number) where number >= 0: return UInt64(number)
+        case .string(let text):
+            guard let number = UInt64(text) else {
+                throw OptionError("\(context): parameter '\(prefix)\(key)' expects a non-negative integer, got '\(text)'")
+            }
+            return number
+        default: throw typeError(key, "a non-negative integer", value)
+        }
+    }
+
+    /// A size member: an integer with an optional k/M/G/T/P/E suffix (powers of 1024).
+    public func size(_ key: String) throws(OptionError) -> UInt64? {
+        guard let value = value(key) else { return nil }
+        switch value {
+        case .integer(let number) where number >= 0: return UInt64(number)
+        case .string(let text):
+            guard let bytes = OptionReader.parseSize(text) else {
+                throw OptionError("\(context): parameter '\(prefix)\(key)' expects a size (such as 4096, 64M or 1G), got '\(text)'")
+            }
+            return bytes
+        default: throw typeError(key, "a size", value)
+        }
+    }
+
+    /// One of a fixed set of names.
+    public func choice(_ key: String, _ allowed: [String]) throws(OptionError) -> String? {
+        guard let text = try string(key) else { return nil }
+        guard allowed.contains(text) else {
+            throw OptionError("\(context): parameter '\(prefix)\(key)' expects one of \(allowed.joined(separator: ", ")), got '\(text)'")
+        }
+        return text
+    }
+
+    /// A nested object, read with a reader of its own.
+    public func object(_ key: String) throws(OptionError) -> OptionReader? {
+        guard let value = value(key) else { return nil }
+        return try OptionReader(value, context: context, prefix: "\(prefix)\(key).")
+    }
+
+    /// Fails on the first member nobody read.
+    public func finish() throws(OptionError) {
+        if let unknown = members.keys.sorted().first(where: { !consumed.contains($0) }) {
+            throw OptionError("\(context): unknown parameter '\(prefix)\(unknown)'")
+        }
+    }
+
+    /// Parses "4096", "64k", "1.5G" into bytes.
+    public static func parseSize(_ text: String) -> UInt64? {
+        let units: [Character: UInt64] = ["b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50, "e": 1 << 60]
+        guard let last = text.last?.lowercased().first else { return nil }
+        let (digits, multiplier) = units[last].map { (String(text.dropLast()), $0) } ?? (text, 1)
+        if let whole = UInt64(digits) {
+            let (product, overflow) = whole.multipliedReportingOverflow(by: multiplier)
+            return overflow ? nil : product
+        }
+        guard multiplier > 1, let fraction = Double(digits), fraction >= 0, fraction * Double(multiplier) < 1.8e19 else { return nil }
+        return UInt64(fraction * Double(multiplier))
+    }
+
+    private func missing(_ key: String) -> OptionError {
+        OptionError("\(context): parameter '\(prefix)\(key)' is missing")
+    }
+
+    private func typeError(_ key: String, _ expected: String, _ value: OptionValue) -> OptionError {
+        OptionError("\(context): parameter '\(prefix)\(key)' expects \(expected), got a \(value.typeName)")
+    }
+}

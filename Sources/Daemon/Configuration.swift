@@ -1,0 +1,102 @@
+import BlockCore
+import Exports
+
+/// One `--nbd-server`: a listening address and its limits.
+public struct NBDServerSpec: Sendable, Equatable {
+    /// Where to listen.
+    public var address: ListenAddress
+    /// `max-connections` (0: the default, 100).
+    public var maxConnections: Int
+    /// `handshake-max-seconds`.
+    public var handshakeSeconds: Double
+}
+
+/// One `--export type=nbd`.
+public struct ExportSpec: Sendable, Equatable {
+    /// `id`.
+    public var id: String
+    /// `node-name`: the node served.
+    public var nodeName: String
+    /// `name`: what clients ask for (defaults to the node name).
+    public var name: String
+    /// `description`.
+    public var description: String?
+    /// `writable`.
+    public var writable: Bool
+}
+
+/// Everything the daemon was asked to do, checked for syntax before anything is opened.
+public struct DaemonConfiguration: Sendable {
+    /// `--blockdev` definitions, in order.
+    public var blockdevs: [OptionValue] = []
+    /// `--nbd-server` listeners.
+    public var servers: [NBDServerSpec] = []
+    /// `--export` definitions.
+    public var exports: [ExportSpec] = []
+    /// `--pidfile`.
+    public var pidfile: String?
+    /// `--daemonize`.
+    public var daemonize = false
+
+    /// Creates an empty configuration.
+    public init() {}
+
+    /// Parses the option texts of each kind (the values that followed `--blockdev`, `--nbd-server`, `--export`).
+    public init(blockdevs: [String], servers: [String], exports: [String]) throws(OptionError) {
+        for text in blockdevs {
+            self.blockdevs.append(try KeyValueParser.parse(text))
+        }
+        for text in servers {
+            self.servers.append(try DaemonConfiguration.parseServer(try KeyValueParser.parse(text)))
+        }
+        for text in exports {
+            self.exports.append(try DaemonConfiguration.parseExport(try KeyValueParser.parse(text, impliedKey: "type")))
+        }
+        if !self.exports.isEmpty && self.servers.isEmpty {
+            throw OptionError("--export type=nbd needs an --nbd-server to serve it")
+        }
+    }
+
+    /// Reads one `--nbd-server` object.
+    public static func parseServer(_ value: OptionValue) throws(OptionError) -> NBDServerSpec {
+        let reader = try OptionReader(value, context: "--nbd-server")
+        guard let addr = try reader.object("addr") else { throw OptionError("--nbd-server: parameter 'addr' is missing") }
+        let address = try ListenAddress.parse(addr)
+        let maxConnections = try reader.unsigned("max-connections") ?? 0
+        let handshake = try reader.unsigned("handshake-max-seconds") ?? 10
+        if let creds = try reader.string("tls-creds") {
+            throw OptionError("--nbd-server: tls-creds='\(creds)': TLS is not supported yet")
+        }
+        _ = try reader.string("tls-authz")
+        try reader.finish()
+        guard maxConnections <= 100_000, handshake > 0, handshake <= 3600 else {
+            throw OptionError("--nbd-server: max-connections must be at most 100000 and handshake-max-seconds 1 to 3600")
+        }
+        return NBDServerSpec(address: address, maxConnections: Int(maxConnections), handshakeSeconds: Double(handshake))
+    }
+
+    /// Reads one `--export` object.
+    public static func parseExport(_ value: OptionValue) throws(OptionError) -> ExportSpec {
+        let reader = try OptionReader(value, context: "--export")
+        let type = try reader.requiredString("type")
+        guard type == "nbd" else { throw OptionError("--export: type '\(type)' is not supported (only 'nbd')") }
+        let id = try reader.requiredString("id")
+        let context = "--export '\(id)'"
+        let nodeName = try reader.requiredString("node-name")
+        let name = try reader.string("name") ?? nodeName
+        let description = try reader.string("description")
+        let writable = try reader.bool("writable") ?? false
+        _ = try reader.bool("writethrough")
+        _ = try reader.string("iothread")
+        _ = try reader.bool("fixed-iothread")
+        if case .array(let bitmaps)? = reader.value("bitmaps"), !bitmaps.isEmpty {
+            throw OptionError("\(context): dirty bitmap exports are not supported yet")
+        }
+        if try reader.bool("allocation-depth") == true {
+            throw OptionError("\(context): allocation-depth is not supported yet")
+        }
+        try reader.finish()
+        guard name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
+        return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable)
+    }
+}

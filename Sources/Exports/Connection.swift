@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCore
+import CBlockShims
+import NBDProtocol
+
+/// One client connection: the handshake under a time limit, then the transmission phase.
+struct Connection {
+    let fd: Int32
+    let peer: String
+    let exports: ExportTable
+    let handshakeTimeout: Double
+
+    /// Serves the client until it leaves; the caller closes the descriptor.
+    func run() {
+        let io = SocketIO(fd: fd)
+        guard let session = negotiate(io) else {
+            Log.debug("\(peer): handshake ended without an export")
+            return
+        }
+        Log.info("\(peer): connected to export '\(session.export.name)' (\(session.style))")
+        let ending = Transmission(io: io, session: session).run()
+        switch ending {
+        case .disconnect, .closed:
+            Log.info("\(peer): disconnected from export '\(session.export.name)'")
+        case .protocolError(let reason):
+            Log.warning("\(peer): dropped: \(reason)")
+        }
+    }
+
+    private func negotiate(_ io: SocketIO) -> NegotiatedSession? {
+        let deadline = monotonicSeconds() + handshakeTimeout
+        func armTimeout() -> Bool {
+            let left = deadline - monotonicSeconds()
+            guard left > 0 else { return false }
+            return blk_set_recv_timeout(fd, max(1, Int64(left * 1000))) == 0
+        }
+        defer { _ = blk_set_recv_timeout(fd, 0) }
+        var machine = Negotiation(exports: exports)
+        guard io.sendAll(Negotiation.greeting), armTimeout(),
+              let flagBytes = io.receiveBytes(4) else { return nil }
+        var flagReader = ByteReader(flagBytes)
+        guard machine.receiveClientFlags(flagReader.read(UInt32.self)!) else {
+            Log.warning("\(peer): unknown client flags 0x\(String(flagReader.read(UInt32.self) ?? 0, radix: 16)); dropped")
+            return nil
+        }
+        while true {
+            guard armTimeout(), let headerBytes = io.receiveBytes(OptionHeader.size) else {
+                Log.debug("\(peer): handshake timed out or closed")
+                return nil
+            }
+            guard let header = OptionHeader.decode(headerBytes) else {
+                Log.warning("\(peer): bad option magic; dropped")
+                return nil
+            }
+            let actions: [Negotiation.Action]
+            if header.length > UInt32(Negotiation.maxOptionLength) {
+                guard header.length <= 16 << 20, io.discard(UInt64(header.length)) else { return nil }
+                actions = machine.rejectOversized(option: header.option)
+            } else {
+                guard let data = io.receiveBytes(Int(header.length)) else { return nil }
+                actions = machine.receive(option: header.option, data: data)
+            }
+            for action in actions {
+                switch action {
+                case .send(let bytes):
+                    guard io.sendAll(bytes) else { return nil }
+                case .transmit(let session):
+                    return session
+                case .close:
+                    return nil
+                }
+            }
+        }
+    }
+}
+
+/// Seconds on the monotonic clock.
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}

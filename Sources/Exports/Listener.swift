@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCore
+import CBlockShims
+import Synchronization
+
+/// A listening socket and the thread that accepts on it.
+final class Listener: Sendable {
+    let address: ListenAddress
+    let fd: Int32
+    private let closed = Atomic<Bool>(false)
+
+    /// Binds and listens; fails with a message naming the address.
+    init(address: ListenAddress) throws(OptionError) {
+        self.address = address
+        switch address {
+        case .unix(let path):
+            fd = try Listener.bindUnix(path)
+        case .inet(let host, let port):
+            fd = try Listener.bindInet(host: host, port: port)
+        case .fd(let fd):
+            var type: Int32 = 0
+            var size = socklen_t(MemoryLayout<Int32>.size)
+            guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &size) == 0, type == Int32(SOCK_STREAM.rawValue) else {
+                throw OptionError("file descriptor \(fd) is not a stream socket")
+            }
+            _ = listen(fd, 128)
+            self.fd = fd
+        }
+    }
+
+    /// The TCP port actually bound (useful with port 0).
+    var boundPort: Int? {
+        var storage = sockaddr_storage()
+        var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &size) == 0 }
+        }
+        guard ok else { return nil }
+        switch Int32(storage.ss_family) {
+        case AF_INET: return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin_port)) } }
+        case AF_INET6: return withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Int(UInt16(bigEndian: $0.pointee.sin6_port)) } }
+        default: return nil
+        }
+    }
+
+    /// Accepts connections on a thread of its own, handing each to `handle`.
+    func start(_ handle: @escaping @Sendable (Int32, String) -> Void) {
+        spawnThread { [self] in
+            var counter = 0
+            while !closed.load(ordering: .relaxed) {
+                var storage = sockaddr_storage()
+                var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
+                let client = withUnsafeMutablePointer(to: &storage) {
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { blk_accept(fd, $0, &size) }
+                }
+                if client < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    if errno == EMFILE || errno == ENFILE {
+                        Log.error("accept on \(address): out of file descriptors")
+                        usleep(100_000)
+                        continue
+                    }
+                    break
+                }
+                counter += 1
+                let peer = Listener.describe(storage, fallback: "\(address)#\(counter)")
+                if Int32(storage.ss_family) != AF_UNIX { _ = blk_set_nodelay(client) }
+                handle(client, peer)
+            }
+        }
+    }
+
+    /// Stops accepting; wakes the accept thread; removes a unix socket file.
+    func close() {
+        guard !closed.exchange(true, ordering: .relaxed) else { return }
+        shutdown(fd, Int32(SHUT_RDWR))
+        Glibc.close(fd)
+        if case .unix(let path) = address { unlink(path) }
+    }
+
+    private static func describe(_ storage: sockaddr_storage, fallback: String) -> String {
+        var storage = storage
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        var service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
+        let family = Int32(storage.ss_family)
+        guard family == AF_INET || family == AF_INET6 else { return fallback }
+        let length = socklen_t(family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        let result = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getnameinfo($0, length, &host, socklen_t(host.count), &service, socklen_t(service.count), NI_NUMERICHOST | NI_NUMERICSERV)
+            }
+        }
+        guard result == 0 else { return fallback }
+        let hostText = String(cString: host)
+        return family == AF_INET6 ? "[\(hostText)]:\(String(cString: service))" : "\(hostText):\(String(cString: service))"
+    }
+
+    private static func bindUnix(_ path: String) throws(OptionError) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw OptionError("socket: \(String(cString: strerror(errno)))") }
+        var info = stat()
+        if lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFSOCK {
+            unlink(path)  // a stale socket from an earlier run
+        }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8)
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard bound == 0, listen(fd, 128) == 0 else {
+            let message = String(cString: strerror(errno))
+            Glibc.close(fd)
+            throw OptionError("cannot listen on unix socket '\(path)': \(message)")
+        }
+        return fd
+    }
+
+    private static func bindInet(host: String, port: String) throws(OptionError) -> Int32 {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
+        var list: UnsafeMutablePointer<addrinfo>?
+        let bareHost = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
+        let status = getaddrinfo(bareHost.isEmpty ? nil : bareHost, port, &hints, &list)
+        guard status == 0, let first = list else {
+            throw OptionError("cannot resolve '\(host):\(port)': \(String(cString: gai_strerror(status)))")
+        }
+        defer { freeaddrinfo(list) }
+        var lastError = "no usable address"
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let info = entry {
+            entry = info.pointee.ai_next
+            let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), info.pointee.ai_protocol)
+            guard fd >= 0 else { continue }
+            var on: Int32 = 1
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+            if info.pointee.ai_family == AF_INET6 {
+                setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &on, socklen_t(MemoryLayout<Int32>.size))
+            }
+            if bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0, listen(fd, 128) == 0 {
+                return fd
+            }
+            lastError = String(cString: strerror(errno))
+            Glibc.close(fd)
+        }
+        throw OptionError("cannot listen on \(host):\(port): \(lastError)")
+    }
+}

@@ -1,0 +1,78 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCore
+import Synchronization
+
+/// Limits that keep idle or hostile clients from exhausting the server.
+public struct ServerLimits: Sendable {
+    /// Most simultaneous connections; more are closed at once.
+    public var maxConnections = 100
+    /// Seconds a client has to finish the handshake.
+    public var handshakeTimeout = 10.0
+
+    /// The defaults: 100 connections, 10 seconds.
+    public init() {}
+}
+
+/// The NBD server: listeners, the export table and the live connections.
+public final class NBDServer: Sendable {
+    /// The exports clients can reach.
+    public let exports = ExportTable()
+    private let limits: Mutex<ServerLimits>
+    private let listeners = Mutex<[Listener]>([])
+    private let connections = Mutex<Set<Int32>>([])
+    private let draining = Atomic<Bool>(false)
+
+    /// Creates a server that is not listening yet.
+    public init(limits: ServerLimits = ServerLimits()) {
+        self.limits = Mutex(limits)
+    }
+
+    /// Starts listening on `address`; returns the bound TCP port, if any.
+    @discardableResult
+    public func listen(on address: ListenAddress) throws(OptionError) -> Int? {
+        let listener = try Listener(address: address)
+        listeners.withLock { $0.append(listener) }
+        listener.start { [self] fd, peer in accept(fd, peer: peer) }
+        Log.info("NBD server listening on \(address)")
+        return listener.boundPort
+    }
+
+    /// How many clients are connected now.
+    public var connectionCount: Int { connections.withLock { $0.count } }
+
+    private func accept(_ fd: Int32, peer: String) {
+        let current = limits.withLock { $0 }
+        let admitted = connections.withLock { live -> Bool in
+            guard !draining.load(ordering: .relaxed), live.count < current.maxConnections else { return false }
+            live.insert(fd)
+            return true
+        }
+        guard admitted else {
+            Log.warning("\(peer): refused: \(draining.load(ordering: .relaxed) ? "shutting down" : "connection limit \(current.maxConnections) reached")")
+            close(fd)
+            return
+        }
+        let exports = self.exports
+        spawnThread { [self] in
+            Connection(fd: fd, peer: peer, exports: exports, handshakeTimeout: current.handshakeTimeout).run()
+            connections.withLock { _ = $0.remove(fd) }
+            close(fd)
+        }
+    }
+
+    /// Stops accepting, lets every connection finish the requests it has read, and waits up to `timeout` seconds.
+    public func shutdown(timeout: Double = 10) {
+        draining.store(true, ordering: .relaxed)
+        for listener in listeners.withLock({ $0 }) { listener.close() }
+        // Half-close: threads see end of input after the requests already received, reply, and exit.
+        for fd in connections.withLock({ $0 }) { Glibc.shutdown(fd, Int32(SHUT_RD)) }
+        let deadline = monotonicSeconds() + timeout
+        while connectionCount > 0 && monotonicSeconds() < deadline { usleep(10_000) }
+        if connectionCount > 0 {
+            Log.warning("\(connectionCount) connection(s) still busy at shutdown")
+            for fd in connections.withLock({ $0 }) { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        }
+    }
+}

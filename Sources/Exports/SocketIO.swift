@@ -1,0 +1,71 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Blocking socket I/O on one connected descriptor.
+struct SocketIO {
+    let fd: Int32
+
+    /// Receives up to `count` bytes; 0 means the peer closed, nil an error (including a timeout).
+    @inline(__always)
+    func receive(into base: UnsafeMutableRawPointer, count: Int) -> Int? {
+        while true {
+            let result = recv(fd, base, count, 0)
+            if result >= 0 { return result }
+            if errno != EINTR { return nil }
+        }
+    }
+
+    /// Receives exactly `count` bytes; false on end of stream or error.
+    func receiveExactly(into base: UnsafeMutableRawPointer, count: Int) -> Bool {
+        var done = 0
+        while done < count {
+            guard let received = receive(into: base + done, count: count - done), received > 0 else { return false }
+            done += received
+        }
+        return true
+    }
+
+    /// Receives exactly `count` bytes into a new array.
+    func receiveBytes(_ count: Int) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let ok = bytes.withUnsafeMutableBytes { count == 0 || receiveExactly(into: $0.baseAddress!, count: count) }
+        return ok ? bytes : nil
+    }
+
+    /// Reads and drops `count` bytes, in chunks; false on end of stream or error.
+    func discard(_ count: UInt64) -> Bool {
+        var scratch = [UInt8](repeating: 0, count: 64 * 1024)
+        var left = count
+        return scratch.withUnsafeMutableBytes { buffer in
+            while left > 0 {
+                let chunk = Int(min(left, UInt64(buffer.count)))
+                guard let received = receive(into: buffer.baseAddress!, count: chunk), received > 0 else { return false }
+                left -= UInt64(received)
+            }
+            return true
+        }
+    }
+
+    /// Sends every byte; false when the peer is gone.
+    @inline(__always)
+    func sendAll(_ base: UnsafeRawPointer, count: Int) -> Bool {
+        var done = 0
+        while done < count {
+            let sent = send(fd, base + done, count - done, Int32(MSG_NOSIGNAL))
+            if sent > 0 {
+                done += sent
+            } else if sent < 0 && errno == EINTR {
+                continue
+            } else {
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Sends an array.
+    func sendAll(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { $0.isEmpty || sendAll($0.baseAddress!, count: $0.count) }
+    }
+}

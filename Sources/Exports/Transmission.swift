@@ -1,0 +1,435 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCore
+import NBDProtocol
+
+/// The transmission phase of one connection: reads requests in batches, executes them on this thread,
+/// and sends the replies of a batch with one system call.
+final class Transmission {
+    /// Why the phase ended.
+    enum Ending {
+        /// The client sent `NBD_CMD_DISC`.
+        case disconnect
+        /// The client closed the socket (or the server shut it for draining).
+        case closed
+        /// The client broke the protocol (bad magic, oversized payload); the stream cannot be resynchronised.
+        case protocolError(String)
+    }
+
+    /// Input buffer capacity: a 1 MiB write and its header fit without a second buffer.
+    static let inputCapacity = (1 << 20) + 4096
+    /// Output flushed early once it holds this much.
+    static let outputFlushThreshold = 4 << 20
+    /// Reads at least this long consult block status so that holes are sent as holes.
+    static let sparseReadThreshold = 256 * 1024
+    /// Most extents in one block status reply.
+    static let maxExtents = 1024
+    /// Largest write payload read and dropped to keep the stream in sync after `EOVERFLOW`.
+    static let maxDiscardedPayload: UInt64 = 64 << 20
+
+    private let io: SocketIO
+    private let session: NegotiatedSession
+    private let node: BlockNode
+    private let style: ReplyStyle
+    private let headerSize: Int
+    private let input = AlignedBuffer(capacity: Transmission.inputCapacity)
+    private var inputStart = 0
+    private var inputEnd = 0
+    private let output = AlignedBuffer(capacity: 256 * 1024)
+    private var outputLength = 0
+    private var payloadBuffer: AlignedBuffer?
+
+    init(io: SocketIO, session: NegotiatedSession) {
+        self.io = io
+        self.session = session
+        self.node = session.export.node
+        self.style = session.style
+        self.headerSize = session.style == .extended ? RequestHeader.extendedSize : RequestHeader.compactSize
+    }
+
+    /// Serves requests until the client disconnects or breaks the protocol.
+    func run() -> Ending {
+        while true {
+            let available = UnsafeRawBufferPointer(start: input.bytes.baseAddress! + inputStart, count: inputEnd - inputStart)
+            switch RequestHeader.decode(available, extended: style == .extended) {
+            case .needMore:
+                guard fill() else {
+                    flushOutput()
+                    return .closed
+                }
+            case .badMagic(let magic):
+                flushOutput()
+                return .protocolError("bad request magic 0x\(String(magic, radix: 16))")
+            case .header(let header, let size):
+                inputStart += size
+                if let ending = handle(header) {
+                    flushOutput()
+                    return ending
+                }
+                if outputLength >= Transmission.outputFlushThreshold { flushOutput() }
+            }
+        }
+    }
+
+    // MARK: - Input
+
+    /// Sends pending replies, then blocks for more input; false when the stream ended.
+    private func fill() -> Bool {
+        flushOutput()
+        if inputStart == inputEnd {
+            inputStart = 0
+            inputEnd = 0
+        } else if inputStart > 0 && input.capacity - inputEnd < 64 * 1024 {
+            compactInput()
+        }
+        guard let received = io.receive(into: input.bytes.baseAddress! + inputEnd, count: input.capacity - inputEnd),
+              received > 0 else { return false }
+        inputEnd += received
+        return true
+    }
+
+    private func compactInput() {
+        let pending = inputEnd - inputStart
+        if pending > 0 {
+            memmove(input.bytes.baseAddress!, input.bytes.baseAddress! + inputStart, pending)
+        }
+        inputStart = 0
+        inputEnd = pending
+    }
+
+    /// The `count` payload bytes that follow the current header, consumed from the stream.
+    /// Valid until the next request is read. Nil when the stream ended first.
+    private func takePayload(_ count: Int) -> UnsafeRawBufferPointer? {
+        let pending = inputEnd - inputStart
+        if pending >= count {
+            defer { inputStart += count }
+            return UnsafeRawBufferPointer(start: input.bytes.baseAddress! + inputStart, count: count)
+        }
+        flushOutput()
+        if count <= input.capacity {
+            if input.capacity - inputStart < count { compactInput() }
+            while inputEnd - inputStart < count {
+                guard let received = io.receive(into: input.bytes.baseAddress! + inputEnd, count: input.capacity - inputEnd),
+                      received > 0 else { return nil }
+                inputEnd += received
+            }
+            defer { inputStart += count }
+            return UnsafeRawBufferPointer(start: input.bytes.baseAddress! + inputStart, count: count)
+        }
+        let buffer = payloadBuffer ?? AlignedBuffer(capacity: count)
+        buffer.reserve(count)
+        payloadBuffer = buffer
+        memcpy(buffer.bytes.baseAddress!, input.bytes.baseAddress! + inputStart, pending)
+        inputStart = inputEnd
+        guard io.receiveExactly(into: buffer.bytes.baseAddress! + pending, count: count - pending) else { return nil }
+        return UnsafeRawBufferPointer(start: buffer.bytes.baseAddress!, count: count)
+    }
+
+    // MARK: - Output
+
+    private func flushOutput() {
+        guard outputLength > 0 else { return }
+        _ = io.sendAll(output.bytes.baseAddress!, count: outputLength)
+        outputLength = 0
+    }
+
+    /// Room for `count` more bytes at the end of the output; returns where they start.
+    @inline(__always)
+    private func reserveOutput(_ count: Int) -> UnsafeMutableRawPointer {
+        if output.capacity - outputLength < count {
+            output.reserve(outputLength + count, preserving: outputLength)
+        }
+        return output.bytes.baseAddress! + outputLength
+    }
+
+    /// A reply without payload: success or an error.
+    private func replyStatus(_ header: RequestHeader, error: UInt32) {
+        switch style {
+        case .simple:
+            ReplyHeader.writeSimple(error: error, cookie: header.cookie, to: reserveOutput(ReplyHeader.simpleSize))
+            outputLength += ReplyHeader.simpleSize
+        case .structured where header.command != .read && header.command != .blockStatus:
+            ReplyHeader.writeSimple(error: error, cookie: header.cookie, to: reserveOutput(ReplyHeader.simpleSize))
+            outputLength += ReplyHeader.simpleSize
+        case .structured, .extended:
+            if error == 0 {
+                let base = reserveOutput(style.chunkHeaderSize)
+                outputLength += ReplyHeader.writeChunk(
+                    style: style, flags: .done, type: .none, cookie: header.cookie, offset: header.offset, payloadLength: 0, to: base)
+            } else {
+                let base = reserveOutput(style.chunkHeaderSize + 6)
+                let size = ReplyHeader.writeChunk(
+                    style: style, flags: .done, type: .error, cookie: header.cookie, offset: header.offset, payloadLength: 6, to: base)
+                BigEndian.store(error, base, size)
+                BigEndian.store(UInt16(0), base, size + 4)
+                outputLength += size + 6
+            }
+        }
+    }
+
+    // MARK: - Requests
+
+    /// Executes one request; returns an ending when the connection must stop.
+    private func handle(_ header: RequestHeader) -> Ending? {
+        let isWrite = header.type == NBDCommand.write.rawValue
+        if isWrite {
+            if header.length > UInt64(NBDExport.maxPayload) {
+                // Too big to buffer: drop the payload to stay in sync, then refuse.
+                guard header.length <= Transmission.maxDiscardedPayload else {
+                    return .protocolError("write payload of \(header.length) bytes")
+                }
+                let pending = UInt64(inputEnd - inputStart)
+                let fromBuffer = min(pending, header.length)
+                inputStart += Int(fromBuffer)
+                guard io.discard(header.length - fromBuffer) else { return .closed }
+                replyStatus(header, error: NBDError.overflow.rawValue)
+                return nil
+            }
+            guard let payload = takePayload(Int(header.length)) else { return .closed }
+            let error = validate(header)
+            if error != 0 {
+                replyStatus(header, error: error)
+                return nil
+            }
+            do {
+                try node.write(payload, at: header.offset, fua: header.commandFlags.contains(.fua))
+                replyStatus(header, error: 0)
+            } catch {
+                replyStatus(header, error: Transmission.wireError(error))
+            }
+            return nil
+        }
+        let error = validate(header)
+        if error != 0 {
+            replyStatus(header, error: error)
+            return nil
+        }
+        switch header.command! {
+        case .read:
+            read(header)
+        case .disconnect:
+            return .disconnect
+        case .flush:
+            complete(header) { () throws(BlockError) in try node.flush() }
+        case .trim:
+            complete(header) { () throws(BlockError) in
+                try node.discard(at: header.offset, length: header.length)
+                if header.commandFlags.contains(.fua) { try node.flush() }
+            }
+        case .cache:
+            complete(header) { () throws(BlockError) in try node.prefetch(at: header.offset, length: header.length) }
+        case .writeZeroes:
+            var flags: ZeroFlags = []
+            if !header.commandFlags.contains(.noHole) { flags.insert(.mayUnmap) }
+            if header.commandFlags.contains(.fastZero) { flags.insert(.fastOnly) }
+            if header.commandFlags.contains(.fua) { flags.insert(.fua) }
+            complete(header) { () throws(BlockError) in try node.writeZeroes(at: header.offset, length: header.length, flags: flags) }
+        case .blockStatus:
+            blockStatus(header)
+        case .write, .resize:
+            preconditionFailure("validated away")
+        }
+        return nil
+    }
+
+    @inline(__always)
+    private func complete(_ header: RequestHeader, _ operation: () throws(BlockError) -> Void) {
+        do {
+            try operation()
+            replyStatus(header, error: 0)
+        } catch {
+            replyStatus(header, error: Transmission.wireError(error))
+        }
+    }
+
+    /// Checks a request once, at the edge (doc/proto.md § Request types); returns 0 or the wire error.
+    private func validate(_ header: RequestHeader) -> UInt32 {
+        guard let command = header.command else { return NBDError.invalid.rawValue }
+        let flags = header.commandFlags
+        let allowed: CommandFlags
+        var writes = false
+        switch command {
+        case .read: allowed = style == .simple ? [.fua] : [.fua, .dontFragment]
+        case .write: allowed = [.fua]; writes = true
+        case .trim: allowed = [.fua]; writes = true
+        case .writeZeroes:
+            allowed = session.flags.contains(.sendFastZero) ? [.fua, .noHole, .fastZero] : [.fua, .noHole]
+            writes = true
+        case .flush, .cache, .disconnect: allowed = [.fua]
+        case .blockStatus: allowed = [.reqOne]
+        case .resize: return NBDError.invalid.rawValue
+        }
+        guard allowed.isSuperset(of: flags) else { return NBDError.invalid.rawValue }
+        if writes && !session.export.writable { return NBDError.notPermitted.rawValue }
+        if command == .flush || command == .disconnect { return 0 }
+        let size = node.length
+        let (end, overflow) = header.offset.addingReportingOverflow(header.length)
+        if overflow || end > size {
+            return command == .write || command == .writeZeroes ? NBDError.noSpace.rawValue : NBDError.invalid.rawValue
+        }
+        switch command {
+        case .read:
+            if header.length > UInt64(NBDExport.maxPayload) {
+                return style == .simple ? NBDError.invalid.rawValue : NBDError.overflow.rawValue
+            }
+        case .blockStatus:
+            if session.contexts.isEmpty || header.length == 0 { return NBDError.invalid.rawValue }
+        default:
+            break
+        }
+        return 0
+    }
+
+    /// Maps a driver error onto the wire's errno values.
+    static func wireError(_ error: BlockError) -> UInt32 {
+        switch error.errno {
+        case EPERM, EROFS, EACCES: return NBDError.notPermitted.rawValue
+        case ENOMEM: return NBDError.noMemory.rawValue
+        case EINVAL: return NBDError.invalid.rawValue
+        case ENOSPC, EDQUOT, EFBIG: return NBDError.noSpace.rawValue
+        case EOVERFLOW: return NBDError.overflow.rawValue
+        case ENOTSUP: return NBDError.notSupported.rawValue
+        case ESHUTDOWN: return NBDError.shutdown.rawValue
+        default: return NBDError.io.rawValue
+        }
+    }
+
+    // MARK: - READ
+
+    private func read(_ header: RequestHeader) {
+        let count = Int(header.length)
+        let features = node.features
+        if style != .simple && count >= Transmission.sparseReadThreshold && features.blockStatus
+            && !header.commandFlags.contains(.dontFragment), sparseRead(header) {
+            return
+        }
+        let prefix = style == .simple ? ReplyHeader.simpleSize : style.chunkHeaderSize + 8
+        let base = reserveOutput(prefix + count)
+        do {
+            try node.read(into: UnsafeMutableRawBufferPointer(start: base + prefix, count: count), at: header.offset)
+        } catch {
+            replyStatus(header, error: Transmission.wireError(error))
+            return
+        }
+        if style == .simple {
+            ReplyHeader.writeSimple(error: 0, cookie: header.cookie, to: base)
+        } else {
+            let size = ReplyHeader.writeChunk(
+                style: style, flags: .done, type: .offsetData, cookie: header.cookie, offset: header.offset,
+                payloadLength: UInt64(8 + count), to: base)
+            BigEndian.store(header.offset, base, size)
+        }
+        outputLength += prefix + count
+    }
+
+    /// A structured read that sends holes as `OFFSET_HOLE` chunks; false when the range is one data extent.
+    private func sparseRead(_ header: RequestHeader) -> Bool {
+        guard let extents = try? coveringExtents(header.offset, header.length, limit: 64),
+              extents.contains(where: \.zero) else { return false }
+        let start = outputLength
+        let chunkHeader = style.chunkHeaderSize
+        var position = header.offset
+        var lastChunk = start
+        for extent in extents {
+            lastChunk = outputLength
+            let length = Int(extent.length)
+            if extent.zero {
+                let base = reserveOutput(chunkHeader + 12)
+                let size = ReplyHeader.writeChunk(
+                    style: style, flags: [], type: .offsetHole, cookie: header.cookie, offset: header.offset, payloadLength: 12, to: base)
+                BigEndian.store(position, base, size)
+                BigEndian.store(UInt32(length), base, size + 8)
+                outputLength += size + 12
+            } else {
+                let base = reserveOutput(chunkHeader + 8 + length)
+                do {
+                    try node.read(into: UnsafeMutableRawBufferPointer(start: base + chunkHeader + 8, count: length), at: position)
+                } catch {
+                    outputLength = start
+                    replyStatus(header, error: Transmission.wireError(error))
+                    return true
+                }
+                let size = ReplyHeader.writeChunk(
+                    style: style, flags: [], type: .offsetData, cookie: header.cookie, offset: header.offset,
+                    payloadLength: UInt64(8 + length), to: base)
+                BigEndian.store(position, base, size)
+                outputLength += size + 8 + length
+            }
+            position += extent.length
+        }
+        BigEndian.store(ReplyFlags.done.rawValue, output.bytes.baseAddress! + lastChunk, 4)
+        return true
+    }
+
+    /// Extents that exactly cover `[offset, offset+length)`, or at most `limit` of them for a prefix.
+    private func coveringExtents(_ offset: UInt64, _ length: UInt64, limit: Int) throws(BlockError) -> [Extent] {
+        var extents: [Extent] = []
+        var covered: UInt64 = 0
+        while covered < length {
+            let found = try node.blockStatus(at: offset + covered, length: length - covered)
+            guard !found.isEmpty else { break }
+            for var extent in found where covered < length {
+                extent.length = min(extent.length, length - covered)
+                guard extent.length > 0 else { continue }
+                if extents.count == limit, !(extents.last.map { $0.sameState(as: extent) } ?? false) {
+                    return extents
+                }
+                extents.appendMerging(extent)
+                covered += extent.length
+            }
+        }
+        return extents
+    }
+
+    // MARK: - BLOCK_STATUS
+
+    private func blockStatus(_ header: RequestHeader) {
+        let limit = header.commandFlags.contains(.reqOne) ? 1 : Transmission.maxExtents
+        let extents: [Extent]
+        do {
+            extents = try coveringExtents(header.offset, header.length, limit: limit)
+        } catch {
+            replyStatus(header, error: Transmission.wireError(error))
+            return
+        }
+        for (index, context) in session.contexts.enumerated() {
+            let isLast = index == session.contexts.count - 1
+            let wide = style == .extended
+            let payload = (wide ? 8 : 4) + extents.count * (wide ? 16 : 8)
+            let base = reserveOutput(style.chunkHeaderSize + payload)
+            var at = ReplyHeader.writeChunk(
+                style: style, flags: isLast ? .done : [], type: wide ? .blockStatusExtended : .blockStatus,
+                cookie: header.cookie, offset: header.offset, payloadLength: UInt64(payload), to: base)
+            BigEndian.store(context.rawValue, base, at)
+            at += 4
+            if wide {
+                BigEndian.store(UInt32(extents.count), base, at)
+                at += 4
+            }
+            for extent in extents {
+                let flags = Transmission.flags(of: extent, in: context)
+                if wide {
+                    BigEndian.store(extent.length, base, at)
+                    BigEndian.store(UInt64(flags), base, at + 8)
+                    at += 16
+                } else {
+                    BigEndian.store(UInt32(extent.length), base, at)
+                    BigEndian.store(flags, base, at + 4)
+                    at += 8
+                }
+            }
+            outputLength += at
+        }
+    }
+
+    private static func flags(of extent: Extent, in context: MetaContext) -> UInt32 {
+        switch context {
+        case .baseAllocation:
+            var flags: AllocationFlags = []
+            if extent.hole { flags.insert(.hole) }
+            if extent.zero { flags.insert(.zero) }
+            return flags.rawValue
+        }
+    }
+}
