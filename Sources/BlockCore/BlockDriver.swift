@@ -78,6 +78,10 @@ public protocol BlockDriver: AnyObject, Sendable {
     func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent]
     /// Hints that a range will be read soon.
     func prefetch(at offset: UInt64, length: UInt64) throws(BlockError)
+    /// The node's current bytes at `offset` as read-only memory the caller may hand to the kernel
+    /// (for `sendmsg`) but must not touch itself, or nil when the driver cannot map them.
+    /// The memory stays valid until `close`; it always reflects completed writes.
+    func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer?
     /// Releases the driver's resources; no call follows.
     func close()
 }
@@ -85,6 +89,8 @@ public protocol BlockDriver: AnyObject, Sendable {
 extension BlockDriver {
     /// Default: a hint with no effect.
     public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {}
+    /// Default: nothing is mapped.
+    public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? { nil }
     /// Default: everything is data.
     public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
         [.data(length)]

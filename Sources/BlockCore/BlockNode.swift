@@ -41,6 +41,13 @@ public final class BlockNode: Sendable {
         }
     }
 
+    /// The bytes at `offset` as memory only the kernel may read (see `BlockDriver.mappedBytes`), or nil.
+    @inline(__always)
+    public func mappedBytes(at offset: UInt64, length count: Int) -> UnsafeRawPointer? {
+        assert(offset + UInt64(count) <= length)
+        return driver.mappedBytes(at: offset, length: count)
+    }
+
     /// Writes `buffer` at `offset`; durable on return when `fua` is set.
     @inline(__always)
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {

@@ -64,6 +64,36 @@ struct SocketIO {
         return true
     }
 
+    /// Sends every byte of the vectors, advancing past partial sends; false when the peer is gone.
+    /// The vectors are consumed (modified) in place.
+    func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>) -> Bool {
+        var first = 0
+        while first < vectors.count {
+            var message = msghdr()
+            message.msg_iov = vectors.baseAddress! + first
+            message.msg_iovlen = min(vectors.count - first, 1024)
+            let sent = sendmsg(fd, &message, Int32(MSG_NOSIGNAL))
+            if sent < 0 {
+                if errno == EINTR { continue }
+                return false
+            }
+            var left = sent
+            while left > 0 && first < vectors.count {
+                let length = vectors[first].iov_len
+                if left >= length {
+                    left -= length
+                    first += 1
+                } else {
+                    vectors[first].iov_base += left
+                    vectors[first].iov_len -= left
+                    left = 0
+                }
+            }
+            while first < vectors.count && vectors[first].iov_len == 0 { first += 1 }
+        }
+        return true
+    }
+
     /// Sends an array.
     func sendAll(_ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { $0.isEmpty || sendAll($0.baseAddress!, count: $0.count) }

@@ -38,6 +38,12 @@ final class Transmission {
     private var inputEnd = 0
     private let output = AlignedBuffer(capacity: 256 * 1024)
     private var outputLength = 0
+    /// Data sent from mapped memory, spliced into the output after byte `at` of the output buffer.
+    private var external: [(at: Int, base: UnsafeRawPointer, count: Int)] = []
+    private var externalBytes = 0
+    private let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2 * Transmission.maxExternal + 1)
+    /// Most mapped segments held before the output is sent.
+    static let maxExternal = 256
     private var payloadBuffer: AlignedBuffer?
 
     init(io: SocketIO, session: NegotiatedSession) {
@@ -46,7 +52,10 @@ final class Transmission {
         self.node = session.export.node
         self.style = session.style
         self.headerSize = session.style == .extended ? RequestHeader.extendedSize : RequestHeader.compactSize
+        external.reserveCapacity(Transmission.maxExternal)
     }
+
+    deinit { vectors.deallocate() }
 
     /// Serves requests until the client disconnects or breaks the protocol.
     func run() -> Ending {
@@ -67,7 +76,9 @@ final class Transmission {
                     flushOutput()
                     return ending
                 }
-                if outputLength >= Transmission.outputFlushThreshold { flushOutput() }
+                if outputLength + externalBytes >= Transmission.outputFlushThreshold || external.count >= Transmission.maxExternal {
+                    flushOutput()
+                }
             }
         }
     }
@@ -130,8 +141,51 @@ final class Transmission {
 
     private func flushOutput() {
         guard outputLength > 0 else { return }
-        _ = io.sendAll(output.bytes.baseAddress!, count: outputLength)
+        if external.isEmpty {
+            _ = io.sendAll(output.bytes.baseAddress!, count: outputLength)
+        } else {
+            let base = output.bytes.baseAddress!
+            var count = 0
+            var position = 0
+            for segment in external {
+                if segment.at > position {
+                    vectors[count] = iovec(iov_base: base + position, iov_len: segment.at - position)
+                    count += 1
+                    position = segment.at
+                }
+                vectors[count] = iovec(iov_base: UnsafeMutableRawPointer(mutating: segment.base), iov_len: segment.count)
+                count += 1
+            }
+            if outputLength > position {
+                vectors[count] = iovec(iov_base: base + position, iov_len: outputLength - position)
+                count += 1
+            }
+            if !io.sendAll(UnsafeMutableBufferPointer(rebasing: vectors[0..<count])) && errno == EFAULT {
+                // The mapped file could not be paged in (an I/O error, or it was truncated behind our back).
+                // Part of a reply may be out: the stream cannot be trusted any more, so end it.
+                Log.error("sending mapped data failed (I/O error or truncated image); dropping the connection")
+                shutdown(io.fd, Int32(SHUT_RDWR))
+            }
+            external.removeAll(keepingCapacity: true)
+            externalBytes = 0
+        }
         outputLength = 0
+    }
+
+    /// Queues `count` bytes of mapped memory to follow the output written so far.
+    @inline(__always)
+    private func appendExternal(_ base: UnsafeRawPointer, count: Int) {
+        external.append((outputLength, base, count))
+        externalBytes += count
+    }
+
+    /// Forgets output (and mapped segments) queued after `length`, to replace a failed reply.
+    private func truncateOutput(to length: Int) {
+        while let last = external.last, last.at > length {
+            externalBytes -= last.count
+            external.removeLast()
+        }
+        outputLength = length
     }
 
     /// Room for `count` more bytes at the end of the output; returns where they start.
@@ -305,6 +359,13 @@ final class Transmission {
             return
         }
         let prefix = style == .simple ? ReplyHeader.simpleSize : style.chunkHeaderSize + 8
+        if let mapped = node.mappedBytes(at: header.offset, length: count) {
+            let base = reserveOutput(prefix)
+            writeReadHeader(header, count: count, at: base)
+            outputLength += prefix
+            appendExternal(mapped, count: count)
+            return
+        }
         let base = reserveOutput(prefix + count)
         do {
             try node.read(into: UnsafeMutableRawBufferPointer(start: base + prefix, count: count), at: header.offset)
@@ -312,6 +373,13 @@ final class Transmission {
             replyStatus(header, error: Transmission.wireError(error))
             return
         }
+        writeReadHeader(header, count: count, at: base)
+        outputLength += prefix + count
+    }
+
+    /// The header of a successful one-piece READ reply: a simple reply, or an `OFFSET_DATA` chunk header and offset.
+    @inline(__always)
+    private func writeReadHeader(_ header: RequestHeader, count: Int, at base: UnsafeMutableRawPointer) {
         if style == .simple {
             ReplyHeader.writeSimple(error: 0, cookie: header.cookie, to: base)
         } else {
@@ -320,7 +388,6 @@ final class Transmission {
                 payloadLength: UInt64(8 + count), to: base)
             BigEndian.store(header.offset, base, size)
         }
-        outputLength += prefix + count
     }
 
     /// A structured read that sends holes as `OFFSET_HOLE` chunks; false when the range is one data extent.
@@ -342,19 +409,27 @@ final class Transmission {
                 BigEndian.store(UInt32(length), base, size + 8)
                 outputLength += size + 12
             } else {
-                let base = reserveOutput(chunkHeader + 8 + length)
-                do {
-                    try node.read(into: UnsafeMutableRawBufferPointer(start: base + chunkHeader + 8, count: length), at: position)
-                } catch {
-                    outputLength = start
-                    replyStatus(header, error: Transmission.wireError(error))
-                    return true
+                let mapped = node.mappedBytes(at: position, length: length)
+                let base = reserveOutput(chunkHeader + 8 + (mapped == nil ? length : 0))
+                if mapped == nil {
+                    do {
+                        try node.read(into: UnsafeMutableRawBufferPointer(start: base + chunkHeader + 8, count: length), at: position)
+                    } catch {
+                        truncateOutput(to: start)
+                        replyStatus(header, error: Transmission.wireError(error))
+                        return true
+                    }
                 }
                 let size = ReplyHeader.writeChunk(
                     style: style, flags: [], type: .offsetData, cookie: header.cookie, offset: header.offset,
                     payloadLength: UInt64(8 + length), to: base)
                 BigEndian.store(position, base, size)
-                outputLength += size + 8 + length
+                outputLength += size + 8
+                if let mapped {
+                    appendExternal(mapped, count: length)
+                } else {
+                    outputLength += length
+                }
             }
             position += extent.length
         }

@@ -16,6 +16,15 @@ public final class FileDriver: BlockDriver {
     private let isBlockDevice: Bool
     private let noFlush: Bool
     private let currentLength: Atomic<UInt64>
+    /// The last data range found by SEEK_DATA/SEEK_HOLE; SEEK_HOLE walks every cached page on tmpfs,
+    /// so repeating it per read would cost O(file size). Writes never turn data into holes;
+    /// zero-writes and discards clear it.
+    /// A read-only shared mapping of the whole file, so that READ replies are sent straight from the
+    /// page cache (one copy instead of two). Only the kernel reads it, inside `sendmsg`, where a failed
+    /// page-in becomes an error return rather than a signal. Nil for block devices and O_DIRECT.
+    private let mapping: UInt
+    private let mappedLength: UInt64
+    private let knownData = Mutex<Range<UInt64>>(0..<0)
 
     /// Opens `path` with the node's common settings.
     public init(driverName: String, path: String, common: CommonNodeOptions) throws(OptionError) {
@@ -48,6 +57,14 @@ public final class FileDriver: BlockDriver {
         self.isBlockDevice = isBlockDevice
         self.noFlush = common.cacheNoFlush
         self.currentLength = Atomic(size)
+        if !isBlockDevice && !common.cacheDirect && size > 0 && size < (1 << 46),
+           let base = mmap(nil, Int(size), PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED {
+            self.mapping = UInt(bitPattern: base)
+            self.mappedLength = size
+        } else {
+            self.mapping = 0
+            self.mappedLength = 0
+        }
         var features = DriverFeatures()
         features.fua = .native
         features.fastZero = true
@@ -99,6 +116,7 @@ public final class FileDriver: BlockDriver {
     }
 
     public func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockError) {
+        forgetData()
         var result: Int32
         if isBlockDevice {
             result = flags.contains(.mayUnmap) && features.discard ? blk_device_discard(fd, offset, length) : -EOPNOTSUPP
@@ -119,6 +137,7 @@ public final class FileDriver: BlockDriver {
     }
 
     public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {
+        forgetData()
         let result = isBlockDevice ? blk_device_discard(fd, offset, length) : blk_punch_hole(fd, offset, length)
         // Discard is advisory: a file system that cannot do it is not an error.
         if result != 0 && result != -EOPNOTSUPP && result != -ENOTTY {
@@ -136,6 +155,10 @@ public final class FileDriver: BlockDriver {
     public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
         guard !isBlockDevice else { return [.data(length, hostOffset: offset)] }
         let end = offset + length
+        let cached = knownData.withLock { $0 }
+        if cached.contains(offset) {
+            return [.data(min(cached.upperBound, end) - offset, hostOffset: offset)]
+        }
         let data = lseek(fd, off_t(offset), 3 /* SEEK_DATA */)
         if data < 0 {
             // ENXIO: no data from here to the end of the file.
@@ -147,14 +170,25 @@ public final class FileDriver: BlockDriver {
         }
         let hole = lseek(fd, off_t(offset), 4 /* SEEK_HOLE */)
         guard hole > 0 else { return [.data(length, hostOffset: offset)] }
+        knownData.withLock { $0 = offset..<UInt64(hole) }
         return [.data(min(UInt64(hole), end) - offset, hostOffset: offset)]
+    }
+
+    private func forgetData() {
+        knownData.withLock { $0 = 0..<0 }
     }
 
     public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {
         _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
     }
 
+    public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? {
+        guard mapping != 0, offset + UInt64(length) <= mappedLength else { return nil }
+        return UnsafeRawPointer(bitPattern: mapping + UInt(offset))
+    }
+
     public func close() {
+        if mapping != 0 { munmap(UnsafeMutableRawPointer(bitPattern: mapping), Int(mappedLength)) }
         Glibc.close(fd)
     }
 
