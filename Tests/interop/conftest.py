@@ -98,12 +98,15 @@ def start_blockd(tmp_path):
     """Factory: start_blockd(image=..., fmt='raw', writable=True, extra=[...], tcp=False, export='disk0', args=None).
 
     With `args` the command line is taken as given (plus the unix --nbd-server); otherwise a
-    file node over `image` (or a null-co node when image is None) under a raw node is exported."""
+    file node over `image` (or a null-co node when image is None) under a raw node is exported.
+    `server_opts` is appended to the unix --nbd-server (e.g. ",max-connections=5,handshake-max-seconds=1");
+    blockd takes its server limits from the first --nbd-server, which is this one unless `args` has its own."""
     started: list[Blockd] = []
 
     def factory(image: Path | None = None, writable: bool = True, extra: list[str] | None = None,
                 tcp: bool = False, export: str = "disk0", args: list[str] | None = None,
-                null_size: str = "64M", file_opts: str = "", check_exit: bool = True) -> Blockd:
+                null_size: str = "64M", file_opts: str = "", check_exit: bool = True,
+                server_opts: str = "") -> Blockd:
         sock = tmp_path / f"nbd-{len(started)}.sock"
         port = free_port() if tcp else None
         if args is None:
@@ -113,7 +116,7 @@ def start_blockd(tmp_path):
                 args = ["--blockdev", f"driver=file,node-name=f0,filename={image}{file_opts}",
                         "--blockdev", "driver=raw,node-name=disk0,file=f0"]
             args += ["--export", f"type=nbd,id=e0,node-name=disk0,name={export},writable={'on' if writable else 'off'}"]
-        args = [*args, "--nbd-server", f"addr.type=unix,addr.path={sock}"]
+        args = [*args, "--nbd-server", f"addr.type=unix,addr.path={sock}{server_opts}"]
         if tcp:
             args += ["--nbd-server", f"addr.type=inet,addr.host=127.0.0.1,addr.port={port}"]
         daemon = Blockd(tmp_path, args + (extra or []), sock, export, port)

@@ -220,7 +220,12 @@ public enum FileDriverOpener {
             if context.common.aio != "threads" {
                 throw OptionError("\(options.context): aio=\(context.common.aio) is not available yet; use aio=threads")
             }
-            let driver = try FileDriver(driverName: name, path: path, common: context.common)
+            let driver: FileDriver
+            do {
+                driver = try FileDriver(driverName: name, path: path, common: context.common)
+            } catch {
+                throw OptionError("\(options.context): \(error.message)")
+            }
             return OpenedDriver(driver: driver)
         }
     }
