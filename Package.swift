@@ -14,13 +14,15 @@ let package = Package(
     ],
     targets: [
         .target(name: "CBlockShims"),
+        .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
         .target(name: "NBDProtocol", swiftSettings: strict),
         .target(name: "BlockCore", dependencies: ["CBlockShims"], swiftSettings: strict),
-        .target(name: "BlockDrivers", dependencies: ["BlockCore", "CBlockShims"], swiftSettings: strict),
+        .target(name: "BlockIO", dependencies: ["BlockCore", "CURing"], swiftSettings: strict),
+        .target(name: "BlockDrivers", dependencies: ["BlockCore", "BlockIO", "CBlockShims"], swiftSettings: strict),
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "CBlockShims"], swiftSettings: strict),
         .target(
             name: "Daemon",
-            dependencies: ["NBDProtocol", "BlockCore", "BlockDrivers", "Exports", "CBlockShims"],
+            dependencies: ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Exports", "CBlockShims"],
             swiftSettings: strict),
         .executableTarget(
             name: "blockd",

@@ -82,6 +82,8 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// (for `sendmsg`) but must not touch itself, or nil when the driver cannot map them.
     /// The memory stays valid until `close`; it always reflects completed writes.
     func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer?
+    /// Where a read or write of this range can be sent straight to a file (for `aio=native`), or nil.
+    func directTarget(at offset: UInt64, length: Int) -> DirectTarget?
     /// Releases the driver's resources; no call follows.
     func close()
 }
@@ -89,6 +91,8 @@ public protocol BlockDriver: AnyObject, Sendable {
 extension BlockDriver {
     /// Default: a hint with no effect.
     public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {}
+    /// Default: no direct path.
+    public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? { nil }
     /// Default: nothing is mapped.
     public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? { nil }
     /// Default: everything is data.

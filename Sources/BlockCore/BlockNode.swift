@@ -48,6 +48,14 @@ public final class BlockNode: Sendable {
         return driver.mappedBytes(at: offset, length: count)
     }
 
+    /// Where a request for this range, with its data at `buffer`, can be sent straight to a file,
+    /// or nil when it must go through `read`/`write` (no such path, or it needs bouncing).
+    @inline(__always)
+    public func directTarget(at offset: UInt64, length count: Int, buffer: UnsafeRawPointer) -> DirectTarget? {
+        if alignmentLock != nil && !isAligned(offset, count, buffer) { return nil }
+        return driver.directTarget(at: offset, length: count)
+    }
+
     /// Writes `buffer` at `offset`; durable on return when `fua` is set.
     @inline(__always)
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {

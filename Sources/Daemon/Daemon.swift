@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import BlockDrivers
+import BlockIO
 import Exports
 
 /// The running daemon: the graph, the NBD server, and the process lifecycle around them.
@@ -29,7 +30,7 @@ public final class Daemon {
             if first.maxConnections > 0 { limits.maxConnections = first.maxConnections }
             limits.handshakeTimeout = first.handshakeSeconds
         }
-        server = NBDServer(limits: limits)
+        server = NBDServer(limits: limits, engineFactory: { URingEngine() })
         for spec in configuration.exports {
             guard let node = graph.node(named: spec.nodeName) else {
                 throw OptionError("--export '\(spec.id)': no node named '\(spec.nodeName)'")

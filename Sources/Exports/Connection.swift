@@ -11,6 +11,7 @@ struct Connection {
     let peer: String
     let exports: ExportTable
     let handshakeTimeout: Double
+    let engineFactory: IOBatchEngineFactory?
 
     /// Serves the client until it leaves; the caller closes the descriptor.
     func run() {
@@ -20,7 +21,7 @@ struct Connection {
             return
         }
         Log.info("\(peer): connected to export '\(session.export.name)' (\(session.style))")
-        let ending = Transmission(io: io, session: session).run()
+        let ending = Transmission(io: io, session: session, engineFactory: engineFactory).run()
         switch ending {
         case .disconnect, .closed:
             Log.info("\(peer): disconnected from export '\(session.export.name)'")

@@ -23,10 +23,12 @@ public final class NBDServer: Sendable {
     private let listeners = Mutex<[Listener]>([])
     private let connections = Mutex<Set<Int32>>([])
     private let draining = Atomic<Bool>(false)
+    private let engineFactory: IOBatchEngineFactory?
 
-    /// Creates a server that is not listening yet.
-    public init(limits: ServerLimits = ServerLimits()) {
+    /// Creates a server that is not listening yet; `engineFactory` makes each connection's batch I/O engine.
+    public init(limits: ServerLimits = ServerLimits(), engineFactory: IOBatchEngineFactory? = nil) {
         self.limits = Mutex(limits)
+        self.engineFactory = engineFactory
     }
 
     /// Starts listening on `address`; returns the bound TCP port, if any.
@@ -55,8 +57,9 @@ public final class NBDServer: Sendable {
             return
         }
         let exports = self.exports
+        let engineFactory = self.engineFactory
         spawnThread { [self] in
-            Connection(fd: fd, peer: peer, exports: exports, handshakeTimeout: current.handshakeTimeout).run()
+            Connection(fd: fd, peer: peer, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory).run()
             connections.withLock { _ = $0.remove(fd) }
             close(fd)
         }

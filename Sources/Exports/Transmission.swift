@@ -44,10 +44,25 @@ final class Transmission {
     private let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2 * Transmission.maxExternal + 1)
     /// Most mapped segments held before the output is sent.
     static let maxExternal = 256
+
+    /// A read or write handed to the batch engine, waiting for its completion.
+    private struct PendingIO {
+        var header: RequestHeader
+        var buffer: UnsafeMutableRawPointer
+        var isRead: Bool
+    }
+    private let engineFactory: IOBatchEngineFactory?
+    private var engine: (any IOBatchEngine)?
+    private var engineTried = false
+    private var pending: [PendingIO] = []
+    /// Buffers engine reads land in; they are sent from directly, so they live until the output is sent.
+    private var readBuffers: [AlignedBuffer] = []
+    private var readBuffersUsed = 0
     private var payloadBuffer: AlignedBuffer?
 
-    init(io: SocketIO, session: NegotiatedSession) {
+    init(io: SocketIO, session: NegotiatedSession, engineFactory: IOBatchEngineFactory?) {
         self.io = io
+        self.engineFactory = engineFactory
         self.session = session
         self.node = session.export.node
         self.style = session.style
@@ -140,6 +155,8 @@ final class Transmission {
     // MARK: - Output
 
     private func flushOutput() {
+        drainPending()
+        defer { readBuffersUsed = 0 }
         guard outputLength > 0 else { return }
         if external.isEmpty {
             _ = io.sendAll(output.bytes.baseAddress!, count: outputLength)
@@ -246,6 +263,7 @@ final class Transmission {
                 replyStatus(header, error: error)
                 return nil
             }
+            if queueWrite(header, payload) { return nil }
             do {
                 try node.write(payload, at: header.offset, fua: header.commandFlags.contains(.fua))
                 replyStatus(header, error: 0)
@@ -254,6 +272,7 @@ final class Transmission {
             }
             return nil
         }
+        if header.type != NBDCommand.read.rawValue { drainPending() }
         let error = validate(header)
         if error != 0 {
             replyStatus(header, error: error)
@@ -366,6 +385,7 @@ final class Transmission {
             appendExternal(mapped, count: count)
             return
         }
+        if queueRead(header, count: count) { return }
         let base = reserveOutput(prefix + count)
         do {
             try node.read(into: UnsafeMutableRawBufferPointer(start: base + prefix, count: count), at: header.offset)
@@ -388,6 +408,88 @@ final class Transmission {
                 payloadLength: UInt64(8 + count), to: base)
             BigEndian.store(header.offset, base, size)
         }
+    }
+
+    // MARK: - Batch engine (aio=native)
+
+    /// The connection's engine, created on first use; nil when there is none.
+    private func batchEngine() -> (any IOBatchEngine)? {
+        if !engineTried {
+            engineTried = true
+            engine = engineFactory?()
+        }
+        return engine
+    }
+
+    /// Hands a read to the engine; false when it must be done synchronously.
+    private func queueRead(_ header: RequestHeader, count: Int) -> Bool {
+        guard count > 0, engineFactory != nil else { return false }
+        if readBuffersUsed == readBuffers.count { readBuffers.append(AlignedBuffer(capacity: count)) }
+        let buffer = readBuffers[readBuffersUsed]
+        buffer.reserve(count)
+        let base = buffer.bytes.baseAddress!
+        guard let target = node.directTarget(at: header.offset, length: count, buffer: base),
+              let engine = batchEngine() else { return false }
+        if !engine.queueRead(target, into: base, length: count, token: pending.count) {
+            drainPending()
+            guard engine.queueRead(target, into: base, length: count, token: pending.count) else { return false }
+        }
+        readBuffersUsed += 1
+        pending.append(PendingIO(header: header, buffer: base, isRead: true))
+        return true
+    }
+
+    /// Hands a write to the engine; false when it must be done synchronously. The payload must stay
+    /// where it is until `drainPending`, which every input refill and large payload read calls first.
+    private func queueWrite(_ header: RequestHeader, _ payload: UnsafeRawBufferPointer) -> Bool {
+        guard payload.count > 0, engineFactory != nil, UnsafeRawPointer(payloadBuffer?.bytes.baseAddress) != payload.baseAddress,
+              let target = node.directTarget(at: header.offset, length: payload.count, buffer: payload.baseAddress!),
+              let engine = batchEngine() else { return false }
+        let fua = header.commandFlags.contains(.fua)
+        let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
+        if !engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) {
+            drainPending()
+            guard engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) else { return false }
+        }
+        pending.append(PendingIO(header: header, buffer: base, isRead: false))
+        return true
+    }
+
+    /// Runs the queued reads and writes and appends their replies in the order they complete.
+    private func drainPending() {
+        guard !pending.isEmpty, let engine else { return }
+        engine.complete { token, result in
+            let io = pending[token]
+            let count = Int(io.header.length)
+            var failure: BlockError?
+            if result < 0 {
+                failure = BlockError.posix(io.isRead ? "read" : "write", errno: -result)
+            } else if Int(result) < count {
+                // A short transfer: finish the rest synchronously.
+                let done = Int(result)
+                do throws(BlockError) {
+                    if io.isRead {
+                        try node.read(into: UnsafeMutableRawBufferPointer(start: io.buffer + done, count: count - done), at: io.header.offset + UInt64(done))
+                    } else {
+                        try node.write(UnsafeRawBufferPointer(start: io.buffer + done, count: count - done), at: io.header.offset + UInt64(done),
+                                       fua: io.header.commandFlags.contains(.fua))
+                    }
+                } catch {
+                    failure = error
+                }
+            }
+            if let failure {
+                replyStatus(io.header, error: Transmission.wireError(failure))
+            } else if io.isRead {
+                let prefix = style == .simple ? ReplyHeader.simpleSize : style.chunkHeaderSize + 8
+                writeReadHeader(io.header, count: count, at: reserveOutput(prefix))
+                outputLength += prefix
+                appendExternal(io.buffer, count: count)
+            } else {
+                replyStatus(io.header, error: 0)
+            }
+        }
+        pending.removeAll(keepingCapacity: true)
     }
 
     /// A structured read that sends holes as `OFFSET_HOLE` chunks; false when the range is one data extent.

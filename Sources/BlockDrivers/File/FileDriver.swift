@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import BlockIO
 import CBlockShims
 import Synchronization
 
@@ -15,6 +16,7 @@ public final class FileDriver: BlockDriver {
     private let fd: Int32
     private let isBlockDevice: Bool
     private let noFlush: Bool
+    private let native: Bool
     private let currentLength: Atomic<UInt64>
     /// The last data range found by SEEK_DATA/SEEK_HOLE; SEEK_HOLE walks every cached page on tmpfs,
     /// so repeating it per read would cost O(file size). Writes never turn data into holes;
@@ -56,6 +58,7 @@ public final class FileDriver: BlockDriver {
         self.fd = fd
         self.isBlockDevice = isBlockDevice
         self.noFlush = common.cacheNoFlush
+        self.native = common.aio != "threads"
         self.currentLength = Atomic(size)
         if !isBlockDevice && !common.cacheDirect && size > 0 && size < (1 << 46),
            let base = mmap(nil, Int(size), PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED {
@@ -182,6 +185,10 @@ public final class FileDriver: BlockDriver {
         _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
     }
 
+    public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? {
+        native && !noFlush ? DirectTarget(fd: fd, offset: offset) : nil
+    }
+
     public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? {
         guard mapping != 0, offset + UInt64(length) <= mappedLength else { return nil }
         return UnsafeRawPointer(bitPattern: mapping + UInt(offset))
@@ -217,11 +224,11 @@ public enum FileDriverOpener {
         { options, context throws(OptionError) in
             let path = try options.requiredString("filename")
             _ = try options.choice("locking", ["auto", "on", "off"])
-            if context.common.aio != "threads" {
-                throw OptionError("\(options.context): aio=\(context.common.aio) is not available yet; use aio=threads")
+            if context.common.aio != "threads" && !URingEngine.isAvailable {
+                throw OptionError("\(options.context): aio=\(context.common.aio) needs io_uring, which this kernel does not allow")
             }
             let driver: FileDriver
-            do {
+            do throws(OptionError) {
                 driver = try FileDriver(driverName: name, path: path, common: context.common)
             } catch {
                 throw OptionError("\(options.context): \(error.message)")

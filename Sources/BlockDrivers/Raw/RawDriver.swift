@@ -44,6 +44,10 @@ public final class RawDriver: BlockDriver {
         try child.blockStatus(at: start + offset, length: length)
     }
 
+    public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? {
+        child.driver.directTarget(at: start + offset, length: length)
+    }
+
     public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? {
         child.mappedBytes(at: start + offset, length: length)
     }

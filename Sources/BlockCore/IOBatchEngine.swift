@@ -1,0 +1,27 @@
+/// A file descriptor and offset a request can be sent to directly, bypassing the driver's own code.
+public struct DirectTarget: Sendable {
+    /// The open file.
+    public var fd: Int32
+    /// The request's offset in that file.
+    public var offset: UInt64
+
+    /// Creates a target.
+    public init(fd: Int32, offset: UInt64) {
+        self.fd = fd
+        self.offset = offset
+    }
+}
+
+/// An I/O engine owned by one thread that runs many reads and writes with one system call
+/// (`aio=native`: io_uring). Buffers handed to it stay untouched until `complete` returns.
+public protocol IOBatchEngine: AnyObject {
+    /// Queues a read of `length` bytes into `buffer`; false when the engine is full.
+    func queueRead(_ target: DirectTarget, into buffer: UnsafeMutableRawPointer, length: Int, token: Int) -> Bool
+    /// Queues a write (durable on completion when `fua`); false when the engine is full.
+    func queueWrite(_ target: DirectTarget, from buffer: UnsafeRawPointer, length: Int, fua: Bool, token: Int) -> Bool
+    /// Runs everything queued and reports each completion: the token and the bytes done or `-errno`.
+    func complete(_ completion: (_ token: Int, _ result: Int32) -> Void)
+}
+
+/// Creates the engine for a new connection thread, or nil to use the drivers' synchronous path.
+public typealias IOBatchEngineFactory = @Sendable () -> (any IOBatchEngine)?
