@@ -57,14 +57,35 @@ public struct OpenContext {
 /// Opens a driver from its options; one per driver name (or family of names).
 public typealias DriverOpener = @Sendable (OptionReader, OpenContext) throws(OptionError) -> OpenedDriver
 
+/// A driver the graph can open: the option names it takes (besides the common ones) and its opener.
+public struct DriverEntry: Sendable {
+    /// The driver's own top-level option names.
+    public let keys: Set<String>
+    /// Opens a node.
+    public let open: DriverOpener
+
+    /// Describes a driver.
+    public init(keys: Set<String>, open: @escaping DriverOpener) {
+        self.keys = keys
+        self.open = open
+    }
+}
+
 /// The live graph: every node by name, and the drivers that can be opened.
 public final class BlockGraph: Sendable {
-    private let openers: [String: DriverOpener]
+    private let openers: [String: DriverEntry]
+    /// Option names every node takes (BlockdevOptionsBase).
+    public static let commonKeys: Set<String> = [
+        "driver", "node-name", "read-only", "auto-read-only", "force-share", "cache", "discard", "aio", "detect-zeroes",
+    ]
     private let nodes = Mutex<[String: BlockNode]>([:])
+    /// For nodes defined inline inside another definition: the top-level node whose definition made them.
+    private let definedBy = Mutex<[String: String]>([:])
+    private let openingStack = Mutex<[String]>([])
     private let anonymousCounter = Atomic<Int>(0)
 
     /// Creates an empty graph that can open the given drivers.
-    public init(drivers: [String: DriverOpener]) {
+    public init(drivers: [String: DriverEntry]) {
         self.openers = drivers
     }
 
@@ -86,7 +107,7 @@ public final class BlockGraph: Sendable {
     public func open(_ value: OptionValue, context: String = "--blockdev", inheritReadOnly: Bool = false) throws(OptionError) -> BlockNode {
         let top = try OptionReader(value, context: context)
         let driverName = try top.requiredString("driver")
-        guard let opener = openers[driverName] else {
+        guard let entry = openers[driverName] else {
             throw OptionError("\(context): unknown driver '\(driverName)' (known: \(driverNames.joined(separator: ", ")))")
         }
         let name: String
@@ -100,14 +121,30 @@ public final class BlockGraph: Sendable {
         }
         guard node(named: name) == nil else { throw OptionError("\(context): node-name '\(name)' is already in use") }
         let options = try OptionReader(value, context: "\(context) '\(name)' (driver \(driverName))")
+        if case .object(let members) = value,
+           let unknown = members.keys.sorted().first(where: { !BlockGraph.commonKeys.contains($0) && !entry.keys.contains($0) }) {
+            throw OptionError("\(options.context): unknown parameter '\(unknown)'")
+        }
         _ = options.value("driver")
         _ = options.value("node-name")
         let common = try BlockGraph.commonOptions(options, inheritReadOnly: inheritReadOnly)
-        let opened = try opener(options, OpenContext(graph: self, nodeName: name, common: common))
+        let parent = openingStack.withLock { stack -> String? in
+            defer { stack.append(name) }
+            return stack.first
+        }
+        defer { openingStack.withLock { _ = $0.popLast() } }
+        let opened: OpenedDriver
+        do {
+            opened = try entry.open(options, OpenContext(graph: self, nodeName: name, common: common))
+        } catch {
+            if parent == nil { removeDefined(by: name) }
+            throw error
+        }
         do {
             try options.finish()
         } catch {
             opened.driver.close()
+            if parent == nil { removeDefined(by: name) }
             throw error
         }
         let node = BlockNode(name: name, driver: opened.driver, children: opened.children, readOnly: common.readOnly)
@@ -120,7 +157,34 @@ public final class BlockGraph: Sendable {
             opened.driver.close()
             throw OptionError("\(context): node-name '\(name)' is already in use")
         }
+        if let parent { definedBy.withLock { $0[name] = parent } }
         return node
+    }
+
+    /// The nodes whose children include `node`.
+    public func parents(of node: BlockNode) -> [BlockNode] {
+        allNodes.filter { candidate in candidate.children.contains { $0.node === node } }
+    }
+
+    /// Removes a top-level node and the nodes defined inline inside it; fails when another node uses it.
+    public func remove(_ name: String) throws(OptionError) {
+        guard let node = node(named: name) else { throw OptionError("no node named '\(name)'") }
+        let inline = Set(definedBy.withLock { table in table.filter { $0.value == name }.map(\.key) })
+        let users = parents(of: node).filter { !inline.contains($0.name) }
+        if let user = users.first { throw OptionError("node '\(name)' is used by node '\(user.name)'") }
+        removeDefined(by: name)
+        node.driver.close()
+        nodes.withLock { _ = $0.removeValue(forKey: name) }
+    }
+
+    private func removeDefined(by top: String) {
+        let inline = definedBy.withLock { table -> [String] in
+            let names = table.filter { $0.value == top }.map(\.key)
+            for name in names { table.removeValue(forKey: name) }
+            return names
+        }
+        let removed = nodes.withLock { table in inline.compactMap { table.removeValue(forKey: $0) } }
+        for node in removed { node.driver.close() }
     }
 
     /// Closes every node; used at shutdown.

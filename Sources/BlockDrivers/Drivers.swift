@@ -3,12 +3,16 @@ import BlockCore
 /// Every driver this build can open, by the name `--blockdev driver=` uses.
 public enum Drivers {
     /// The table a `BlockGraph` is created with.
-    public static let all: [String: DriverOpener] = [
-        "file": FileDriverOpener.opener(for: "file"),
-        "host_device": FileDriverOpener.opener(for: "host_device"),
-        "host_cdrom": FileDriverOpener.opener(for: "host_cdrom"),
-        "raw": RawDriver.opener,
-        "null-co": NullDriver.opener(for: "null-co"),
-        "null-aio": NullDriver.opener(for: "null-aio"),
-    ]
+    public static let all: [String: DriverEntry] = {
+        let file: Set<String> = ["filename", "locking", "x-check-cache-dropped"]
+        let null: Set<String> = ["size", "latency-ns", "read-zeroes"]
+        return [
+            "file": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "file")),
+            "host_device": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "host_device")),
+            "host_cdrom": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "host_cdrom")),
+            "raw": DriverEntry(keys: ["file", "offset", "size"], open: RawDriver.opener),
+            "null-co": DriverEntry(keys: null, open: NullDriver.opener(for: "null-co")),
+            "null-aio": DriverEntry(keys: null, open: NullDriver.opener(for: "null-aio")),
+        ]
+    }()
 }

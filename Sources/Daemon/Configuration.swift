@@ -37,6 +37,8 @@ public struct DaemonConfiguration: Sendable {
     public var pidfile: String?
     /// `--daemonize`.
     public var daemonize = false
+    /// `log-level` from the config file (the command line's wins).
+    public var logLevel: String?
 
     /// Creates an empty configuration.
     public init() {}
@@ -51,9 +53,6 @@ public struct DaemonConfiguration: Sendable {
         }
         for text in exports {
             self.exports.append(try DaemonConfiguration.parseExport(try KeyValueParser.parse(text, impliedKey: "type")))
-        }
-        if !self.exports.isEmpty && self.servers.isEmpty {
-            throw OptionError("--export type=nbd needs an --nbd-server to serve it")
         }
     }
 
@@ -71,6 +70,11 @@ public struct DaemonConfiguration: Sendable {
         try reader.finish()
         guard maxConnections <= 100_000, handshake > 0, handshake <= 3600 else {
             throw OptionError("--nbd-server: max-connections must be at most 100000 and handshake-max-seconds 1 to 3600")
+        }
+        if case .inet(_, let port) = address {
+            guard let number = Int(port), (0...65535).contains(number) else {
+                throw OptionError("--nbd-server: parameter 'addr.port' expects a port number from 0 to 65535, got '\(port)'")
+            }
         }
         return NBDServerSpec(address: address, maxConnections: Int(maxConnections), handshakeSeconds: Double(handshake))
     }
@@ -98,5 +102,35 @@ public struct DaemonConfiguration: Sendable {
         try reader.finish()
         guard name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
         return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable)
+    }
+}
+
+/// What the command line asked for, kept as text so that a reload can combine it with the config file anew.
+public struct CommandLineOptions: Sendable {
+    /// `--blockdev` values.
+    public var blockdevs: [String] = []
+    /// `--nbd-server` values.
+    public var servers: [String] = []
+    /// `--export` values.
+    public var exports: [String] = []
+    /// `--config FILE`.
+    public var configPath: String?
+    /// `--pidfile`.
+    public var pidfile: String?
+    /// `--daemonize`.
+    public var daemonize = false
+
+    /// Creates empty options.
+    public init() {}
+
+    /// The configuration: the config file's settings first, then the command line's.
+    public func configuration() throws(OptionError) -> DaemonConfiguration {
+        let file = try configPath.map { path throws(OptionError) in try ConfigFile.load(path) } ?? ConfigFile()
+        var configuration = try DaemonConfiguration(
+            blockdevs: file.blockdevs + blockdevs, servers: file.servers + servers, exports: file.exports + exports)
+        configuration.pidfile = pidfile ?? file.pidfile
+        configuration.daemonize = daemonize
+        configuration.logLevel = file.logLevel
+        return configuration
     }
 }

@@ -6,40 +6,96 @@ import BlockDrivers
 import BlockIO
 import Exports
 
-/// The running daemon: the graph, the NBD server, and the process lifecycle around them.
+/// The running daemon: the graph, the NBD server, and the changes a reload makes to them.
 public final class Daemon {
     /// The block graph.
     public let graph = BlockGraph(drivers: Drivers.all)
     /// The NBD server.
     public private(set) var server = NBDServer()
-    private let configuration: DaemonConfiguration
+    private var configuration: DaemonConfiguration
+    private let activation: SocketActivation?
 
     /// Creates a daemon for a configuration; nothing is opened yet.
-    public init(configuration: DaemonConfiguration) {
+    public init(configuration: DaemonConfiguration, activation: SocketActivation? = nil) {
         self.configuration = configuration
+        self.activation = activation
     }
 
-    /// Opens every node, starts the listeners and adds the exports; throws on the first problem.
+    /// Opens every node, adds the exports and starts the listeners; throws on the first problem.
     public func start() throws(OptionError) {
-        for blockdev in configuration.blockdevs {
-            let node = try graph.open(blockdev)
-            Log.debug("opened node '\(node.name)' (\(node.driver.driverName), \(node.length) bytes)")
+        let addresses = try listenAddresses(configuration)
+        if !configuration.exports.isEmpty && addresses.isEmpty {
+            throw OptionError("--export type=nbd needs an --nbd-server to serve it")
         }
+        for blockdev in configuration.blockdevs { try openNode(blockdev) }
         var limits = ServerLimits()
         if let first = configuration.servers.first {
             if first.maxConnections > 0 { limits.maxConnections = first.maxConnections }
             limits.handshakeTimeout = first.handshakeSeconds
         }
         server = NBDServer(limits: limits, engineFactory: { URingEngine() })
-        for spec in configuration.exports {
-            guard let node = graph.node(named: spec.nodeName) else {
-                throw OptionError("--export '\(spec.id)': no node named '\(spec.nodeName)'")
-            }
-            try server.exports.add(try NBDExport(id: spec.id, name: spec.name, description: spec.description, node: node, writable: spec.writable))
-            Log.info("export '\(spec.name)' of node '\(node.name)' (\(node.length) bytes, \(spec.writable ? "writable" : "read-only"))")
+        for spec in configuration.exports { try addExport(spec) }
+        for address in addresses { try server.listen(on: address) }
+    }
+
+    /// One line for `STATUS=`: what is exported where.
+    public var status: String {
+        let exports = server.exports.all.map(\.name)
+        let names = exports.isEmpty ? "nothing" : exports.map { "'\($0)'" }.joined(separator: ", ")
+        return "exporting \(names) on \(server.addresses.map(\.description).joined(separator: ", "))"
+    }
+
+    /// Changes the running daemon to `new`: exports, nodes and listeners that are the same stay untouched
+    /// (their clients go on); removed or changed ones are taken down; new ones are set up. The new
+    /// configuration is checked before anything changes; a node that fails to open is reported and
+    /// left out, with its export.
+    public func reload(_ new: DaemonConfiguration) throws(OptionError) {
+        let old = configuration
+        let newAddresses = try listenAddresses(new)
+        let oldAddresses = server.addresses
+        let keptNodes = Set(new.blockdevs.filter { old.blockdevs.contains($0) }.compactMap(Daemon.nodeName))
+        let droppedNodes = old.blockdevs.filter { !new.blockdevs.contains($0) }.compactMap(Daemon.nodeName)
+        let droppedExports = old.exports.filter { !new.exports.contains($0) }
+        let addedExports = new.exports.filter { !old.exports.contains($0) }
+        // A kept export must not lose its node.
+        for spec in new.exports where old.exports.contains(spec) && droppedNodes.contains(spec.nodeName) {
+            throw OptionError("reload: export '\(spec.id)' is unchanged but its node '\(spec.nodeName)' changes; change or remove the export too")
         }
-        for spec in configuration.servers {
-            try server.listen(on: spec.address)
+        for spec in droppedExports { server.removeExport(id: spec.id) }
+        for name in droppedNodes.reversed() where !keptNodes.contains(name) {
+            do {
+                try graph.remove(name)
+                Log.info("node '\(name)' closed")
+            } catch {
+                Log.error("reload: \(error.message)")
+            }
+        }
+        var failures: [String] = []
+        for blockdev in new.blockdevs where !old.blockdevs.contains(blockdev) {
+            do {
+                try openNode(blockdev)
+            } catch {
+                failures.append(error.message)
+            }
+        }
+        for spec in addedExports {
+            do {
+                try addExport(spec)
+            } catch {
+                failures.append(error.message)
+            }
+        }
+        for address in oldAddresses where !newAddresses.contains(address) { server.stopListening(on: address) }
+        for address in newAddresses where !oldAddresses.contains(address) {
+            do {
+                try server.listen(on: address)
+            } catch {
+                failures.append(error.message)
+            }
+        }
+        configuration = new
+        if !failures.isEmpty {
+            throw OptionError("reload: " + failures.joined(separator: "; "))
         }
     }
 
@@ -54,5 +110,42 @@ public final class Daemon {
             }
         }
         graph.closeAll()
+    }
+
+    private func openNode(_ blockdev: OptionValue) throws(OptionError) {
+        let node = try graph.open(blockdev)
+        Log.debug("opened node '\(node.name)' (\(node.driver.driverName), \(node.length) bytes)")
+    }
+
+    private func addExport(_ spec: ExportSpec) throws(OptionError) {
+        guard let node = graph.node(named: spec.nodeName) else {
+            throw OptionError("--export '\(spec.id)': no node named '\(spec.nodeName)'")
+        }
+        try server.exports.add(try NBDExport(id: spec.id, name: spec.name, description: spec.description, node: node, writable: spec.writable))
+        Log.info("export '\(spec.name)' of node '\(node.name)' (\(node.length) bytes, \(spec.writable ? "writable" : "read-only"))")
+    }
+
+    /// The configured addresses with socket-activation names resolved; every passed socket when the
+    /// process was socket-activated and no `--nbd-server` names one.
+    private func listenAddresses(_ configuration: DaemonConfiguration) throws(OptionError) -> [ListenAddress] {
+        var addresses: [ListenAddress] = []
+        for spec in configuration.servers {
+            if let activation {
+                addresses.append(try activation.resolve(spec.address))
+            } else if case .fdName(let name) = spec.address {
+                throw OptionError("--nbd-server: addr.str='\(name)' names a socket, but none was passed (LISTEN_FDS is not set)")
+            } else {
+                addresses.append(spec.address)
+            }
+        }
+        if addresses.isEmpty, let activation {
+            addresses = activation.sockets.map { .fd($0.fd) }
+        }
+        return addresses
+    }
+
+    private static func nodeName(_ blockdev: OptionValue) -> String? {
+        guard case .object(let members) = blockdev, case .string(let name)? = members["node-name"] else { return nil }
+        return name
     }
 }

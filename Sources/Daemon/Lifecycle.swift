@@ -3,10 +3,10 @@ import Glibc
 #endif
 import BlockCore
 
-/// Process-level behaviour: signals, `--daemonize`, `--pidfile`.
+/// Process-level behaviour: signals, `--daemonize`, `--pidfile`, systemd notification and reload.
 public enum Lifecycle {
-    /// Runs the daemon until SIGTERM or SIGINT; returns the exit status.
-    public static func run(_ configuration: DaemonConfiguration) -> Int32 {
+    /// Runs the daemon until SIGTERM or SIGINT (SIGHUP reloads the config file); returns the exit status.
+    public static func run(_ options: CommandLineOptions, configuration: DaemonConfiguration) -> Int32 {
         signal(SIGPIPE, SIG_IGN)
         var signals = sigset_t()
         sigemptyset(&signals)
@@ -22,7 +22,8 @@ public enum Lifecycle {
             }
         }
 
-        let daemon = Daemon(configuration: configuration)
+        let notifier = SystemdNotifier()
+        let daemon = Daemon(configuration: configuration, activation: SocketActivation.fromEnvironment())
         do {
             try daemon.start()
             if let pidfile = configuration.pidfile { try writePidfile(pidfile) }
@@ -35,18 +36,29 @@ public enum Lifecycle {
             report(nil, to: readiness)
             detachStandardStreams()
         }
-        Log.info("ready")
+        Log.info("ready: \(daemon.status)")
+        notifier?.notify("READY=1\nSTATUS=\(daemon.status)\nMAINPID=\(getpid())")
+        notifier?.startWatchdog()
 
         var received: Int32 = 0
         while true {
             sigwait(&signals, &received)
-            if received == SIGHUP {
-                Log.info("SIGHUP: configuration reload is not implemented; ignored")
+            guard received == SIGHUP else { break }
+            guard options.configPath != nil else {
+                Log.info("SIGHUP: no --config file to reload; ignored")
                 continue
             }
-            break
+            notifier?.notify("RELOADING=1\nMONOTONIC_USEC=\(monotonicMicroseconds())\nSTATUS=reloading \(options.configPath!)")
+            do {
+                try daemon.reload(try options.configuration())
+                Log.info("reloaded \(options.configPath!): \(daemon.status)")
+            } catch {
+                Log.error(error.message)
+            }
+            notifier?.notify("READY=1\nSTATUS=\(daemon.status)")
         }
         Log.info("signal \(received): draining connections and shutting down")
+        notifier?.notify("STOPPING=1\nSTATUS=draining connections")
         daemon.stop()
         if let pidfile = configuration.pidfile { unlink(pidfile) }
         Log.info("stopped")

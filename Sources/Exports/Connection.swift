@@ -12,6 +12,8 @@ struct Connection {
     let exports: ExportTable
     let handshakeTimeout: Double
     let engineFactory: IOBatchEngineFactory?
+    /// Called when the handshake chose an export; false when the export was removed meanwhile.
+    let attached: (NBDExport) -> Bool
 
     /// Serves the client until it leaves; the caller closes the descriptor.
     func run() {
@@ -20,8 +22,12 @@ struct Connection {
             Log.debug("\(peer): handshake ended without an export")
             return
         }
+        guard attached(session.export) else {
+            Log.info("\(peer): export '\(session.export.name)' was removed during the handshake")
+            return
+        }
         Log.info("\(peer): connected to export '\(session.export.name)' (\(session.style))")
-        let ending = Transmission(io: io, session: session, engineFactory: engineFactory).run()
+        let ending = Transmission(io: io, peer: peer, session: session, engineFactory: engineFactory).run()
         switch ending {
         case .disconnect, .closed:
             Log.info("\(peer): disconnected from export '\(session.export.name)'")

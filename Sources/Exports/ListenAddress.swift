@@ -11,12 +11,15 @@ public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
     case inet(host: String, port: String)
     /// An already-listening descriptor (socket activation).
     case fd(Int32)
+    /// A descriptor passed by systemd, by its `FileDescriptorName=` (resolved before listening).
+    case fdName(String)
 
     public var description: String {
         switch self {
         case .unix(let path): return "unix:\(path)"
         case .inet(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         case .fd(let fd): return "fd:\(fd)"
+        case .fdName(let name): return "fd:\(name)"
         }
     }
 
@@ -42,10 +45,12 @@ public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
             address = .inet(host: host, port: port)
         default:
             let name = try reader.requiredString("str")
-            guard let fd = Int32(name), fd >= 0 else {
-                throw OptionError("\(reader.context): addr.str='\(name)' is not a file descriptor number")
+            if let fd = Int32(name) {
+                guard fd >= 0 else { throw OptionError("\(reader.context): addr.str='\(name)' is not a file descriptor") }
+                address = .fd(fd)
+            } else {
+                address = .fdName(name)
             }
-            address = .fd(fd)
         }
         try reader.finish()
         return address

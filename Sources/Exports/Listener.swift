@@ -27,6 +27,8 @@ final class Listener: Sendable {
             }
             _ = listen(fd, 128)
             self.fd = fd
+        case .fdName(let name):
+            throw OptionError("no socket named '\(name)' was passed by the service manager")
         }
     }
 

@@ -21,7 +21,8 @@ public final class NBDServer: Sendable {
     public let exports = ExportTable()
     private let limits: Mutex<ServerLimits>
     private let listeners = Mutex<[Listener]>([])
-    private let connections = Mutex<Set<Int32>>([])
+    /// Live connections: descriptor → the id of the export it uses (nil during the handshake).
+    private let connections = Mutex<[Int32: String?]>([:])
     private let draining = Atomic<Bool>(false)
     private let engineFactory: IOBatchEngineFactory?
 
@@ -41,6 +42,29 @@ public final class NBDServer: Sendable {
         return listener.boundPort
     }
 
+    /// Stops listening on `address` (connections already accepted go on).
+    public func stopListening(on address: ListenAddress) {
+        let removed = listeners.withLock { list -> Listener? in
+            guard let index = list.firstIndex(where: { $0.address == address }) else { return nil }
+            return list.remove(at: index)
+        }
+        removed?.close()
+        if removed != nil { Log.info("NBD server no longer listening on \(address)") }
+    }
+
+    /// The addresses listened on.
+    public var addresses: [ListenAddress] { listeners.withLock { $0.map(\.address) } }
+
+    /// Removes an export; its clients are disconnected after the requests they already sent.
+    @discardableResult
+    public func removeExport(id: String) -> NBDExport? {
+        guard let export = exports.remove(id: id) else { return nil }
+        let users = connections.withLock { live in live.filter { $0.value == id }.map(\.key) }
+        for fd in users { Glibc.shutdown(fd, Int32(SHUT_RD)) }
+        Log.info("export '\(export.name)' removed (\(users.count) client(s) disconnected)")
+        return export
+    }
+
     /// How many clients are connected now.
     public var connectionCount: Int { connections.withLock { $0.count } }
 
@@ -48,7 +72,7 @@ public final class NBDServer: Sendable {
         let current = limits.withLock { $0 }
         let admitted = connections.withLock { live -> Bool in
             guard !draining.load(ordering: .relaxed), live.count < current.maxConnections else { return false }
-            live.insert(fd)
+            live[fd] = .some(nil)
             return true
         }
         guard admitted else {
@@ -59,8 +83,15 @@ public final class NBDServer: Sendable {
         let exports = self.exports
         let engineFactory = self.engineFactory
         spawnThread { [self] in
-            Connection(fd: fd, peer: peer, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory).run()
-            connections.withLock { _ = $0.remove(fd) }
+            let connection = Connection(
+                fd: fd, peer: peer, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory,
+                attached: { [self] export in
+                    // An export removed during the handshake must not be served.
+                    connections.withLock { $0[fd] = .some(export.id) }
+                    return self.exports.export(named: export.name) === export
+                })
+            connection.run()
+            connections.withLock { _ = $0.removeValue(forKey: fd) }
             close(fd)
         }
     }
@@ -70,12 +101,12 @@ public final class NBDServer: Sendable {
         draining.store(true, ordering: .relaxed)
         for listener in listeners.withLock({ $0 }) { listener.close() }
         // Half-close: threads see end of input after the requests already received, reply, and exit.
-        for fd in connections.withLock({ $0 }) { Glibc.shutdown(fd, Int32(SHUT_RD)) }
+        for fd in connections.withLock({ Array($0.keys) }) { Glibc.shutdown(fd, Int32(SHUT_RD)) }
         let deadline = monotonicSeconds() + timeout
         while connectionCount > 0 && monotonicSeconds() < deadline { usleep(10_000) }
         if connectionCount > 0 {
             Log.warning("\(connectionCount) connection(s) still busy at shutdown")
-            for fd in connections.withLock({ $0 }) { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+            for fd in connections.withLock({ Array($0.keys) }) { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
         }
     }
 }

@@ -29,6 +29,7 @@ final class Transmission {
     static let maxDiscardedPayload: UInt64 = 64 << 20
 
     private let io: SocketIO
+    private let peer: String
     private let session: NegotiatedSession
     private let node: BlockNode
     private let style: ReplyStyle
@@ -60,8 +61,9 @@ final class Transmission {
     private var readBuffersUsed = 0
     private var payloadBuffer: AlignedBuffer?
 
-    init(io: SocketIO, session: NegotiatedSession, engineFactory: IOBatchEngineFactory?) {
+    init(io: SocketIO, peer: String, session: NegotiatedSession, engineFactory: IOBatchEngineFactory?) {
         self.io = io
+        self.peer = peer
         self.engineFactory = engineFactory
         self.session = session
         self.node = session.export.node
@@ -268,7 +270,7 @@ final class Transmission {
                 try node.write(payload, at: header.offset, fua: header.commandFlags.contains(.fua))
                 replyStatus(header, error: 0)
             } catch {
-                replyStatus(header, error: Transmission.wireError(error))
+                replyFailure(header, error)
             }
             return nil
         }
@@ -306,13 +308,19 @@ final class Transmission {
         return nil
     }
 
+    /// Replies with the wire form of a storage error, and logs it with the node and the request.
+    private func replyFailure(_ header: RequestHeader, _ error: BlockError) {
+        Log.warning("\(peer): node '\(node.name)': \(header.command.map { "\($0)" } ?? "command \(header.type)") at \(header.offset)+\(header.length) failed: \(error.message)")
+        replyStatus(header, error: Transmission.wireError(error))
+    }
+
     @inline(__always)
     private func complete(_ header: RequestHeader, _ operation: () throws(BlockError) -> Void) {
         do {
             try operation()
             replyStatus(header, error: 0)
         } catch {
-            replyStatus(header, error: Transmission.wireError(error))
+            replyFailure(header, error)
         }
     }
 
@@ -390,7 +398,7 @@ final class Transmission {
         do {
             try node.read(into: UnsafeMutableRawBufferPointer(start: base + prefix, count: count), at: header.offset)
         } catch {
-            replyStatus(header, error: Transmission.wireError(error))
+            replyFailure(header, error)
             return
         }
         writeReadHeader(header, count: count, at: base)
@@ -479,7 +487,7 @@ final class Transmission {
                 }
             }
             if let failure {
-                replyStatus(io.header, error: Transmission.wireError(failure))
+                replyFailure(io.header, failure)
             } else if io.isRead {
                 let prefix = style == .simple ? ReplyHeader.simpleSize : style.chunkHeaderSize + 8
                 writeReadHeader(io.header, count: count, at: reserveOutput(prefix))
@@ -518,7 +526,7 @@ final class Transmission {
                         try node.read(into: UnsafeMutableRawBufferPointer(start: base + chunkHeader + 8, count: length), at: position)
                     } catch {
                         truncateOutput(to: start)
-                        replyStatus(header, error: Transmission.wireError(error))
+                        replyFailure(header, error)
                         return true
                     }
                 }
@@ -567,7 +575,7 @@ final class Transmission {
         do {
             extents = try coveringExtents(header.offset, header.length, limit: limit)
         } catch {
-            replyStatus(header, error: Transmission.wireError(error))
+            replyFailure(header, error)
             return
         }
         for (index, context) in session.contexts.enumerated() {

@@ -32,6 +32,11 @@ struct BlockdCommand: ParsableCommand {
         "Export a node: type=nbd,id=ID,node-name=NODE[,name=NAME][,description=TEXT][,writable=on|off].", valueName: "options"))
     var exports: [String] = []
 
+    @Option(name: .customLong("config"), help: ArgumentHelp(
+        "Read options from FILE: one per line, the option name without dashes, then its value (see README). SIGHUP re-reads it.",
+        valueName: "file"))
+    var configPath: String?
+
     @Option(name: .customLong("pidfile"), help: ArgumentHelp("Write the daemon's process id to this file.", valueName: "path"))
     var pidfile: String?
 
@@ -41,21 +46,34 @@ struct BlockdCommand: ParsableCommand {
     @Option(name: .customLong("log-level"), help: ArgumentHelp("error, warning, info or debug.", valueName: "level"))
     var logLevel: String = "info"
 
+
     mutating func run() throws {
-        guard let level = LogLevel.allCases.first(where: { $0.name == logLevel }) else {
-            throw ValidationError("--log-level expects error, warning, info or debug, got '\(logLevel)'")
+        var options = CommandLineOptions()
+        options.blockdevs = blockdevs
+        options.servers = servers
+        options.exports = exports
+        options.configPath = configPath
+        options.pidfile = pidfile
+        options.daemonize = daemonize
+        let configuration: DaemonConfiguration
+        do {
+            configuration = try options.configuration()
+        } catch {
+            Log.error(error.message)
+            throw ExitCode(1)
+        }
+        let levelName = logLevelGiven ? logLevel : configuration.logLevel ?? logLevel
+        guard let level = LogLevel.allCases.first(where: { $0.name == levelName }) else {
+            Log.error("--log-level expects error, warning, info or debug, got '\(levelName)'")
+            throw ExitCode(1)
         }
         Log.setLevel(level)
-        var configuration: DaemonConfiguration
-        do {
-            configuration = try DaemonConfiguration(blockdevs: blockdevs, servers: servers, exports: exports)
-        } catch {
-            throw ValidationError(error.message)
-        }
-        configuration.pidfile = pidfile
-        configuration.daemonize = daemonize
-        let status = Lifecycle.run(configuration)
+        let status = Lifecycle.run(options, configuration: configuration)
         if status != 0 { throw ExitCode(status) }
+    }
+
+    private var logLevelGiven: Bool {
+        CommandLine.arguments.contains { $0 == "--log-level" || $0.hasPrefix("--log-level=") }
     }
 }
 

@@ -41,6 +41,9 @@ final class GraphTests: XCTestCase {
     func testErrorsNameNodeAndKey() throws {
         let graph = BlockGraph(drivers: Drivers.all)
         XCTAssertThrowsError(try graph.open(try KeyValueParser.parse("driver=file,node-name=f0,filenme=x"))) {
+            XCTAssertEqual("\($0)", "--blockdev 'f0' (driver file): unknown parameter 'filenme'")
+        }
+        XCTAssertThrowsError(try graph.open(try KeyValueParser.parse("driver=file,node-name=f0"))) {
             XCTAssertEqual("\($0)", "--blockdev 'f0' (driver file): parameter 'filename' is missing")
         }
         let path = image(4096)
@@ -57,6 +60,22 @@ final class GraphTests: XCTestCase {
         XCTAssertThrowsError(try graph.open(try KeyValueParser.parse("driver=null-co,node-name=n"))) {
             XCTAssertEqual("\($0)", "--blockdev: node-name 'n' is already in use")
         }
+    }
+
+    func testRemovingANodeTakesItsInlineChildrenAndRespectsUsers() throws {
+        let path = image(1 << 20)
+        let graph = BlockGraph(drivers: Drivers.all)
+        try graph.open(try KeyValueParser.parse("driver=raw,node-name=top,file.driver=file,file.filename=\(path),file.node-name=inner"))
+        try graph.open(try KeyValueParser.parse("driver=null-co,node-name=base"))
+        try graph.open(try KeyValueParser.parse("driver=raw,node-name=over,file=base"))
+        XCTAssertThrowsError(try graph.remove("base")) {
+            XCTAssertEqual("\($0)", "node 'base' is used by node 'over'")
+        }
+        try graph.remove("top")
+        XCTAssertNil(graph.node(named: "inner"))
+        try graph.remove("over")
+        try graph.remove("base")
+        XCTAssertTrue(graph.allNodes.isEmpty)
     }
 
     func testFileBlockStatusSeesHolesAndData() throws {

@@ -22,12 +22,42 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: ["addr.type=vsock,addr.cid=3"], exports: [])) {
             XCTAssertEqual("\($0)", "--nbd-server: parameter 'addr.type' expects one of unix, inet, fd, got 'vsock'")
         }
-        XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: [], exports: ["type=nbd,id=e,node-name=n"])) {
-            XCTAssertEqual("\($0)", "--export type=nbd needs an --nbd-server to serve it")
+        XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: ["addr.type=inet,addr.port=99999"], exports: [])) {
+            XCTAssertEqual("\($0)", "--nbd-server: parameter 'addr.port' expects a port number from 0 to 65535, got '99999'")
         }
         XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: ["addr.type=unix,addr.path=/s"], exports: ["type=fuse,id=e,node-name=n"]))
         XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: ["addr.type=unix,addr.path=/s"], exports: ["type=nbd,id=e,node-name=n,writeable=on"])) {
             XCTAssertEqual("\($0)", "--export: unknown parameter 'writeable'")
+        }
+    }
+}
+
+final class ConfigFileTests: XCTestCase {
+    func testLinesMirrorTheCommandLine() throws {
+        let text = """
+            # a comment
+            blockdev driver=file,node-name=f0,filename=/images/a b.img
+              --blockdev driver=raw,node-name=d0,file=f0\t
+            nbd-server addr.type=unix,addr.path=/run/blockd/a.sock
+
+            export type=nbd,id=e0,node-name=d0,writable=on
+            pidfile /run/blockd/a.pid
+            log-level debug
+            """
+        let file = try ConfigFile(text: text, path: "a.conf")
+        XCTAssertEqual(file.blockdevs, ["driver=file,node-name=f0,filename=/images/a b.img", "driver=raw,node-name=d0,file=f0"])
+        XCTAssertEqual(file.servers, ["addr.type=unix,addr.path=/run/blockd/a.sock"])
+        XCTAssertEqual(file.exports, ["type=nbd,id=e0,node-name=d0,writable=on"])
+        XCTAssertEqual(file.pidfile, "/run/blockd/a.pid")
+        XCTAssertEqual(file.logLevel, "debug")
+    }
+
+    func testErrorsNameFileAndLine() {
+        XCTAssertThrowsError(try ConfigFile(text: "blockdev x=1\nexprot type=nbd", path: "b.conf")) {
+            XCTAssertEqual("\($0)", "b.conf:2: unknown option 'exprot' (expected blockdev, nbd-server, export, pidfile or log-level)")
+        }
+        XCTAssertThrowsError(try ConfigFile(text: "export", path: "c.conf")) {
+            XCTAssertEqual("\($0)", "c.conf:1: 'export' needs a value")
         }
     }
 }

@@ -34,7 +34,7 @@ def test_copy_in_and_out_and_fio_verify(start_blockd, tmp_path, file_opts):
     assert data[1001:4334] == b"\x5a" * 3333 and data[1000:1001] == src.read_bytes()[1000:1001]
     assert data[65536:69632] == b"\x6b" * 4096
     fio = subprocess.run(["fio", "--name=verify", "--ioengine=nbd", f"--uri={daemon.uri()}", "--rw=randwrite", "--bs=4k",
-                          "--iodepth=32", "--size=8M", "--verify=crc32c", "--do_verify=1", "--output-format=json"],
-                         capture_output=True, text=True, timeout=60)
+                          "--iodepth=32", "--size=8M", "--verify=crc32c", "--do_verify=1", "--verify_state_save=0",
+                          "--output-format=json"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert fio.returncode == 0, fio.stdout + fio.stderr
     assert "verify:" not in fio.stderr

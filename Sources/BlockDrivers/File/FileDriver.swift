@@ -224,6 +224,7 @@ public enum FileDriverOpener {
         { options, context throws(OptionError) in
             let path = try options.requiredString("filename")
             _ = try options.choice("locking", ["auto", "on", "off"])
+            _ = try options.bool("x-check-cache-dropped")
             if context.common.aio != "threads" && !URingEngine.isAvailable {
                 throw OptionError("\(options.context): aio=\(context.common.aio) needs io_uring, which this kernel does not allow")
             }
