@@ -36,24 +36,19 @@ struct Connection {
         }
     }
 
-    private func negotiate(_ io: SocketIO) -> NegotiatedSession? {
-        let deadline = monotonicSeconds() + handshakeTimeout
-        func armTimeout() -> Bool {
-            let left = deadline - monotonicSeconds()
-            guard left > 0 else { return false }
-            return blk_set_recv_timeout(fd, max(1, Int64(left * 1000))) == 0
-        }
-        defer { _ = blk_set_recv_timeout(fd, 0) }
+    private func negotiate(_ plain: SocketIO) -> NegotiatedSession? {
+        var io = plain
+        io.deadline = monotonicSeconds() + handshakeTimeout
+        defer { io.disarm() }
         var machine = Negotiation(exports: exports)
-        guard io.sendAll(Negotiation.greeting), armTimeout(),
-              let flagBytes = io.receiveBytes(4) else { return nil }
+        guard io.sendAll(Negotiation.greeting), let flagBytes = io.receiveBytes(4) else { return nil }
         var flagReader = ByteReader(flagBytes)
         guard machine.receiveClientFlags(flagReader.read(UInt32.self)!) else {
             Log.warning("\(peer): unknown client flags 0x\(String(flagReader.read(UInt32.self) ?? 0, radix: 16)); dropped")
             return nil
         }
         while true {
-            guard armTimeout(), let headerBytes = io.receiveBytes(OptionHeader.size) else {
+            guard let headerBytes = io.receiveBytes(OptionHeader.size) else {
                 Log.debug("\(peer): handshake timed out or closed")
                 return nil
             }

@@ -1,14 +1,34 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CBlockShims
 
-/// Blocking socket I/O on one connected descriptor.
+/// Blocking socket I/O on one connected descriptor, optionally bounded by a deadline for the whole
+/// exchange (the handshake's), so that a client dripping bytes cannot stretch it.
 struct SocketIO {
     let fd: Int32
+    /// Monotonic seconds after which every receive and send fails.
+    var deadline: Double?
+
+    /// Arms the socket's timeouts with the time left; false when none is left.
+    private func arm() -> Bool {
+        guard let deadline else { return true }
+        let left = deadline - monotonicSeconds()
+        guard left > 0 else { return false }
+        let milliseconds = max(1, Int64(left * 1000))
+        return blk_set_recv_timeout(fd, milliseconds) == 0 && blk_set_send_timeout(fd, milliseconds) == 0
+    }
+
+    /// Clears the timeouts a deadline set.
+    func disarm() {
+        _ = blk_set_recv_timeout(fd, 0)
+        _ = blk_set_send_timeout(fd, 0)
+    }
 
     /// Receives up to `count` bytes; 0 means the peer closed, nil an error (including a timeout).
     @inline(__always)
     func receive(into base: UnsafeMutableRawPointer, count: Int) -> Int? {
+        if deadline != nil && !arm() { return nil }
         while true {
             let result = recv(fd, base, count, 0)
             if result >= 0 { return result }
@@ -52,6 +72,7 @@ struct SocketIO {
     func sendAll(_ base: UnsafeRawPointer, count: Int) -> Bool {
         var done = 0
         while done < count {
+            if deadline != nil && !arm() { return false }
             let sent = send(fd, base + done, count - done, Int32(MSG_NOSIGNAL))
             if sent > 0 {
                 done += sent

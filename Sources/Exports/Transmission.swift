@@ -330,6 +330,7 @@ final class Transmission {
         let flags = header.commandFlags
         let allowed: CommandFlags
         var writes = false
+        // FUA is valid on every command once SEND_FUA is advertised (doc/proto.md § Command flags).
         switch command {
         case .read: allowed = style == .simple ? [.fua] : [.fua, .dontFragment]
         case .write: allowed = [.fua]; writes = true
@@ -338,7 +339,7 @@ final class Transmission {
             allowed = session.flags.contains(.sendFastZero) ? [.fua, .noHole, .fastZero] : [.fua, .noHole]
             writes = true
         case .flush, .cache, .disconnect: allowed = [.fua]
-        case .blockStatus: allowed = [.reqOne]
+        case .blockStatus: allowed = [.fua, .reqOne]
         case .resize: return NBDError.invalid.rawValue
         }
         guard allowed.isSuperset(of: flags) else { return NBDError.invalid.rawValue }

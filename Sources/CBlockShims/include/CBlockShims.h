@@ -21,6 +21,8 @@ int blk_device_zeroout(int fd, uint64_t offset, uint64_t length);
 int blk_device_discard(int fd, uint64_t offset, uint64_t length);
 /// Sets SO_RCVTIMEO on a socket; 0 milliseconds clears it; returns 0 or -errno.
 int blk_set_recv_timeout(int fd, int64_t milliseconds);
+/// Sets SO_SNDTIMEO on a socket; 0 milliseconds clears it; returns 0 or -errno.
+int blk_set_send_timeout(int fd, int64_t milliseconds);
 /// Sets TCP_NODELAY on a TCP socket; returns 0 or -errno.
 int blk_set_nodelay(int fd);
 
