@@ -1,4 +1,4 @@
-/// A strict RFC 8259 JSON parser producing `OptionValue`s; integers stay exact, duplicate keys are errors.
+/// A strict RFC 8259 JSON parser producing `JSONValue`s; integers stay exact, duplicate keys are errors.
 struct JSONParser {
     private let bytes: [UInt8]
     private var position = 0
@@ -8,22 +8,22 @@ struct JSONParser {
     init(_ bytes: [UInt8]) { self.bytes = bytes }
 
     /// Parses one value followed only by white space.
-    mutating func parseDocument() throws(OptionError) -> OptionValue {
+    mutating func parseDocument() throws(JSONError) -> JSONValue {
         let value = try parseValue()
         skipSpace()
         guard position == bytes.count else { throw error("unexpected text after the JSON value") }
         return value
     }
 
-    private func error(_ message: String) -> OptionError {
-        OptionError("invalid JSON at byte \(position): \(message)")
+    private func error(_ message: String) -> JSONError {
+        JSONError("invalid JSON at byte \(position): \(message)")
     }
 
     private mutating func skipSpace() {
         while position < bytes.count, [0x20, 0x09, 0x0a, 0x0d].contains(bytes[position]) { position += 1 }
     }
 
-    private mutating func expect(_ literal: String, _ value: OptionValue) throws(OptionError) -> OptionValue {
+    private mutating func expect(_ literal: String, _ value: JSONValue) throws(JSONError) -> JSONValue {
         let expected = Array(literal.utf8)
         guard bytes.count - position >= expected.count, Array(bytes[position..<position + expected.count]) == expected else {
             throw error("expected '\(literal)'")
@@ -32,7 +32,7 @@ struct JSONParser {
         return value
     }
 
-    private mutating func parseValue() throws(OptionError) -> OptionValue {
+    private mutating func parseValue() throws(JSONError) -> JSONValue {
         skipSpace()
         guard position < bytes.count else { throw error("unexpected end of input") }
         switch bytes[position] {
@@ -46,16 +46,16 @@ struct JSONParser {
         }
     }
 
-    private mutating func enter() throws(OptionError) {
+    private mutating func enter() throws(JSONError) {
         depth += 1
         guard depth <= JSONParser.maxDepth else { throw error("nesting deeper than \(JSONParser.maxDepth)") }
     }
 
-    private mutating func parseObject() throws(OptionError) -> OptionValue {
+    private mutating func parseObject() throws(JSONError) -> JSONValue {
         try enter()
         defer { depth -= 1 }
         position += 1
-        var members: [String: OptionValue] = [:]
+        var members: [String: JSONValue] = [:]
         skipSpace()
         if position < bytes.count, bytes[position] == UInt8(ascii: "}") {
             position += 1
@@ -78,11 +78,11 @@ struct JSONParser {
         }
     }
 
-    private mutating func parseArray() throws(OptionError) -> OptionValue {
+    private mutating func parseArray() throws(JSONError) -> JSONValue {
         try enter()
         defer { depth -= 1 }
         position += 1
-        var items: [OptionValue] = []
+        var items: [JSONValue] = []
         skipSpace()
         if position < bytes.count, bytes[position] == UInt8(ascii: "]") {
             position += 1
@@ -98,7 +98,7 @@ struct JSONParser {
         }
     }
 
-    private mutating func parseString() throws(OptionError) -> String {
+    private mutating func parseString() throws(JSONError) -> String {
         position += 1
         var scalars = String.UnicodeScalarView()
         var run: [UInt8] = []
@@ -154,7 +154,7 @@ struct JSONParser {
         throw error("unterminated string")
     }
 
-    private mutating func parseHex4() throws(OptionError) -> UInt32 {
+    private mutating func parseHex4() throws(JSONError) -> UInt32 {
         guard bytes.count - position >= 4 else { throw error("short \\u escape") }
         var value: UInt32 = 0
         for _ in 0..<4 {
@@ -165,7 +165,7 @@ struct JSONParser {
         return value
     }
 
-    private mutating func parseNumber() throws(OptionError) -> OptionValue {
+    private mutating func parseNumber() throws(JSONError) -> JSONValue {
         let start = position
         var isInteger = true
         if position < bytes.count, bytes[position] == UInt8(ascii: "-") { position += 1 }
