@@ -20,10 +20,11 @@ let package = Package(
         .target(name: "BlockCore", dependencies: ["JSON", "CBlockShims"], swiftSettings: strict),
         .target(name: "BlockIO", dependencies: ["BlockCore", "CURing"], swiftSettings: strict),
         .target(name: "BlockDrivers", dependencies: ["BlockCore", "BlockIO", "CBlockShims"], swiftSettings: strict),
-        .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "CBlockShims"], swiftSettings: strict),
+        .target(name: "Sockets", dependencies: ["BlockCore", "CBlockShims"], swiftSettings: strict),
+        .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "Sockets", "CBlockShims"], swiftSettings: strict),
         .target(
             name: "Daemon",
-            dependencies: ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Exports", "CBlockShims"],
+            dependencies: ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "CBlockShims"],
             swiftSettings: strict),
         .executableTarget(
             name: "blockd",
@@ -32,6 +33,6 @@ let package = Package(
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ExportsTests", dependencies: ["Exports", "NBDProtocol", "BlockCore", "BlockDrivers"], swiftSettings: strict),
-        .testTarget(name: "DaemonTests", dependencies: ["Daemon"], swiftSettings: strict),
+        .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Sockets"], swiftSettings: strict),
     ]
 )

@@ -1,5 +1,6 @@
 import BlockCore
 import Exports
+import Sockets
 
 /// One `--nbd-server`: a listening address and its limits.
 public struct NBDServerSpec: Sendable, Equatable {

@@ -5,6 +5,7 @@ import BlockCore
 import BlockDrivers
 import BlockIO
 import Exports
+import Sockets
 
 /// The running daemon: the graph, the NBD server, and the changes a reload makes to them.
 public final class Daemon {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import Exports
+import Sockets
 
 /// Listening sockets passed by systemd (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`; sd_listen_fds(3)).
 public struct SocketActivation: Sendable {

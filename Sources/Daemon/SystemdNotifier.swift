@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import Exports
+import Sockets
 
 /// Talks to the service manager over `NOTIFY_SOCKET` (sd_notify(3)): readiness, status, watchdog.
 public final class SystemdNotifier: Sendable {

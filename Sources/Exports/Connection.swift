@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import CBlockShims
 import NBDProtocol
+import Sockets
 
 /// One client connection: the handshake under a time limit, then the transmission phase.
 struct Connection {
@@ -76,11 +77,4 @@ struct Connection {
             }
         }
     }
-}
-
-/// Seconds on the monotonic clock.
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }

@@ -1,4 +1,5 @@
 import BlockCore
+import Sockets
 import NBDProtocol
 import Synchronization
 

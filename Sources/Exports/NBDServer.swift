@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import Sockets
 import Synchronization
 
 /// Limits that keep idle or hostile clients from exhausting the server.

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import Sockets
 import NBDProtocol
 
 /// The transmission phase of one connection: reads requests in batches, executes them on this thread,

@@ -1,6 +1,7 @@
 import BlockCore
 @testable import Daemon
 import Exports
+import Sockets
 import XCTest
 
 final class ConfigurationTests: XCTestCase {

@@ -5,10 +5,17 @@ import CBlockShims
 
 /// Blocking socket I/O on one connected descriptor, optionally bounded by a deadline for the whole
 /// exchange (the handshake's), so that a client dripping bytes cannot stretch it.
-struct SocketIO {
-    let fd: Int32
+public struct SocketIO: Sendable {
+    /// The connected descriptor.
+    public let fd: Int32
     /// Monotonic seconds after which every receive and send fails.
-    var deadline: Double?
+    public var deadline: Double?
+
+    /// Wraps a connected descriptor.
+    public init(fd: Int32, deadline: Double? = nil) {
+        self.fd = fd
+        self.deadline = deadline
+    }
 
     /// Arms the socket's timeouts with the time left; false when none is left.
     private func arm() -> Bool {
@@ -20,14 +27,14 @@ struct SocketIO {
     }
 
     /// Clears the timeouts a deadline set.
-    func disarm() {
+    public func disarm() {
         _ = blk_set_recv_timeout(fd, 0)
         _ = blk_set_send_timeout(fd, 0)
     }
 
     /// Receives up to `count` bytes; 0 means the peer closed, nil an error (including a timeout).
     @inline(__always)
-    func receive(into base: UnsafeMutableRawPointer, count: Int) -> Int? {
+    public func receive(into base: UnsafeMutableRawPointer, count: Int) -> Int? {
         if deadline != nil && !arm() { return nil }
         while true {
             let result = recv(fd, base, count, 0)
@@ -37,7 +44,7 @@ struct SocketIO {
     }
 
     /// Receives exactly `count` bytes; false on end of stream or error.
-    func receiveExactly(into base: UnsafeMutableRawPointer, count: Int) -> Bool {
+    public func receiveExactly(into base: UnsafeMutableRawPointer, count: Int) -> Bool {
         var done = 0
         while done < count {
             guard let received = receive(into: base + done, count: count - done), received > 0 else { return false }
@@ -47,14 +54,14 @@ struct SocketIO {
     }
 
     /// Receives exactly `count` bytes into a new array.
-    func receiveBytes(_ count: Int) -> [UInt8]? {
+    public func receiveBytes(_ count: Int) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0, count: count)
         let ok = bytes.withUnsafeMutableBytes { count == 0 || receiveExactly(into: $0.baseAddress!, count: count) }
         return ok ? bytes : nil
     }
 
     /// Reads and drops `count` bytes, in chunks; false on end of stream or error.
-    func discard(_ count: UInt64) -> Bool {
+    public func discard(_ count: UInt64) -> Bool {
         var scratch = [UInt8](repeating: 0, count: 64 * 1024)
         var left = count
         return scratch.withUnsafeMutableBytes { buffer in
@@ -69,7 +76,7 @@ struct SocketIO {
 
     /// Sends every byte; false when the peer is gone.
     @inline(__always)
-    func sendAll(_ base: UnsafeRawPointer, count: Int) -> Bool {
+    public func sendAll(_ base: UnsafeRawPointer, count: Int) -> Bool {
         var done = 0
         while done < count {
             if deadline != nil && !arm() { return false }
@@ -87,7 +94,7 @@ struct SocketIO {
 
     /// Sends every byte of the vectors, advancing past partial sends; false when the peer is gone.
     /// The vectors are consumed (modified) in place.
-    func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>) -> Bool {
+    public func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>) -> Bool {
         var first = 0
         while first < vectors.count {
             var message = msghdr()
@@ -116,7 +123,7 @@ struct SocketIO {
     }
 
     /// Sends an array.
-    func sendAll(_ bytes: [UInt8]) -> Bool {
+    public func sendAll(_ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { $0.isEmpty || sendAll($0.baseAddress!, count: $0.count) }
     }
 }

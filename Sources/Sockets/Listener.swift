@@ -6,13 +6,15 @@ import CBlockShims
 import Synchronization
 
 /// A listening socket and the thread that accepts on it.
-final class Listener: Sendable {
-    let address: ListenAddress
-    let fd: Int32
+public final class Listener: Sendable {
+    /// Where it listens.
+    public let address: ListenAddress
+    /// The listening descriptor.
+    public let fd: Int32
     private let closed = Atomic<Bool>(false)
 
     /// Binds and listens; fails with a message naming the address.
-    init(address: ListenAddress) throws(OptionError) {
+    public init(address: ListenAddress) throws(OptionError) {
         self.address = address
         switch address {
         case .unix(let path):
@@ -33,7 +35,7 @@ final class Listener: Sendable {
     }
 
     /// The TCP port actually bound (useful with port 0).
-    var boundPort: Int? {
+    public var boundPort: Int? {
         var storage = sockaddr_storage()
         var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let ok = withUnsafeMutablePointer(to: &storage) {
@@ -48,7 +50,7 @@ final class Listener: Sendable {
     }
 
     /// Accepts connections on a thread of its own, handing each to `handle`.
-    func start(_ handle: @escaping @Sendable (Int32, String) -> Void) {
+    public func start(_ handle: @escaping @Sendable (Int32, String) -> Void) {
         spawnThread { [self] in
             var counter = 0
             while !closed.load(ordering: .relaxed) {
@@ -75,7 +77,7 @@ final class Listener: Sendable {
     }
 
     /// Stops accepting; wakes the accept thread; removes a unix socket file.
-    func close() {
+    public func close() {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
         shutdown(fd, Int32(SHUT_RDWR))
         Glibc.close(fd)
