@@ -15,6 +15,8 @@ public final class NBDExport: Sendable {
     public let node: BlockNode
     /// True when clients may write.
     public let writable: Bool
+    /// I/O accounting of every client of this export (query-blockstats).
+    public let stats = BlockStats()
 
     /// Largest read or write payload accepted (`NBD_INFO_BLOCK_SIZE` maximum).
     public static let maxPayload = 32 << 20

@@ -33,6 +33,9 @@ final class Transmission {
     private let peer: String
     private let session: NegotiatedSession
     private let node: BlockNode
+    private let stats: BlockStats
+    /// Set by `replyFailure` while a request runs, for its accounting.
+    private var requestFailed = false
     private let style: ReplyStyle
     private let headerSize: Int
     private let input = AlignedBuffer(capacity: Transmission.inputCapacity)
@@ -52,6 +55,7 @@ final class Transmission {
         var header: RequestHeader
         var buffer: UnsafeMutableRawPointer
         var isRead: Bool
+        var started: UInt64
     }
     private let engineFactory: IOBatchEngineFactory?
     private var engine: (any IOBatchEngine)?
@@ -68,6 +72,7 @@ final class Transmission {
         self.engineFactory = engineFactory
         self.session = session
         self.node = session.export.node
+        self.stats = session.export.stats
         self.style = session.style
         self.headerSize = session.style == .extended ? RequestHeader.extendedSize : RequestHeader.compactSize
         external.reserveCapacity(Transmission.maxExternal)
@@ -263,29 +268,65 @@ final class Transmission {
             guard let payload = takePayload(Int(header.length)) else { return .closed }
             let error = validate(header)
             if error != 0 {
+                stats.invalidRequest(.write)
                 replyStatus(header, error: error)
                 return nil
             }
-            if queueWrite(header, payload) { return nil }
+            let started = stats.start(.write)
+            if queueWrite(header, payload, started: started) { return nil }
+            requestFailed = false
             do {
                 try node.write(payload, at: header.offset, fua: header.commandFlags.contains(.fua))
                 replyStatus(header, error: 0)
             } catch {
                 replyFailure(header, error)
             }
+            stats.done(.write, started: started, bytes: header.length, offset: header.offset, failed: requestFailed)
             return nil
         }
         if header.type != NBDCommand.read.rawValue { drainPending() }
+        let kind = Transmission.accountedKind(header.command)
         let error = validate(header)
         if error != 0 {
+            if let kind { stats.invalidRequest(kind) }
             replyStatus(header, error: error)
             return nil
         }
+        guard let kind else { return execute(header) }
+        let started = stats.start(kind)
+        requestFailed = false
+        let queued = execute(header, started: started)
+        if !queued {
+            stats.done(kind, started: started, bytes: kind == .flush ? 0 : header.length, offset: header.offset, failed: requestFailed)
+        }
+        return nil
+    }
+
+    /// The statistics a command counts under, if any (write-zeroes count as writes, as in QEMU).
+    private static func accountedKind(_ command: NBDCommand?) -> IOKind? {
+        switch command {
+        case .read: return .read
+        case .write, .writeZeroes: return .write
+        case .flush: return .flush
+        case .trim: return .unmap
+        default: return nil
+        }
+    }
+
+    /// Runs a validated command that is not accounted (disconnect, cache, block status).
+    private func execute(_ header: RequestHeader) -> Ending? {
+        if header.command == .disconnect { return .disconnect }
+        _ = execute(header, started: 0)
+        return nil
+    }
+
+    /// Runs a validated command other than WRITE; true when it was handed to the batch engine.
+    private func execute(_ header: RequestHeader, started: UInt64) -> Bool {
         switch header.command! {
         case .read:
-            read(header)
+            return read(header, started: started)
         case .disconnect:
-            return .disconnect
+            break
         case .flush:
             complete(header) { () throws(BlockError) in try node.flush() }
         case .trim:
@@ -306,11 +347,12 @@ final class Transmission {
         case .write, .resize:
             preconditionFailure("validated away")
         }
-        return nil
+        return false
     }
 
     /// Replies with the wire form of a storage error, and logs it with the node and the request.
     private func replyFailure(_ header: RequestHeader, _ error: BlockError) {
+        requestFailed = true
         Log.warning("\(peer): node '\(node.name)': \(header.command.map { "\($0)" } ?? "command \(header.type)") at \(header.offset)+\(header.length) failed: \(error.message)")
         replyStatus(header, error: Transmission.wireError(error))
     }
@@ -380,12 +422,13 @@ final class Transmission {
 
     // MARK: - READ
 
-    private func read(_ header: RequestHeader) {
+    /// Answers a READ; true when it was handed to the batch engine (accounted on completion).
+    private func read(_ header: RequestHeader, started: UInt64) -> Bool {
         let count = Int(header.length)
         let features = node.features
         if style != .simple && count >= Transmission.sparseReadThreshold && features.blockStatus
             && !header.commandFlags.contains(.dontFragment), sparseRead(header) {
-            return
+            return false
         }
         let prefix = style == .simple ? ReplyHeader.simpleSize : style.chunkHeaderSize + 8
         if let mapped = node.mappedBytes(at: header.offset, length: count) {
@@ -393,18 +436,19 @@ final class Transmission {
             writeReadHeader(header, count: count, at: base)
             outputLength += prefix
             appendExternal(mapped, count: count)
-            return
+            return false
         }
-        if queueRead(header, count: count) { return }
+        if queueRead(header, count: count, started: started) { return true }
         let base = reserveOutput(prefix + count)
         do {
             try node.read(into: UnsafeMutableRawBufferPointer(start: base + prefix, count: count), at: header.offset)
         } catch {
             replyFailure(header, error)
-            return
+            return false
         }
         writeReadHeader(header, count: count, at: base)
         outputLength += prefix + count
+        return false
     }
 
     /// The header of a successful one-piece READ reply: a simple reply, or an `OFFSET_DATA` chunk header and offset.
@@ -432,7 +476,7 @@ final class Transmission {
     }
 
     /// Hands a read to the engine; false when it must be done synchronously.
-    private func queueRead(_ header: RequestHeader, count: Int) -> Bool {
+    private func queueRead(_ header: RequestHeader, count: Int, started: UInt64) -> Bool {
         guard count > 0, engineFactory != nil else { return false }
         if readBuffersUsed == readBuffers.count { readBuffers.append(AlignedBuffer(capacity: count)) }
         let buffer = readBuffers[readBuffersUsed]
@@ -445,13 +489,13 @@ final class Transmission {
             guard engine.queueRead(target, into: base, length: count, token: pending.count) else { return false }
         }
         readBuffersUsed += 1
-        pending.append(PendingIO(header: header, buffer: base, isRead: true))
+        pending.append(PendingIO(header: header, buffer: base, isRead: true, started: started))
         return true
     }
 
     /// Hands a write to the engine; false when it must be done synchronously. The payload must stay
     /// where it is until `drainPending`, which every input refill and large payload read calls first.
-    private func queueWrite(_ header: RequestHeader, _ payload: UnsafeRawBufferPointer) -> Bool {
+    private func queueWrite(_ header: RequestHeader, _ payload: UnsafeRawBufferPointer, started: UInt64) -> Bool {
         guard payload.count > 0, engineFactory != nil, UnsafeRawPointer(payloadBuffer?.bytes.baseAddress) != payload.baseAddress,
               let target = node.directTarget(at: header.offset, length: payload.count, buffer: payload.baseAddress!),
               let engine = batchEngine() else { return false }
@@ -461,7 +505,7 @@ final class Transmission {
             drainPending()
             guard engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) else { return false }
         }
-        pending.append(PendingIO(header: header, buffer: base, isRead: false))
+        pending.append(PendingIO(header: header, buffer: base, isRead: false, started: started))
         return true
     }
 
@@ -498,6 +542,7 @@ final class Transmission {
             } else {
                 replyStatus(io.header, error: 0)
             }
+            stats.done(io.isRead ? .read : .write, started: io.started, bytes: UInt64(count), offset: io.header.offset, failed: failure != nil)
         }
         pending.removeAll(keepingCapacity: true)
     }
