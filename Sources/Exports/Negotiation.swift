@@ -12,9 +12,9 @@ public enum MetaContext: UInt32, Sendable, CaseIterable {
         }
     }
 
-    /// The contexts a query selects (`base:allocation`, or the namespace `base:`).
-    static func matching(_ query: String) -> [MetaContext] {
-        allCases.filter { $0.name == query || (query.hasSuffix(":") && $0.name.hasPrefix(query)) }
+    /// The contexts a query selects: its exact name, or for LIST only a whole namespace (`base:`).
+    static func matching(_ query: String, listing: Bool) -> [MetaContext] {
+        allCases.filter { $0.name == query || (listing && query.hasSuffix(":") && $0.name.hasPrefix(query)) }
     }
 }
 
@@ -112,7 +112,7 @@ public struct Negotiation {
             return exportInformation(option: option, data: data)
         case .structuredReply:
             guard data.isEmpty else { return [reply(code, .errInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")] }
-            guard style != .extended else { return [reply(code, .errInvalid, "extended headers are already in use")] }
+            guard style != .extended else { return [reply(code, .errExtendedHeaderRequired, "extended headers are already in use")] }
             style = .structured
             return [.send(OptionReply(option: code, type: .ack).encode())]
         case .extendedHeaders:
@@ -176,6 +176,8 @@ public struct Negotiation {
 
     private mutating func metaContexts(option: NBDOption, data: [UInt8]) -> [Action] {
         let code = option.rawValue
+        // SET replaces the selection, even when it fails (doc/proto.md § NBD_OPT_SET_META_CONTEXT).
+        if option == .setMetaContext { selected = nil }
         guard let request = MetaContextRequest.decode(data) else {
             return [reply(code, .errInvalid, "malformed meta context request")]
         }
@@ -190,7 +192,9 @@ public struct Negotiation {
             if option == .listMetaContext { chosen = MetaContext.allCases }
         } else {
             for query in request.queries {
-                for context in MetaContext.matching(query) where !chosen.contains(context) { chosen.append(context) }
+                for context in MetaContext.matching(query, listing: option == .listMetaContext) where !chosen.contains(context) {
+                    chosen.append(context)
+                }
             }
         }
         if option == .setMetaContext { selected = (request.exportName, chosen) }

@@ -254,15 +254,15 @@ final class Transmission {
         let isWrite = header.type == NBDCommand.write.rawValue
         if isWrite {
             if header.length > UInt64(NBDExport.maxPayload) {
-                // Too big to buffer: drop the payload to stay in sync, then refuse.
-                guard header.length <= Transmission.maxDiscardedPayload else {
-                    return .protocolError("write payload of \(header.length) bytes")
+                // Over the advertised maximum: EINVAL after dropping the payload to stay in sync
+                // (doc/proto.md § Block size constraints); with extended headers, or when the payload
+                // is too large to be worth reading, a hard disconnect.
+                guard style != .extended, header.length <= Transmission.maxDiscardedPayload else {
+                    return .protocolError("write payload of \(header.length) bytes over the \(NBDExport.maxPayload)-byte maximum")
                 }
-                let pending = UInt64(inputEnd - inputStart)
-                let fromBuffer = min(pending, header.length)
-                inputStart += Int(fromBuffer)
-                guard io.discard(header.length - fromBuffer) else { return .closed }
-                replyStatus(header, error: NBDError.overflow.rawValue)
+                guard skipPayload(header.length) else { return .closed }
+                stats.invalidRequest(.write)
+                replyStatus(header, error: NBDError.invalid.rawValue)
                 return nil
             }
             guard let payload = takePayload(Int(header.length)) else { return .closed }
@@ -284,6 +284,15 @@ final class Transmission {
             stats.done(.write, started: started, bytes: header.length, offset: header.offset, failed: requestFailed)
             return nil
         }
+        if style == .extended && header.commandFlags.contains(.payloadLength) {
+            // A payload on a command that takes none: read past it, then refuse the command.
+            guard header.length <= UInt64(NBDExport.maxPayload) else {
+                return .protocolError("payload of \(header.length) bytes on command \(header.type)")
+            }
+            guard skipPayload(header.length) else { return .closed }
+            replyStatus(header, error: NBDError.invalid.rawValue)
+            return nil
+        }
         if header.type != NBDCommand.read.rawValue { drainPending() }
         let kind = Transmission.accountedKind(header.command)
         let error = validate(header)
@@ -300,6 +309,13 @@ final class Transmission {
             stats.done(kind, started: started, bytes: kind == .flush ? 0 : header.length, offset: header.offset, failed: requestFailed)
         }
         return nil
+    }
+
+    /// Reads and drops `count` payload bytes that follow the current header; false when the stream ended.
+    private func skipPayload(_ count: UInt64) -> Bool {
+        let fromBuffer = min(UInt64(inputEnd - inputStart), count)
+        inputStart += Int(fromBuffer)
+        return io.discard(count - fromBuffer)
     }
 
     /// The statistics a command counts under, if any (write-zeroes count as writes, as in QEMU).
@@ -376,7 +392,7 @@ final class Transmission {
         // FUA is valid on every command once SEND_FUA is advertised (doc/proto.md § Command flags).
         switch command {
         case .read: allowed = style == .simple ? [.fua] : [.fua, .dontFragment]
-        case .write: allowed = [.fua]; writes = true
+        case .write: allowed = style == .extended ? [.fua, .payloadLength] : [.fua]; writes = true
         case .trim: allowed = [.fua]; writes = true
         case .writeZeroes:
             allowed = session.flags.contains(.sendFastZero) ? [.fua, .noHole, .fastZero] : [.fua, .noHole]
@@ -425,6 +441,11 @@ final class Transmission {
     /// Answers a READ; true when it was handed to the batch engine (accounted on completion).
     private func read(_ header: RequestHeader, started: UInt64) -> Bool {
         let count = Int(header.length)
+        if count == 0 && style != .simple {
+            // A data chunk must carry at least one byte: an empty read is a bare success.
+            replyStatus(header, error: 0)
+            return false
+        }
         let features = node.features
         if style != .simple && count >= Transmission.sparseReadThreshold && features.blockStatus
             && !header.commandFlags.contains(.dontFragment), sparseRead(header) {
@@ -550,6 +571,7 @@ final class Transmission {
     /// A structured read that sends holes as `OFFSET_HOLE` chunks; false when the range is one data extent.
     private func sparseRead(_ header: RequestHeader) -> Bool {
         guard let extents = try? coveringExtents(header.offset, header.length, limit: 64),
+              extents.reduce(0, { $0 + $1.length }) == header.length,
               extents.contains(where: \.zero) else { return false }
         let start = outputLength
         let chunkHeader = style.chunkHeaderSize

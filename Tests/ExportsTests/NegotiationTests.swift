@@ -99,17 +99,27 @@ final class NegotiationTests: XCTestCase {
 
     func testMetaContextNeedsStructuredRepliesAndIsRemembered() {
         var machine = Negotiation(exports: table)
-        let query = MetaContextRequest(exportName: "disk0", queries: ["base:"]).encode()
+        let query = MetaContextRequest(exportName: "disk0", queries: ["base:allocation"]).encode()
         XCTAssertEqual(run(&machine, .setMetaContext, query).replies.map(replyType), [OptionReplyType.errInvalid.rawValue])
         XCTAssertEqual(run(&machine, .structuredReply).replies.map(replyType), [1])
         let set = run(&machine, .setMetaContext, query)
         XCTAssertEqual(set.replies.map(replyType), [4, 1])
         XCTAssertEqual(Array(set.replies[0][20...]), [0, 0, 0, 1] + Array("base:allocation".utf8))
-        let listed = run(&machine, .listMetaContext, MetaContextRequest(exportName: "disk0", queries: []).encode())
+        let listed = run(&machine, .listMetaContext, MetaContextRequest(exportName: "disk0", queries: ["base:"]).encode())
         XCTAssertEqual(Array(listed.replies[0][20...]), [0, 0, 0, 0] + Array("base:allocation".utf8))
         let session = run(&machine, .go, InfoRequest(exportName: "disk0", requests: []).encode()).session
         XCTAssertEqual(session?.contexts, [.baseAllocation])
         XCTAssertEqual(session?.style, .structured)
+    }
+
+    func testNamespaceQueryOnlyListsAndFailedSetClears() {
+        var machine = Negotiation(exports: table)
+        _ = run(&machine, .structuredReply)
+        XCTAssertEqual(run(&machine, .setMetaContext, MetaContextRequest(exportName: "disk0", queries: ["base:"]).encode()).replies.map(replyType), [1])
+        _ = run(&machine, .setMetaContext, MetaContextRequest(exportName: "disk0", queries: ["base:allocation"]).encode())
+        XCTAssertEqual(run(&machine, .setMetaContext, MetaContextRequest(exportName: "nosuch", queries: ["base:allocation"]).encode()).replies.map(replyType),
+                       [OptionReplyType.errUnknown.rawValue])
+        XCTAssertEqual(run(&machine, .go, InfoRequest(exportName: "disk0", requests: []).encode()).session?.contexts, [])
     }
 
     func testContextsForAnotherExportAreNotCarriedOver() {
@@ -122,7 +132,7 @@ final class NegotiationTests: XCTestCase {
     func testExtendedHeadersThenStructuredIsInvalid() {
         var machine = Negotiation(exports: table)
         XCTAssertEqual(run(&machine, .extendedHeaders).replies.map(replyType), [1])
-        XCTAssertEqual(run(&machine, .structuredReply).replies.map(replyType), [OptionReplyType.errInvalid.rawValue])
+        XCTAssertEqual(run(&machine, .structuredReply).replies.map(replyType), [OptionReplyType.errExtendedHeaderRequired.rawValue])
         XCTAssertEqual(run(&machine, .go, InfoRequest(exportName: "disk0", requests: []).encode()).session?.style, .extended)
     }
 

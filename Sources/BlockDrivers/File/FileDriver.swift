@@ -127,8 +127,9 @@ public final class FileDriver: BlockDriver {
         } else {
             result = flags.contains(.mayUnmap) && features.discard ? blk_punch_hole(fd, offset, length) : -EOPNOTSUPP
             if result != 0 { result = blk_zero_range(fd, offset, length) }
-            if result == -EOPNOTSUPP || result == -EINVAL {
-                // Some file systems (tmpfs among them) zero only by punching holes.
+            if (result == -EOPNOTSUPP || result == -EINVAL) && flags.contains(.mayUnmap) {
+                // Some file systems (tmpfs among them) zero only by punching holes, which only a
+                // request that allows deallocation may do; NO_HOLE ranges are written instead.
                 result = blk_punch_hole(fd, offset, length)
             }
         }
