@@ -102,6 +102,24 @@ public final class BlockGraph: Sendable {
         nodes.withLock { Array($0.values) }.sorted { $0.name < $1.name }
     }
 
+    /// Checks what can be checked of a definition without opening anything: the driver, the node-name
+    /// and the top-level option names.
+    public func check(_ value: OptionValue, context: String = "--blockdev") throws(OptionError) {
+        let top = try OptionReader(value, context: context)
+        let driverName = try top.requiredString("driver")
+        guard let entry = openers[driverName] else {
+            throw OptionError("\(context): unknown driver '\(driverName)' (known: \(driverNames.joined(separator: ", ")))")
+        }
+        let name = try top.string("node-name")
+        if let name, !BlockGraph.isValidNodeName(name) {
+            throw OptionError("\(context): invalid node-name '\(name)': use letters, digits, '-', '.', '_', starting with a letter")
+        }
+        if case .object(let members) = value,
+           let unknown = members.keys.sorted().first(where: { !BlockGraph.commonKeys.contains($0) && !entry.keys.contains($0) }) {
+            throw OptionError("\(context) '\(name ?? "?")' (driver \(driverName)): unknown parameter '\(unknown)'")
+        }
+    }
+
     /// Opens a node from `--blockdev` / `blockdev-add` options and adds it to the graph.
     @discardableResult
     public func open(_ value: OptionValue, context: String = "--blockdev", inheritReadOnly: Bool = false) throws(OptionError) -> BlockNode {

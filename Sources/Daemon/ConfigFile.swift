@@ -15,11 +15,15 @@ import BlockCore
 /// ```
 public struct ConfigFile: Sendable, Equatable {
     /// `blockdev` lines.
-    public var blockdevs: [String] = []
+    public var blockdevs: [OptionText] = []
     /// `nbd-server` lines.
-    public var servers: [String] = []
+    public var servers: [OptionText] = []
     /// `export` lines.
-    public var exports: [String] = []
+    public var exports: [OptionText] = []
+    /// `chardev` lines.
+    public var chardevs: [OptionText] = []
+    /// `monitor` lines.
+    public var monitors: [OptionText] = []
     /// `pidfile`.
     public var pidfile: String?
     /// `log-level`.
@@ -39,14 +43,17 @@ public struct ConfigFile: Sendable, Equatable {
             let option = key.hasPrefix("--") ? String(key.dropFirst(2)) : key
             let place = "\(path):\(index + 1)"
             guard !value.isEmpty else { throw OptionError("\(place): '\(option)' needs a value") }
+            let text = OptionText(value, location: place)
             switch option {
-            case "blockdev": blockdevs.append(value)
-            case "nbd-server": servers.append(value)
-            case "export": exports.append(value)
+            case "blockdev": blockdevs.append(text)
+            case "nbd-server": servers.append(text)
+            case "export": exports.append(text)
+            case "chardev": chardevs.append(text)
+            case "monitor": monitors.append(text)
             case "pidfile": pidfile = value
             case "log-level": logLevel = value
             default:
-                throw OptionError("\(place): unknown option '\(option)' (expected blockdev, nbd-server, export, pidfile or log-level)")
+                throw OptionError("\(place): unknown option '\(option)' (expected blockdev, nbd-server, export, chardev, monitor, pidfile or log-level)")
             }
         }
     }

@@ -26,14 +26,61 @@ public struct ExportSpec: Sendable, Equatable {
     public var writable: Bool
 }
 
+/// One `--chardev socket`: a listening socket a monitor can use.
+public struct ChardevSpec: Sendable, Equatable {
+    /// `id`.
+    public var id: String
+    /// Where it listens.
+    public var address: ListenAddress
+}
+
+/// One `--monitor`: a QMP monitor on a chardev.
+public struct MonitorSpec: Sendable, Equatable {
+    /// `chardev`.
+    public var chardev: String
+    /// `pretty`: indented JSON replies.
+    public var pretty: Bool
+}
+
+/// The text of one option's value, and where it came from when that was a config file.
+public struct OptionText: Sendable, Equatable, ExpressibleByStringLiteral {
+    /// The value, as after `--blockdev` and the like.
+    public var text: String
+    /// `FILE:LINE`, or nil for the command line.
+    public var location: String?
+
+    /// Creates a value.
+    public init(_ text: String, location: String? = nil) {
+        self.text = text
+        self.location = location
+    }
+
+    public init(stringLiteral value: String) { self.init(value) }
+
+    /// Runs `body`, putting the location in front of its error.
+    func located<T>(_ body: () throws(OptionError) -> T) throws(OptionError) -> T {
+        do {
+            return try body()
+        } catch {
+            throw location.map { OptionError("\($0): \(error.message)") } ?? error
+        }
+    }
+}
+
 /// Everything the daemon was asked to do, checked for syntax before anything is opened.
 public struct DaemonConfiguration: Sendable {
     /// `--blockdev` definitions, in order.
     public var blockdevs: [OptionValue] = []
+    /// Where each `--blockdev` came from (`FILE:LINE`, or nil), parallel to `blockdevs`.
+    public var blockdevLocations: [String?] = []
     /// `--nbd-server` listeners.
     public var servers: [NBDServerSpec] = []
     /// `--export` definitions.
     public var exports: [ExportSpec] = []
+    /// `--chardev` definitions.
+    public var chardevs: [ChardevSpec] = []
+    /// `--monitor` definitions.
+    public var monitors: [MonitorSpec] = []
     /// `--pidfile`.
     public var pidfile: String?
     /// `--daemonize`.
@@ -45,15 +92,47 @@ public struct DaemonConfiguration: Sendable {
     public init() {}
 
     /// Parses the option texts of each kind (the values that followed `--blockdev`, `--nbd-server`, `--export`).
-    public init(blockdevs: [String], servers: [String], exports: [String]) throws(OptionError) {
-        for text in blockdevs {
-            self.blockdevs.append(try KeyValueParser.parse(text))
+    public init(
+        blockdevs: [OptionText], servers: [OptionText], exports: [OptionText], chardevs: [OptionText] = [], monitors: [OptionText] = []
+    ) throws(OptionError) {
+        func parse(_ item: OptionText, _ option: String, impliedKey: String? = nil) throws(OptionError) -> OptionValue {
+            do {
+                return try KeyValueParser.parse(item.text, impliedKey: impliedKey)
+            } catch {
+                throw OptionError("\(option): \(error.message)")
+            }
         }
-        for text in servers {
-            self.servers.append(try DaemonConfiguration.parseServer(try KeyValueParser.parse(text)))
+        for item in blockdevs {
+            self.blockdevs.append(try item.located { () throws(OptionError) in try parse(item, "--blockdev") })
+            self.blockdevLocations.append(item.location)
         }
-        for text in exports {
-            self.exports.append(try DaemonConfiguration.parseExport(try KeyValueParser.parse(text, impliedKey: "type")))
+        for item in servers {
+            self.servers.append(try item.located { () throws(OptionError) in
+                try DaemonConfiguration.parseServer(try parse(item, "--nbd-server"))
+            })
+        }
+        for item in exports {
+            self.exports.append(try item.located { () throws(OptionError) in
+                try DaemonConfiguration.parseExport(try parse(item, "--export", impliedKey: "type"))
+            })
+        }
+        for item in chardevs {
+            let chardev = try item.located { () throws(OptionError) in
+                try DaemonConfiguration.parseChardev(try parse(item, "--chardev", impliedKey: "backend"))
+            }
+            guard !self.chardevs.contains(where: { $0.id == chardev.id }) else {
+                throw OptionError("\(item.location.map { "\($0): " } ?? "")--chardev: id '\(chardev.id)' is used twice")
+            }
+            self.chardevs.append(chardev)
+        }
+        for item in monitors {
+            let monitor = try item.located { () throws(OptionError) in
+                try DaemonConfiguration.parseMonitor(try parse(item, "--monitor", impliedKey: "chardev"))
+            }
+            guard self.chardevs.contains(where: { $0.id == monitor.chardev }) else {
+                throw OptionError("\(item.location.map { "\($0): " } ?? "")--monitor: no --chardev with id '\(monitor.chardev)'")
+            }
+            self.monitors.append(monitor)
         }
     }
 
@@ -78,6 +157,57 @@ public struct DaemonConfiguration: Sendable {
             }
         }
         return NBDServerSpec(address: address, maxConnections: Int(maxConnections), handshakeSeconds: Double(handshake))
+    }
+
+    /// Reads one `--chardev` object: `socket,id=ID,path=PATH,server=on,wait=off` or `host=H,port=P`.
+    public static func parseChardev(_ value: OptionValue) throws(OptionError) -> ChardevSpec {
+        let reader = try OptionReader(value, context: "--chardev")
+        let backend = try reader.requiredString("backend")
+        guard backend == "socket" else { throw OptionError("--chardev: backend '\(backend)' is not supported (only 'socket')") }
+        let id = try reader.requiredString("id")
+        let context = "--chardev '\(id)'"
+        guard try reader.bool("server") ?? false else {
+            throw OptionError("\(context): only server=on sockets are supported (blockd listens for monitor clients)")
+        }
+        if try reader.bool("wait") == true {
+            throw OptionError("\(context): wait=on is not supported; use wait=off")
+        }
+        _ = try reader.bool("nodelay")
+        _ = try reader.bool("telnet")
+        _ = try reader.bool("ipv4")
+        _ = try reader.bool("ipv6")
+        _ = try reader.bool("numeric")
+        _ = try reader.unsigned("to")
+        let address: ListenAddress
+        if let path = try reader.string("path") {
+            guard path.utf8.count < 108 else { throw OptionError("\(context): socket path longer than 107 bytes") }
+            address = .unix(path: path)
+        } else if let port = try reader.string("port") {
+            guard let number = Int(port), (0...65535).contains(number) else {
+                throw OptionError("\(context): parameter 'port' expects a port number from 0 to 65535, got '\(port)'")
+            }
+            address = .inet(host: try reader.string("host") ?? "127.0.0.1", port: port)
+        } else if let fd = try reader.string("fd") {
+            guard let number = Int32(fd), number >= 0 else { throw OptionError("\(context): parameter 'fd' expects a descriptor number") }
+            address = .fd(number)
+        } else {
+            throw OptionError("\(context): give path=PATH (unix) or host=HOST,port=PORT (TCP)")
+        }
+        try reader.finish()
+        return ChardevSpec(id: id, address: address)
+    }
+
+    /// Reads one `--monitor` object: `chardev=ID[,mode=control][,pretty=on]`.
+    public static func parseMonitor(_ value: OptionValue) throws(OptionError) -> MonitorSpec {
+        let reader = try OptionReader(value, context: "--monitor")
+        let chardev = try reader.requiredString("chardev")
+        if let mode = try reader.choice("mode", ["control", "readline"]), mode != "control" {
+            throw OptionError("--monitor: mode=readline (the human monitor) is not supported; use mode=control")
+        }
+        let pretty = try reader.bool("pretty") ?? false
+        _ = try reader.string("id")
+        try reader.finish()
+        return MonitorSpec(chardev: chardev, pretty: pretty)
     }
 
     /// Reads one `--export` object.
@@ -114,8 +244,14 @@ public struct CommandLineOptions: Sendable {
     public var servers: [String] = []
     /// `--export` values.
     public var exports: [String] = []
+    /// `--chardev` values.
+    public var chardevs: [String] = []
+    /// `--monitor` values.
+    public var monitors: [String] = []
     /// `--config FILE`.
     public var configPath: String?
+    /// `--log-level`, when given on the command line.
+    public var logLevel: String?
     /// `--pidfile`.
     public var pidfile: String?
     /// `--daemonize`.
@@ -127,8 +263,10 @@ public struct CommandLineOptions: Sendable {
     /// The configuration: the config file's settings first, then the command line's.
     public func configuration() throws(OptionError) -> DaemonConfiguration {
         let file = try configPath.map { path throws(OptionError) in try ConfigFile.load(path) } ?? ConfigFile()
+        func texts(_ values: [String]) -> [OptionText] { values.map { OptionText($0) } }
         var configuration = try DaemonConfiguration(
-            blockdevs: file.blockdevs + blockdevs, servers: file.servers + servers, exports: file.exports + exports)
+            blockdevs: file.blockdevs + texts(blockdevs), servers: file.servers + texts(servers), exports: file.exports + texts(exports),
+            chardevs: file.chardevs + texts(chardevs), monitors: file.monitors + texts(monitors))
         configuration.pidfile = pidfile ?? file.pidfile
         configuration.daemonize = daemonize
         configuration.logLevel = file.logLevel

@@ -24,11 +24,16 @@ public final class Daemon {
 
     /// Opens every node, adds the exports and starts the listeners; throws on the first problem.
     public func start() throws(OptionError) {
+        if !configuration.monitors.isEmpty {
+            throw OptionError("--monitor: the QMP monitor is not available in this build yet")
+        }
         let addresses = try listenAddresses(configuration)
         if !configuration.exports.isEmpty && addresses.isEmpty {
             throw OptionError("--export type=nbd needs an --nbd-server to serve it")
         }
-        for blockdev in configuration.blockdevs { try openNode(blockdev) }
+        for (blockdev, location) in zip(configuration.blockdevs, configuration.blockdevLocations) {
+            try openNode(blockdev, location: location)
+        }
         var limits = ServerLimits()
         if let first = configuration.servers.first {
             if first.maxConnections > 0 { limits.maxConnections = first.maxConnections }
@@ -62,6 +67,14 @@ public final class Daemon {
         for spec in new.exports where old.exports.contains(spec) && droppedNodes.contains(spec.nodeName) {
             throw OptionError("reload: export '\(spec.id)' is unchanged but its node '\(spec.nodeName)' changes; change or remove the export too")
         }
+        let added = zip(new.blockdevs, new.blockdevLocations).filter { !old.blockdevs.contains($0.0) }
+        for (blockdev, location) in added {
+            do {
+                try graph.check(blockdev)
+            } catch {
+                throw OptionError("reload: \(location.map { "\($0): " } ?? "")\(error.message)")
+            }
+        }
         for spec in droppedExports { server.removeExport(id: spec.id) }
         for name in droppedNodes.reversed() where !keptNodes.contains(name) {
             do {
@@ -72,9 +85,9 @@ public final class Daemon {
             }
         }
         var failures: [String] = []
-        for blockdev in new.blockdevs where !old.blockdevs.contains(blockdev) {
+        for (blockdev, location) in added {
             do {
-                try openNode(blockdev)
+                try openNode(blockdev, location: location)
             } catch {
                 failures.append(error.message)
             }
@@ -113,8 +126,13 @@ public final class Daemon {
         graph.closeAll()
     }
 
-    private func openNode(_ blockdev: OptionValue) throws(OptionError) {
-        let node = try graph.open(blockdev)
+    private func openNode(_ blockdev: OptionValue, location: String?) throws(OptionError) {
+        let node: BlockNode
+        do {
+            node = try graph.open(blockdev)
+        } catch {
+            throw location.map { OptionError("\($0): \(error.message)") } ?? error
+        }
         Log.debug("opened node '\(node.name)' (\(node.driver.driverName), \(node.length) bytes)")
     }
 

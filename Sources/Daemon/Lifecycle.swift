@@ -50,7 +50,11 @@ public enum Lifecycle {
             }
             notifier?.notify("RELOADING=1\nMONOTONIC_USEC=\(monotonicMicroseconds())\nSTATUS=reloading \(options.configPath!)")
             do {
-                try daemon.reload(try options.configuration())
+                let configuration = try options.configuration()
+                if options.logLevel == nil, let name = configuration.logLevel, let level = LogLevel.allCases.first(where: { $0.name == name }) {
+                    Log.setLevel(level)
+                }
+                try daemon.reload(configuration)
                 Log.info("reloaded \(options.configPath!): \(daemon.status)")
             } catch {
                 Log.error(error.message)

@@ -44,8 +44,9 @@ struct Connection {
         var machine = Negotiation(exports: exports)
         guard io.sendAll(Negotiation.greeting), let flagBytes = io.receiveBytes(4) else { return nil }
         var flagReader = ByteReader(flagBytes)
-        guard machine.receiveClientFlags(flagReader.read(UInt32.self)!) else {
-            Log.warning("\(peer): unknown client flags 0x\(String(flagReader.read(UInt32.self) ?? 0, radix: 16)); dropped")
+        let clientFlags = flagReader.read(UInt32.self)!
+        guard machine.receiveClientFlags(clientFlags) else {
+            Log.warning("\(peer): unknown client flags 0x\(String(clientFlags, radix: 16)); dropped")
             return nil
         }
         while true {

@@ -12,15 +12,34 @@ public final class Listener: Sendable {
     /// The listening descriptor.
     public let fd: Int32
     private let closed = Atomic<Bool>(false)
+    /// A pipe whose read end the accept thread polls with the socket: closing wakes it without
+    /// touching the socket, which for an inherited one (socket activation) belongs to systemd too.
+    private let wakeRead: Int32
+    private let wakeWrite: Int32
 
     /// Binds and listens; fails with a message naming the address.
     public init(address: ListenAddress) throws(OptionError) {
         self.address = address
+        var pipeFDs: [Int32] = [-1, -1]
+        guard pipe(&pipeFDs) == 0 else { throw OptionError("pipe: \(String(cString: strerror(errno)))") }
+        for end in pipeFDs { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        wakeRead = pipeFDs[0]
+        wakeWrite = pipeFDs[1]
+        do {
+            fd = try Listener.open(address)
+        } catch {
+            Glibc.close(wakeRead)
+            Glibc.close(wakeWrite)
+            throw error
+        }
+    }
+
+    private static func open(_ address: ListenAddress) throws(OptionError) -> Int32 {
         switch address {
         case .unix(let path):
-            fd = try Listener.bindUnix(path)
+            return try bindUnix(path)
         case .inet(let host, let port):
-            fd = try Listener.bindInet(host: host, port: port)
+            return try bindInet(host: host, port: port)
         case .fd(let fd):
             var type: Int32 = 0
             var size = socklen_t(MemoryLayout<Int32>.size)
@@ -28,7 +47,7 @@ public final class Listener: Sendable {
                 throw OptionError("file descriptor \(fd) is not a stream socket")
             }
             _ = listen(fd, 128)
-            self.fd = fd
+            return fd
         case .fdName(let name):
             throw OptionError("no socket named '\(name)' was passed by the service manager")
         }
@@ -53,14 +72,28 @@ public final class Listener: Sendable {
     public func start(_ handle: @escaping @Sendable (Int32, String) -> Void) {
         spawnThread { [self] in
             var counter = 0
+            defer {
+                Glibc.close(fd)
+                Glibc.close(wakeRead)
+            }
             while !closed.load(ordering: .relaxed) {
+                var ready = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
+                if poll(&ready, 2, -1) < 0 {
+                    if errno == EINTR { continue }
+                    break
+                }
+                if ready[1].revents != 0 || closed.load(ordering: .relaxed) { break }
+                guard ready[0].revents & Int16(POLLIN) != 0 else {
+                    if ready[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 { break }
+                    continue
+                }
                 var storage = sockaddr_storage()
                 var size = socklen_t(MemoryLayout<sockaddr_storage>.size)
                 let client = withUnsafeMutablePointer(to: &storage) {
                     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { blk_accept(fd, $0, &size) }
                 }
                 if client < 0 {
-                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    if errno == EINTR || errno == ECONNABORTED || errno == EAGAIN { continue }
                     if errno == EMFILE || errno == ENFILE {
                         Log.error("accept on \(address): out of file descriptors")
                         usleep(100_000)
@@ -76,11 +109,13 @@ public final class Listener: Sendable {
         }
     }
 
-    /// Stops accepting; wakes the accept thread; removes a unix socket file.
+    /// Stops accepting: wakes the accept thread, which closes blockd's descriptor (for an inherited
+    /// socket only blockd's copy; the service manager's keeps listening); removes a unix socket file.
     public func close() {
         guard !closed.exchange(true, ordering: .relaxed) else { return }
-        shutdown(fd, Int32(SHUT_RDWR))
-        Glibc.close(fd)
+        var byte: UInt8 = 1
+        _ = write(wakeWrite, &byte, 1)
+        Glibc.close(wakeWrite)
         if case .unix(let path) = address { unlink(path) }
     }
 

@@ -55,6 +55,7 @@ struct BlockdCommand: ParsableCommand {
         options.configPath = configPath
         options.pidfile = pidfile
         options.daemonize = daemonize
+        options.logLevel = logLevelGiven ? logLevel : nil
         let configuration: DaemonConfiguration
         do {
             configuration = try options.configuration()

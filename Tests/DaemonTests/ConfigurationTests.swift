@@ -16,6 +16,19 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(configuration.exports, [ExportSpec(id: "e0", nodeName: "n0", name: "n0", description: "hello", writable: true)])
     }
 
+    func testMonitorOptions() throws {
+        let configuration = try DaemonConfiguration(
+            blockdevs: [], servers: [], exports: [],
+            chardevs: ["socket,id=m0,path=/tmp/qmp.sock,server=on,wait=off", "socket,id=m1,host=::1,port=4444,server=on,wait=off"],
+            monitors: ["chardev=m0", "m1,mode=control,pretty=on"])
+        XCTAssertEqual(configuration.chardevs.map(\.address), [.unix(path: "/tmp/qmp.sock"), .inet(host: "::1", port: "4444")])
+        XCTAssertEqual(configuration.monitors, [MonitorSpec(chardev: "m0", pretty: false), MonitorSpec(chardev: "m1", pretty: true)])
+        XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: [], exports: [], chardevs: [], monitors: ["chardev=m9"])) {
+            XCTAssertEqual("\($0)", "--monitor: no --chardev with id 'm9'")
+        }
+        XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: [], exports: [], chardevs: ["socket,id=m0,path=/x,server=off"], monitors: []))
+    }
+
     func testErrorsNameTheKey() {
         XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: ["addr.type=unix"], exports: [])) {
             XCTAssertEqual("\($0)", "--nbd-server: parameter 'addr.path' is missing")
@@ -46,16 +59,24 @@ final class ConfigFileTests: XCTestCase {
             log-level debug
             """
         let file = try ConfigFile(text: text, path: "a.conf")
-        XCTAssertEqual(file.blockdevs, ["driver=file,node-name=f0,filename=/images/a b.img", "driver=raw,node-name=d0,file=f0"])
-        XCTAssertEqual(file.servers, ["addr.type=unix,addr.path=/run/blockd/a.sock"])
-        XCTAssertEqual(file.exports, ["type=nbd,id=e0,node-name=d0,writable=on"])
+        XCTAssertEqual(file.blockdevs.map(\.text), ["driver=file,node-name=f0,filename=/images/a b.img", "driver=raw,node-name=d0,file=f0"])
+        XCTAssertEqual(file.blockdevs.map(\.location), ["a.conf:2", "a.conf:3"])
+        XCTAssertEqual(file.servers.map(\.text), ["addr.type=unix,addr.path=/run/blockd/a.sock"])
+        XCTAssertEqual(file.exports.map(\.text), ["type=nbd,id=e0,node-name=d0,writable=on"])
         XCTAssertEqual(file.pidfile, "/run/blockd/a.pid")
         XCTAssertEqual(file.logLevel, "debug")
     }
 
+    func testValueErrorsNameFileAndLine() throws {
+        let file = try ConfigFile(text: "blockdev driver=null-co\nblockdev bogus\n", path: "d.conf")
+        XCTAssertThrowsError(try DaemonConfiguration(blockdevs: file.blockdevs, servers: [], exports: [])) {
+            XCTAssertEqual("\($0)", "d.conf:2: --blockdev: expected 'key=value', got 'bogus'")
+        }
+    }
+
     func testErrorsNameFileAndLine() {
         XCTAssertThrowsError(try ConfigFile(text: "blockdev x=1\nexprot type=nbd", path: "b.conf")) {
-            XCTAssertEqual("\($0)", "b.conf:2: unknown option 'exprot' (expected blockdev, nbd-server, export, pidfile or log-level)")
+            XCTAssertEqual("\($0)", "b.conf:2: unknown option 'exprot' (expected blockdev, nbd-server, export, chardev, monitor, pidfile or log-level)")
         }
         XCTAssertThrowsError(try ConfigFile(text: "export", path: "c.conf")) {
             XCTAssertEqual("\($0)", "c.conf:1: 'export' needs a value")
