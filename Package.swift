@@ -17,14 +17,16 @@ let package = Package(
         .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
         .target(name: "NBDProtocol", swiftSettings: strict),
         .target(name: "JSON", swiftSettings: strict),
+        .target(name: "QAPI", dependencies: ["JSON"], exclude: ["schema"], swiftSettings: strict),
         .target(name: "BlockCore", dependencies: ["JSON", "CBlockShims"], swiftSettings: strict),
         .target(name: "BlockIO", dependencies: ["BlockCore", "CURing"], swiftSettings: strict),
         .target(name: "BlockDrivers", dependencies: ["BlockCore", "BlockIO", "CBlockShims"], swiftSettings: strict),
         .target(name: "Sockets", dependencies: ["BlockCore", "CBlockShims"], swiftSettings: strict),
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "Sockets", "CBlockShims"], swiftSettings: strict),
+        .target(name: "QMP", dependencies: ["JSON", "QAPI", "BlockCore", "Sockets"], swiftSettings: strict),
         .target(
             name: "Daemon",
-            dependencies: ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "CBlockShims"],
+            dependencies: ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims"],
             swiftSettings: strict),
         .executableTarget(
             name: "blockd",
@@ -33,6 +35,8 @@ let package = Package(
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ExportsTests", dependencies: ["Exports", "NBDProtocol", "BlockCore", "BlockDrivers"], swiftSettings: strict),
+        .testTarget(name: "QAPITests", dependencies: ["QAPI", "JSON"], swiftSettings: strict),
+        .testTarget(name: "QMPTests", dependencies: ["QMP", "QAPI", "JSON"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Sockets"], swiftSettings: strict),
     ]
 )

@@ -62,6 +62,10 @@ public protocol BlockDriver: AnyObject, Sendable {
     var features: DriverFeatures { get }
     /// Current size in bytes.
     var length: UInt64 { get }
+    /// The name of the image or device behind the node, as query commands show it.
+    var filename: String { get }
+    /// Bytes the image occupies on its storage, when known (`actual-size`).
+    var allocatedSize: UInt64? { get }
 
     /// Fills `buffer` with the bytes at `offset`.
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError)
@@ -91,6 +95,10 @@ public protocol BlockDriver: AnyObject, Sendable {
 extension BlockDriver {
     /// Default: a hint with no effect.
     public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {}
+    /// Default: a pseudo-protocol name such as `null-co://`.
+    public var filename: String { "\(driverName)://" }
+    /// Default: unknown.
+    public var allocatedSize: UInt64? { nil }
     /// Default: no direct path.
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? { nil }
     /// Default: nothing is mapped.

@@ -12,6 +12,9 @@ public struct CommonNodeOptions: Sendable {
     public var discardUnmap = false
     /// `aio`: `threads` or `native`.
     public var aio = "threads"
+
+    /// The defaults: writeback cache, flushes honoured, discards ignored, `aio=threads`.
+    public init() {}
 }
 
 /// A driver instance with the children it opened.
@@ -165,7 +168,7 @@ public final class BlockGraph: Sendable {
             if parent == nil { removeDefined(by: name) }
             throw error
         }
-        let node = BlockNode(name: name, driver: opened.driver, children: opened.children, readOnly: common.readOnly)
+        let node = BlockNode(name: name, driver: opened.driver, children: opened.children, readOnly: common.readOnly, common: common)
         let inserted = nodes.withLock { table -> Bool in
             guard table[name] == nil else { return false }
             table[name] = node

@@ -14,11 +14,17 @@ public final class BlockNode: Sendable {
     public let children: [(role: String, node: BlockNode)]
     /// True when no write may reach the node.
     public let readOnly: Bool
+    /// The settings common to every node (cache mode, discard, aio) it was opened with.
+    public let common: CommonNodeOptions
     private let alignmentLock: ReadWriteLock?
 
     /// Creates a node over an opened driver.
-    public init(name: String, driver: any BlockDriver, children: [(role: String, node: BlockNode)] = [], readOnly: Bool) {
+    public init(
+        name: String, driver: any BlockDriver, children: [(role: String, node: BlockNode)] = [], readOnly: Bool,
+        common: CommonNodeOptions = CommonNodeOptions()
+    ) {
         self.name = name
+        self.common = common
         self.driver = driver
         self.children = children
         self.readOnly = readOnly

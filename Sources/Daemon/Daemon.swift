@@ -5,16 +5,33 @@ import BlockCore
 import BlockDrivers
 import BlockIO
 import Exports
+import Foundation
+import JSON
+import QAPI
+import QMP
 import Sockets
 
-/// The running daemon: the graph, the NBD server, and the changes a reload makes to them.
-public final class Daemon {
+/// The running daemon: the graph, the NBD server, the QMP monitor, and the changes a reload or a
+/// monitor command makes to them. Control-plane changes are serialised by `controlLock`.
+public final class Daemon: @unchecked Sendable {
+    /// A device (BlockBackend) created by the 2.6 form of `blockdev-add` with an `id`.
+    struct Device {
+        let node: BlockNode
+        let stats = BlockCore.BlockStats()
+    }
+
     /// The block graph.
     public let graph = BlockGraph(drivers: Drivers.all)
     /// The NBD server.
     public private(set) var server = NBDServer()
     private var configuration: DaemonConfiguration
     private let activation: SocketActivation?
+    /// Serialises monitor commands and reloads.
+    let controlLock = NSLock()
+    /// Devices by id.
+    var devices: [String: Device] = [:]
+    /// The QMP monitor, when `--monitor` asked for one.
+    private(set) var monitor: QMPServer?
 
     /// Creates a daemon for a configuration; nothing is opened yet.
     public init(configuration: DaemonConfiguration, activation: SocketActivation? = nil) {
@@ -24,9 +41,6 @@ public final class Daemon {
 
     /// Opens every node, adds the exports and starts the listeners; throws on the first problem.
     public func start() throws(OptionError) {
-        if !configuration.monitors.isEmpty {
-            throw OptionError("--monitor: the QMP monitor is not available in this build yet")
-        }
         let addresses = try listenAddresses(configuration)
         if !configuration.exports.isEmpty && addresses.isEmpty {
             throw OptionError("--export type=nbd needs an --nbd-server to serve it")
@@ -40,8 +54,26 @@ public final class Daemon {
             limits.handshakeTimeout = first.handshakeSeconds
         }
         server = NBDServer(limits: limits, engineFactory: { URingEngine() })
-        for spec in configuration.exports { try addExport(spec) }
+        for spec in configuration.exports { try addConfiguredExport(spec) }
         for address in addresses { try server.listen(on: address) }
+        try startMonitors()
+    }
+
+    /// Starts a QMP monitor on each `--monitor`'s chardev.
+    private func startMonitors() throws(OptionError) {
+        guard !configuration.monitors.isEmpty else { return }
+        let table = QMPCommandTable()
+        registerCommands(on: table)
+        let greeting = QMPSession.greeting(
+            version: (Daemon.interfaceVersion.major, Daemon.interfaceVersion.minor, Daemon.interfaceVersion.micro),
+            package: "blockd \(BlockdVersion.string)")
+        let monitor = QMPServer(commands: table, greeting: greeting)
+        self.monitor = monitor
+        for spec in configuration.monitors {
+            guard let chardev = configuration.chardevs.first(where: { $0.id == spec.chardev }) else { continue }
+            let address = activation.map { (try? $0.resolve(chardev.address)) ?? chardev.address } ?? chardev.address
+            try monitor.listen(on: address, pretty: spec.pretty)
+        }
     }
 
     /// One line for `STATUS=`: what is exported where.
@@ -56,6 +88,8 @@ public final class Daemon {
     /// configuration is checked before anything changes; a node that fails to open is reported and
     /// left out, with its export.
     public func reload(_ new: DaemonConfiguration) throws(OptionError) {
+        controlLock.lock()
+        defer { controlLock.unlock() }
         let old = configuration
         let newAddresses = try listenAddresses(new)
         let oldAddresses = server.addresses
@@ -75,7 +109,7 @@ public final class Daemon {
                 throw OptionError("reload: \(location.map { "\($0): " } ?? "")\(error.message)")
             }
         }
-        for spec in droppedExports { server.removeExport(id: spec.id) }
+        for spec in droppedExports { removeExport(spec.id) }
         for name in droppedNodes.reversed() where !keptNodes.contains(name) {
             do {
                 try graph.remove(name)
@@ -94,7 +128,7 @@ public final class Daemon {
         }
         for spec in addedExports {
             do {
-                try addExport(spec)
+                try addConfiguredExport(spec)
             } catch {
                 failures.append(error.message)
             }
@@ -115,6 +149,8 @@ public final class Daemon {
 
     /// Drains the connections and flushes and closes every node.
     public func stop() {
+        monitor?.emit(ShutdownEvent())
+        monitor?.shutdown()
         server.shutdown()
         for node in graph.allNodes where !node.readOnly {
             do {
@@ -136,12 +172,15 @@ public final class Daemon {
         Log.debug("opened node '\(node.name)' (\(node.driver.driverName), \(node.length) bytes)")
     }
 
-    private func addExport(_ spec: ExportSpec) throws(OptionError) {
-        guard let node = graph.node(named: spec.nodeName) else {
+    private func addConfiguredExport(_ spec: ExportSpec) throws(OptionError) {
+        guard graph.node(named: spec.nodeName) != nil else {
             throw OptionError("--export '\(spec.id)': no node named '\(spec.nodeName)'")
         }
-        try server.exports.add(try NBDExport(id: spec.id, name: spec.name, description: spec.description, node: node, writable: spec.writable))
-        Log.info("export '\(spec.name)' of node '\(node.name)' (\(node.length) bytes, \(spec.writable ? "writable" : "read-only"))")
+        do throws(QAPIError) {
+            try addExport(spec)
+        } catch {
+            throw OptionError("--export '\(spec.id)': \(error.description)")
+        }
     }
 
     /// The configured addresses with socket-activation names resolved; every passed socket when the

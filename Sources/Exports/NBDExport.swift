@@ -16,13 +16,15 @@ public final class NBDExport: Sendable {
     /// True when clients may write.
     public let writable: Bool
     /// I/O accounting of every client of this export (query-blockstats).
-    public let stats = BlockStats()
+    public let stats: BlockStats
 
     /// Largest read or write payload accepted (`NBD_INFO_BLOCK_SIZE` maximum).
     public static let maxPayload = 32 << 20
 
     /// Creates an export; `writable` needs a writable node.
-    public init(id: String, name: String, description: String?, node: BlockNode, writable: Bool) throws(OptionError) {
+    public init(
+        id: String, name: String, description: String?, node: BlockNode, writable: Bool, stats: BlockStats = BlockStats()
+    ) throws(OptionError) {
         guard !(writable && node.readOnly) else {
             throw OptionError("export '\(id)': node '\(node.name)' is read-only; it cannot be exported with writable=on")
         }
@@ -31,6 +33,7 @@ public final class NBDExport: Sendable {
         self.description = description
         self.node = node
         self.writable = writable
+        self.stats = stats
     }
 
     /// Size in bytes, as the node has it now.
@@ -83,6 +86,11 @@ public final class ExportTable: Sendable {
             guard let index = list.firstIndex(where: { $0.id == id }) else { return nil }
             return list.remove(at: index)
         }
+    }
+
+    /// The export with that id.
+    public func export(id: String) -> NBDExport? {
+        exports.withLock { list in list.first { $0.id == id } }
     }
 
     /// The export clients reach by `name`.

@@ -66,6 +66,11 @@ public final class NBDServer: Sendable {
         return export
     }
 
+    /// How many clients use the export with that id.
+    public func clientCount(exportID: String) -> Int {
+        connections.withLock { live in live.values.filter { $0 == exportID }.count }
+    }
+
     /// How many clients are connected now.
     public var connectionCount: Int { connections.withLock { $0.count } }
 

@@ -32,6 +32,15 @@ struct BlockdCommand: ParsableCommand {
         "Export a node: type=nbd,id=ID,node-name=NODE[,name=NAME][,description=TEXT][,writable=on|off].", valueName: "options"))
     var exports: [String] = []
 
+    @Option(name: .customLong("chardev"), help: ArgumentHelp(
+        "Define a socket for a monitor: socket,id=ID,path=PATH,server=on,wait=off or socket,id=ID,host=H,port=P,server=on,wait=off.",
+        valueName: "options"))
+    var chardevs: [String] = []
+
+    @Option(name: .customLong("monitor"), help: ArgumentHelp(
+        "Run a QMP monitor on a chardev: chardev=ID[,mode=control][,pretty=on].", valueName: "options"))
+    var monitors: [String] = []
+
     @Option(name: .customLong("config"), help: ArgumentHelp(
         "Read options from FILE: one per line, the option name without dashes, then its value (see README). SIGHUP re-reads it.",
         valueName: "file"))
@@ -52,6 +61,8 @@ struct BlockdCommand: ParsableCommand {
         options.blockdevs = blockdevs
         options.servers = servers
         options.exports = exports
+        options.chardevs = chardevs
+        options.monitors = monitors
         options.configPath = configPath
         options.pidfile = pidfile
         options.daemonize = daemonize

@@ -83,6 +83,14 @@ public final class FileDriver: BlockDriver {
 
     public var length: UInt64 { currentLength.load(ordering: .relaxed) }
 
+    public var filename: String { path }
+
+    public var allocatedSize: UInt64? {
+        var info = stat()
+        guard !isBlockDevice, fstat(fd, &info) == 0 else { return nil }
+        return UInt64(info.st_blocks) * 512
+    }
+
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
         var done = 0
         while done < buffer.count {

@@ -20,6 +20,9 @@ public final class RawDriver: BlockDriver {
         windowSize ?? (child.length > start ? child.length - start : 0)
     }
 
+    public var filename: String { child.driver.filename }
+    public var allocatedSize: UInt64? { child.driver.allocatedSize }
+
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
         try child.driver.read(into: buffer, at: start + offset)
     }

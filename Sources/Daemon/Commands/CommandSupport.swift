@@ -1,0 +1,32 @@
+import BlockCore
+import JSON
+import QAPI
+
+extension OptionError {
+    /// The error as QMP reports it: GenericError with the same text.
+    var qmp: QAPIError { .generic(message) }
+}
+
+extension Daemon {
+    /// Runs a control-plane change under the daemon's lock; graph and export changes are serialised
+    /// between monitor clients and reloads.
+    func locked<T>(_ body: () throws(QAPIError) -> T) throws(QAPIError) -> T {
+        controlLock.lock()
+        defer { controlLock.unlock() }
+        return try body()
+    }
+
+    /// The node named `name`, or DeviceNotFound.
+    func node(_ name: String) throws(QAPIError) -> BlockNode {
+        guard let node = graph.node(named: name) else { throw .deviceNotFound(name) }
+        return node
+    }
+
+    /// Registers every command family on a table.
+    func registerCommands(on table: QMPCommandTable) {
+        registerControlCommands(on: table)
+        registerNodeCommands(on: table)
+        registerQueryCommands(on: table)
+        registerExportCommands(on: table)
+    }
+}

@@ -1,0 +1,123 @@
+import BlockCore
+import Exports
+import JSON
+import QAPI
+import Sockets
+
+extension Daemon {
+    /// `nbd-server-start/add/remove/stop`, `block-export-add/del`, `query-block-exports`.
+    func registerExportCommands(on table: QMPCommandTable) {
+        table.register(NbdServerStartCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                guard server.addresses.isEmpty else { throw .generic("NBD server already running") }
+                if arguments.tlsCreds != nil { throw .generic("TLS is not supported yet") }
+                let address = try Daemon.socketAddress(arguments.addr)
+                do throws(OptionError) {
+                    try server.listen(on: address)
+                } catch {
+                    throw error.qmp
+                }
+                return QAPIEmpty()
+            }
+        }
+        table.register(NbdServerStopCommand.self) { [unowned self] _ throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                guard !server.addresses.isEmpty else { throw .generic("NBD server not running") }
+                for export in server.exports.all { removeExport(export.id) }
+                for address in server.addresses { server.stopListening(on: address) }
+                return QAPIEmpty()
+            }
+        }
+        table.register(NbdServerAddCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                guard !server.addresses.isEmpty else { throw .generic("NBD server not running") }
+                if arguments.bitmap != nil { throw .generic("Exporting dirty bitmaps is not supported yet") }
+                let name = arguments.name ?? arguments.device
+                try addExport(ExportSpec(
+                    id: name, nodeName: try nodeName(forDevice: arguments.device), name: name,
+                    description: arguments.description, writable: arguments.writable ?? false))
+                return QAPIEmpty()
+            }
+        }
+        table.register(NbdServerRemoveCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                guard let export = server.exports.export(named: arguments.name) else {
+                    throw .generic("Export '\(arguments.name)' is not found")
+                }
+                try removeExport(export.id, hard: arguments.mode == .hard)
+                return QAPIEmpty()
+            }
+        }
+        table.register(BlockExportAddCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                let spec: ExportSpec
+                do throws(OptionError) {
+                    spec = try DaemonConfiguration.parseExport(arguments)
+                } catch {
+                    throw error.qmp
+                }
+                try addExport(spec)
+                return QAPIEmpty()
+            }
+        }
+        table.register(BlockExportDelCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                guard server.exports.export(id: arguments.id) != nil else {
+                    throw .generic("Export '\(arguments.id)' is not found")
+                }
+                try removeExport(arguments.id, hard: arguments.mode == .hard)
+                return QAPIEmpty()
+            }
+        }
+        table.register(QueryBlockExportsCommand.self) { [unowned self] _ throws(QAPIError) in
+            server.exports.all.map { BlockExportInfo(id: $0.id, type: .nbd, nodeName: $0.node.name, shuttingDown: false) }
+        }
+    }
+
+    /// The node behind a 2.6 device name, or a node name given as the device.
+    func nodeName(forDevice name: String) throws(QAPIError) -> String {
+        if let device = devices[name] { return device.node.name }
+        return try node(name).name
+    }
+
+    /// Adds an export, using a named device's statistics when its node has one.
+    func addExport(_ spec: ExportSpec) throws(QAPIError) {
+        guard server.exports.export(id: spec.id) == nil else { throw .generic("Block export id '\(spec.id)' is already in use") }
+        let node = try node(spec.nodeName)
+        let stats = devices.values.first { $0.node === node }?.stats ?? BlockCore.BlockStats()
+        do throws(OptionError) {
+            try server.exports.add(try NBDExport(
+                id: spec.id, name: spec.name, description: spec.description, node: node, writable: spec.writable, stats: stats))
+        } catch {
+            throw error.qmp
+        }
+        Log.info("export '\(spec.name)' of node '\(node.name)' added over QMP")
+    }
+
+    /// Removes an export: in safe mode only when no client uses it; in hard mode its clients are disconnected.
+    func removeExport(_ id: String, hard: Bool = true) throws(QAPIError) {
+        if !hard && server.clientCount(exportID: id) > 0 {
+            throw .generic("export '\(id)' still in use (use mode 'hard' to disconnect its clients)")
+        }
+        removeExport(id)
+    }
+
+    /// Removes an export and announces it.
+    func removeExport(_ id: String) {
+        guard server.removeExport(id: id) != nil else { return }
+        monitor?.emit(BlockExportDeletedEvent(id: id))
+    }
+
+    /// An address in either SocketAddress form: 2.6's `{"type": "unix", "data": {...}}` or the flat one.
+    static func socketAddress(_ value: JSONValue) throws(QAPIError) -> ListenAddress {
+        guard case .object(var members) = value else { throw .invalidParameterType("addr", expected: "object") }
+        if case .object(let data)? = members["data"], members.count == 2 {
+            members = data.merging(["type": members["type"] ?? .null]) { current, _ in current }
+        }
+        do throws(OptionError) {
+            return try ListenAddress.parse(OptionReader(.object(members), context: "nbd-server-start: addr"))
+        } catch {
+            throw error.qmp
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import BlockCore
+import JSON
+import QAPI
+
+extension Daemon {
+    /// `blockdev-add` (2.6 and flattened forms), `blockdev-del`, `x-blockdev-del`, `query-named-block-nodes`.
+    func registerNodeCommands(on table: QMPCommandTable) {
+        table.register(BlockdevAddCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                // 2.6: {"options": {...}} with an optional top-level "id" that creates a device.
+                // Modern QEMU: the options themselves.
+                var options = arguments
+                var device: String?
+                if case .object(let members) = arguments, members.count == 1, case .object(var inner)? = members["options"] {
+                    if case .string(let id)? = inner["id"] {
+                        device = id
+                        inner.removeValue(forKey: "id")
+                    }
+                    options = .object(inner)
+                }
+                if let device {
+                    guard devices[device] == nil else { throw .generic("Device with id '\(device)' already exists") }
+                    guard case .string? = options["node-name"] else {
+                        throw .generic("blockdev-add with an id needs a node-name in blockd")
+                    }
+                }
+                let node: BlockNode
+                do throws(OptionError) {
+                    node = try graph.open(options, context: "blockdev-add")
+                } catch {
+                    throw error.qmp
+                }
+                if let device { devices[device] = Device(node: node) }
+                return QAPIEmpty()
+            }
+        }
+        table.register(BlockdevDelCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                try deleteNode(arguments.nodeName)
+                return QAPIEmpty()
+            }
+        }
+        table.register(XBlockdevDelCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                switch (arguments.id, arguments.nodeName) {
+                case (let id?, nil):
+                    guard let device = devices[id] else { throw .deviceNotFound(id) }
+                    if let export = server.exports.all.first(where: { $0.node === device.node }) {
+                        throw .deviceInUse("Device '\(id)' is in use by export '\(export.id)'")
+                    }
+                    devices.removeValue(forKey: id)
+                    try deleteNode(device.node.name)
+                case (nil, let name?):
+                    if let (id, _) = devices.first(where: { $0.value.node.name == name }) {
+                        throw .generic("Node '\(name)' is attached to device '\(id)'; delete the device instead")
+                    }
+                    try deleteNode(name)
+                default:
+                    throw .generic("Exactly one of 'id' and 'node-name' must be given")
+                }
+                return QAPIEmpty()
+            }
+        }
+        table.register(QueryNamedBlockNodesCommand.self) { [unowned self] _ throws(QAPIError) in
+            graph.allNodes.filter { !$0.name.hasPrefix("#") }.map(blockDeviceInfo)
+        }
+    }
+
+    /// Removes a node that nothing uses.
+    func deleteNode(_ name: String) throws(QAPIError) {
+        let node = try node(name)
+        if let export = server.exports.all.first(where: { $0.node === node }) {
+            throw .deviceInUse("Node '\(name)' is busy: it is exported as '\(export.id)'")
+        }
+        if let (id, _) = devices.first(where: { $0.value.node === node }), !devices.isEmpty {
+            throw .deviceInUse("Node '\(name)' is busy: it is the medium of device '\(id)'")
+        }
+        do throws(OptionError) {
+            try graph.remove(name)
+        } catch {
+            throw .deviceInUse(error.message)
+        }
+    }
+
+    /// A node as BlockDeviceInfo describes it.
+    func blockDeviceInfo(_ node: BlockNode) -> BlockDeviceInfo {
+        let image = ImageInfo(
+            filename: node.driver.filename, format: node.driver.driverName,
+            actualSize: node.driver.allocatedSize.map { Int64(clamping: $0) }, virtualSize: Int64(clamping: node.length))
+        return BlockDeviceInfo(
+            file: node.driver.filename, nodeName: node.name.hasPrefix("#") ? nil : node.name, ro: node.readOnly,
+            drv: node.driver.driverName, backingFileDepth: 0, encrypted: false, encryptionKeyMissing: false,
+            detectZeroes: .off, bps: 0, bpsRd: 0, bpsWr: 0, iops: 0, iopsRd: 0, iopsWr: 0, image: image,
+            cache: BlockdevCacheInfo(writeback: true, direct: node.common.cacheDirect, noFlush: node.common.cacheNoFlush),
+            writeThreshold: 0)
+    }
+}

@@ -1,0 +1,80 @@
+import BlockCore
+import Exports
+import JSON
+import QAPI
+
+extension Daemon {
+    /// `query-block`, `query-blockstats`, `query-block-jobs`.
+    func registerQueryCommands(on table: QMPCommandTable) {
+        table.register(QueryBlockCommand.self) { [unowned self] _ throws(QAPIError) in
+            try locked { () throws(QAPIError) in allDevices().map { device in
+                BlockInfo(device: device.name, type: "unknown", removable: false, locked: false,
+                          inserted: blockDeviceInfo(device.node), ioStatus: .ok)
+            } }
+        }
+        table.register(QueryBlockstatsCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                if arguments.queryNodes == true {
+                    return graph.allNodes.filter { !$0.name.hasPrefix("#") }.map { node in
+                        let highest = allDevices().filter { $0.node === node }.map { $0.stats.snapshot().highestWriteOffset }.max() ?? 0
+                        var stats = Daemon.deviceStats(BlockCore.BlockStats().snapshot())
+                        stats.wrHighestOffset = Int64(clamping: highest)
+                        return QAPI.BlockStats(nodeName: node.name, stats: stats)
+                    }
+                }
+                return allDevices().map { device in
+                    QAPI.BlockStats(device: device.name, nodeName: device.node.name, stats: Daemon.deviceStats(device.stats.snapshot()))
+                }
+            }
+        }
+        table.register(QueryBlockJobsCommand.self) { _ throws(QAPIError) in
+            []  // blockd has no block jobs yet, so there is never one running.
+        }
+    }
+
+    /// A device as the query commands list it: a named one from blockdev-add, or an export's own.
+    struct DeviceView {
+        var name: String
+        var node: BlockNode
+        var stats: BlockCore.BlockStats
+    }
+
+    /// Every device: the named ones, then one per export whose node has no named device.
+    func allDevices() -> [DeviceView] {
+        var views = devices.sorted { $0.key < $1.key }.map { DeviceView(name: $0.key, node: $0.value.node, stats: $0.value.stats) }
+        for export in server.exports.all where !devices.values.contains(where: { $0.node === export.node }) {
+            views.append(DeviceView(name: export.id, node: export.node, stats: export.stats))
+        }
+        return views
+    }
+
+    /// The counters of a device in BlockDeviceStats form.
+    static func deviceStats(_ snapshot: BlockStatsSnapshot) -> BlockDeviceStats {
+        func value(_ list: [UInt64], _ kind: IOKind) -> Int64 { Int64(clamping: list[kind.rawValue]) }
+        let timed = snapshot.timed.map { report in
+            BlockDeviceTimedStats(
+                intervalLength: Int64(report.interval),
+                minRdLatencyNs: Int64(clamping: report.minimum[0]), maxRdLatencyNs: Int64(clamping: report.maximum[0]),
+                avgRdLatencyNs: Int64(clamping: report.average[0]),
+                minWrLatencyNs: Int64(clamping: report.minimum[1]), maxWrLatencyNs: Int64(clamping: report.maximum[1]),
+                avgWrLatencyNs: Int64(clamping: report.average[1]),
+                minFlushLatencyNs: Int64(clamping: report.minimum[2]), maxFlushLatencyNs: Int64(clamping: report.maximum[2]),
+                avgFlushLatencyNs: Int64(clamping: report.average[2]),
+                avgRdQueueDepth: report.readQueueDepth, avgWrQueueDepth: report.writeQueueDepth)
+        }
+        return BlockDeviceStats(
+            rdBytes: value(snapshot.bytes, .read), wrBytes: value(snapshot.bytes, .write),
+            rdOperations: value(snapshot.operations, .read), wrOperations: value(snapshot.operations, .write),
+            flushOperations: value(snapshot.operations, .flush),
+            flushTotalTimeNs: value(snapshot.totalNanoseconds, .flush), wrTotalTimeNs: value(snapshot.totalNanoseconds, .write),
+            rdTotalTimeNs: value(snapshot.totalNanoseconds, .read),
+            wrHighestOffset: Int64(clamping: snapshot.highestWriteOffset),
+            rdMerged: value(snapshot.merged, .read), wrMerged: value(snapshot.merged, .write),
+            idleTimeNs: snapshot.idleNanoseconds.map { Int64(clamping: $0) },
+            failedRdOperations: value(snapshot.failed, .read), failedWrOperations: value(snapshot.failed, .write),
+            failedFlushOperations: value(snapshot.failed, .flush),
+            invalidRdOperations: value(snapshot.invalid, .read), invalidWrOperations: value(snapshot.invalid, .write),
+            invalidFlushOperations: value(snapshot.invalid, .flush),
+            accountInvalid: snapshot.accountInvalid, accountFailed: snapshot.accountFailed, timedStats: timed)
+    }
+}

@@ -1,0 +1,93 @@
+import JSON
+import QAPI
+
+/// One monitor client's protocol state (docs/interop/qmp-spec.txt): greeting, capabilities
+/// negotiation, then commands. No I/O: lines of JSON in, JSON replies out (tested as transcripts).
+public struct QMPSession {
+    /// Whether `qmp_capabilities` has been accepted.
+    public private(set) var negotiated = false
+    private let commands: QMPCommandTable
+
+    /// Starts a session that dispatches to `commands`.
+    public init(commands: QMPCommandTable) { self.commands = commands }
+
+    /// The greeting sent on connect.
+    public static func greeting(version: (major: Int64, minor: Int64, micro: Int64), package: String) -> JSONValue {
+        .object(["QMP": .object([
+            "version": .object([
+                "qemu": .object(["major": .integer(version.major), "minor": .integer(version.minor), "micro": .integer(version.micro)]),
+                "package": .string(package),
+            ]),
+            "capabilities": .array([]),
+        ])])
+    }
+
+    /// Handles one piece of input; returns the reply to send, if any.
+    public mutating func handle(_ piece: JSONStreamSplitter.Piece) -> JSONValue? {
+        switch piece {
+        case .garbage:
+            return QMPSession.error(.genericError, "JSON parse error, invalid input outside of an object", id: nil)
+        case .value(let bytes):
+            let request: JSONValue
+            do {
+                request = try JSONValue.parse(bytes: bytes)
+            } catch {
+                return QMPSession.error(.genericError, "JSON parse error, \(error.message)", id: nil)
+            }
+            return handle(request)
+        }
+    }
+
+    /// Handles one parsed request.
+    public mutating func handle(_ request: JSONValue) -> JSONValue? {
+        guard case .object(let members) = request else {
+            return QMPSession.error(.genericError, "QMP input must be a JSON object", id: nil)
+        }
+        let id = members["id"]
+        if let unknown = members.keys.sorted().first(where: { !["execute", "arguments", "id", "control"].contains($0) }) {
+            if unknown == "exec-oob" {
+                return QMPSession.error(.genericError, "Out-of-band commands are not supported by this server", id: id)
+            }
+            return QMPSession.error(.genericError, "QMP input member '\(unknown)' is unexpected", id: id)
+        }
+        guard case .string(let name)? = members["execute"] else {
+            return QMPSession.error(.genericError, members["execute"] == nil ? "QMP input lacks member 'execute'" : "QMP input member 'execute' must be a string", id: id)
+        }
+        let arguments = members["arguments"]
+        if let arguments, case .object = arguments {} else if arguments != nil {
+            return QMPSession.error(.genericError, "QMP input member 'arguments' must be an object", id: id)
+        }
+        if name == "qmp_capabilities" {
+            guard !negotiated else {
+                return QMPSession.error(.commandNotFound, "Capabilities negotiation is already complete, command ignored", id: id)
+            }
+            if case .object(let given)? = arguments, case .array(let enabled)? = given["enable"], let first = enabled.first {
+                return QMPSession.error(.genericError, "Capability '\(first.serialized())' is not available", id: id)
+            }
+            negotiated = true
+            return QMPSession.success(.object([:]), id: id)
+        }
+        guard negotiated else {
+            return QMPSession.error(.commandNotFound, "Expecting capabilities negotiation with 'qmp_capabilities'", id: id)
+        }
+        do {
+            return QMPSession.success(try commands.dispatch(name, arguments: arguments), id: id)
+        } catch {
+            return QMPSession.error(error.errorClass, error.description, id: id)
+        }
+    }
+
+    /// `{"return": ..., "id": ...}`.
+    public static func success(_ result: JSONValue, id: JSONValue?) -> JSONValue {
+        var reply: [String: JSONValue] = ["return": result]
+        if let id { reply["id"] = id }
+        return .object(reply)
+    }
+
+    /// `{"error": {"class": ..., "desc": ...}, "id": ...}`.
+    public static func error(_ errorClass: QMPErrorClass, _ description: String, id: JSONValue?) -> JSONValue {
+        var reply: [String: JSONValue] = ["error": .object(["class": .string(errorClass.rawValue), "desc": .string(description)])]
+        if let id { reply["id"] = id }
+        return .object(reply)
+    }
+}
