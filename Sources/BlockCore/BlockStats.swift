@@ -87,7 +87,7 @@ public final class BlockStats: Sendable {
     /// Accounts a request refused at the edge (bad range, bad flags).
     public func invalidRequest(_ kind: IOKind) {
         counters[kind.rawValue].invalid.add(1, ordering: .relaxed)
-        lastActivity.store(BlockStats.now(), ordering: .relaxed)
+        if accountInvalid.load(ordering: .relaxed) { lastActivity.store(BlockStats.now(), ordering: .relaxed) }
     }
 
     /// Accounts requests merged into others.

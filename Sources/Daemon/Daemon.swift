@@ -17,7 +17,7 @@ public final class Daemon: @unchecked Sendable {
     /// A device (BlockBackend) created by the 2.6 form of `blockdev-add` with an `id`.
     struct Device {
         let node: BlockNode
-        let stats = BlockCore.BlockStats()
+        let stats: BlockCore.BlockStats
     }
 
     /// The block graph.

@@ -11,13 +11,22 @@ extension Daemon {
                 // Modern QEMU: the options themselves.
                 var options = arguments
                 var device: String?
+                var backend: [String: JSONValue] = [:]
                 if case .object(let members) = arguments, members.count == 1, case .object(var inner)? = members["options"] {
                     if case .string(let id)? = inner["id"] {
                         device = id
                         inner.removeValue(forKey: "id")
                     }
+                    // Settings of the device (BlockBackend), not of the node.
+                    for key in ["stats-account-invalid", "stats-account-failed", "stats-intervals", "rerror", "werror"] {
+                        if let value = inner.removeValue(forKey: key) { backend[key] = value }
+                    }
                     options = .object(inner)
                 }
+                if !backend.isEmpty && device == nil {
+                    throw .generic("\(backend.keys.sorted().joined(separator: ", ")) can only be given with an id")
+                }
+                let stats = try Daemon.deviceStatistics(backend)
                 if let device {
                     guard devices[device] == nil else { throw .generic("Device with id '\(device)' already exists") }
                     guard case .string? = options["node-name"] else {
@@ -30,7 +39,7 @@ extension Daemon {
                 } catch {
                     throw error.qmp
                 }
-                if let device { devices[device] = Device(node: node) }
+                if let device { devices[device] = Device(node: node, stats: stats) }
                 return QAPIEmpty()
             }
         }
@@ -64,6 +73,36 @@ extension Daemon {
         table.register(QueryNamedBlockNodesCommand.self) { [unowned self] _ throws(QAPIError) in
             graph.allNodes.filter { !$0.name.hasPrefix("#") }.map(blockDeviceInfo)
         }
+    }
+
+    /// The statistics of a new device from its `stats-*` options; `rerror`/`werror` other than `report` are refused.
+    static func deviceStatistics(_ options: [String: JSONValue]) throws(QAPIError) -> BlockCore.BlockStats {
+        let stats = BlockCore.BlockStats()
+        for key in ["rerror", "werror"] {
+            if let value = options[key], value != .string("report") {
+                throw .generic("\(key)=\(value.serialized()) is not supported yet (only 'report')")
+            }
+        }
+        if let value = options["stats-account-invalid"] {
+            guard case .bool(let flag) = value else { throw .invalidParameterType("options.stats-account-invalid", expected: "bool") }
+            stats.accountInvalid.store(flag, ordering: .relaxed)
+        }
+        if let value = options["stats-account-failed"] {
+            guard case .bool(let flag) = value else { throw .invalidParameterType("options.stats-account-failed", expected: "bool") }
+            stats.accountFailed.store(flag, ordering: .relaxed)
+        }
+        if let value = options["stats-intervals"] {
+            guard case .array(let items) = value else { throw .invalidParameterType("options.stats-intervals", expected: "array") }
+            var intervals: [UInt32] = []
+            for item in items {
+                guard case .integer(let seconds) = item, seconds > 0, seconds <= 86_400 else {
+                    throw .generic("Invalid interval length in options.stats-intervals: \(item.serialized())")
+                }
+                intervals.append(UInt32(seconds))
+            }
+            stats.setIntervals(intervals)
+        }
+        return stats
     }
 
     /// Removes a node that nothing uses.
