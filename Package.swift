@@ -8,6 +8,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "blockd", targets: ["blockd"]),
+        .executable(name: "blockctl", targets: ["blockctl"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -24,6 +25,7 @@ let package = Package(
         .target(name: "Sockets", dependencies: ["BlockCore", "CBlockShims"], swiftSettings: strict),
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "Sockets", "CBlockShims"], swiftSettings: strict),
         .target(name: "QMP", dependencies: ["JSON", "QAPI", "BlockCore", "Sockets"], swiftSettings: strict),
+        .target(name: "QMPClient", dependencies: ["JSON", "QAPI", "Sockets"], swiftSettings: strict),
         .target(
             name: "Daemon",
             dependencies: ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims"],
@@ -32,6 +34,11 @@ let package = Package(
             name: "blockd",
             dependencies: ["Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
+        .executableTarget(
+            name: "blockctl",
+            dependencies: ["QMPClient", "JSON", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        .testTarget(name: "QMPClientTests", dependencies: ["QMPClient", "JSON"], swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ExportsTests", dependencies: ["Exports", "NBDProtocol", "BlockCore", "BlockDrivers"], swiftSettings: strict),

@@ -55,7 +55,7 @@ extension Daemon {
                 case (let id?, nil):
                     guard let device = devices[id] else { throw .deviceNotFound(id) }
                     if let export = server.exports.all.first(where: { $0.node === device.node }) {
-                        throw .deviceInUse("Device '\(id)' is in use by export '\(export.id)'")
+                        throw QAPIError(.deviceInUse, "Device '\(id)' is in use by export '\(export.id)'")
                     }
                     devices.removeValue(forKey: id)
                     try deleteNode(device.node.name)
@@ -109,15 +109,15 @@ extension Daemon {
     func deleteNode(_ name: String) throws(QAPIError) {
         let node = try node(name)
         if let export = server.exports.all.first(where: { $0.node === node }) {
-            throw .deviceInUse("Node '\(name)' is busy: it is exported as '\(export.id)'")
+            throw QAPIError(.deviceInUse, "Node '\(name)' is busy: it is exported as '\(export.id)'")
         }
         if let (id, _) = devices.first(where: { $0.value.node === node }), !devices.isEmpty {
-            throw .deviceInUse("Node '\(name)' is busy: it is the medium of device '\(id)'")
+            throw QAPIError(.deviceInUse, "Node '\(name)' is busy: it is the medium of device '\(id)'")
         }
         do throws(OptionError) {
             try graph.remove(name)
         } catch {
-            throw .deviceInUse(error.message)
+            throw QAPIError(.deviceInUse, error.message)
         }
     }
 

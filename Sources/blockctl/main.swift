@@ -1,0 +1,129 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import JSON
+import QMPClient
+
+/// The `blockctl` command: a QMP client for people and scripts.
+struct BlockctlCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "blockctl",
+        abstract: "Send QMP commands to blockd (or any QMP monitor) and follow its events.",
+        discussion: """
+            Arguments are key=value words: dotted keys build objects (options.driver=null-co), values \
+            are JSON when they parse as JSON (size=1048576, writable=true, x='{"a":1}'), strings otherwise. \
+            They are checked against the schema before anything is sent.
+
+              blockctl --socket /run/blockd/qmp.sock query-block-exports
+              blockctl --socket qmp.sock blockdev-add driver=null-co node-name=n0 size=1048576
+              blockctl --socket qmp.sock --events
+              blockctl help block-export-add
+            """)
+
+    @Option(name: .customLong("socket"), help: ArgumentHelp("The monitor's unix socket.", valueName: "path"))
+    var socket: String?
+
+    @Option(name: .customLong("host"), help: "The monitor's TCP host (with --port).")
+    var host: String?
+
+    @Option(name: .customLong("port"), help: "The monitor's TCP port.")
+    var port: Int?
+
+    @Flag(name: .customLong("json"), help: "Print the raw JSON reply on one line.")
+    var json = false
+
+    @Flag(name: .customLong("events"), help: "Print events as they arrive, until interrupted (or --count/--timeout).")
+    var events = false
+
+    @Option(name: .customLong("count"), help: "With --events: stop after this many events.")
+    var count: Int?
+
+    @Option(name: .customLong("timeout"), help: "With --events: stop after this many seconds without an event.")
+    var timeout: Double?
+
+    @Argument(help: ArgumentHelp("COMMAND [key=value ...], or: help [COMMAND]", valueName: "command"))
+    var words: [String] = []
+
+    mutating func run() throws {
+        if words.first == "help" {
+            if words.count > 1 {
+                guard let text = HelpText.command(words[1]) else {
+                    throw ValidationError("unknown command '\(words[1])'")
+                }
+                print(text)
+            } else if socket != nil || host != nil {
+                // Mark what this server offers.
+                guard let names = offeredCommands() else { throw ExitCode(2) }
+                print(HelpText.overview(available: names))
+            } else {
+                print(HelpText.overview())
+            }
+            return
+        }
+        guard events || !words.isEmpty else { throw ValidationError("name a command (blockctl help lists them), or use --events") }
+        do {
+            let connection = try QMPConnection(unixPath: socket, host: host, port: port)
+            if events {
+                var seen = 0
+                while count.map({ seen < $0 }) ?? true, let event = try connection.nextEvent(timeout: timeout) {
+                    print(json ? event.serialized() : event.prettyPrinted())
+                    seen += 1
+                }
+                return
+            }
+            let command = words[0]
+            let arguments = try CommandArguments.build(command: command, words: Array(words.dropFirst()))
+            let reply = try connection.execute(command, arguments: arguments)
+            if let error = reply["error"] {
+                let errorClass = error["class"].flatMap { if case .string(let text) = $0 { text } else { nil } } ?? "Error"
+                let description = error["desc"].flatMap { if case .string(let text) = $0 { text } else { nil } } ?? error.serialized()
+                printError("\(errorClass): \(description)")
+                throw ExitCode(1)
+            }
+            let result = reply["return"] ?? .object([:])
+            if json {
+                print(reply.serialized())
+            } else if result == .object([:]) {
+                print("OK")
+            } else {
+                print(result.prettyPrinted())
+            }
+            for event in connection.events { printError("event: \(event.serialized())") }
+        } catch let error as QMPClientError {
+            printError(error.description)
+            throw ExitCode(2)
+        }
+    }
+
+    /// The commands the server lists in query-commands; nil (after printing why) when it cannot be asked.
+    private func offeredCommands() -> Set<String>? {
+        let reply: JSONValue
+        do throws(QMPClientError) {
+            reply = try QMPConnection(unixPath: socket, host: host, port: port).execute("query-commands", arguments: nil)
+        } catch {
+            printError(error.description)
+            return nil
+        }
+        var names = Set<String>()
+        if case .array(let items)? = reply["return"] {
+            for item in items { if case .string(let name)? = item["name"] { names.insert(name) } }
+        }
+        return names
+    }
+
+    private func printError(_ text: String) {
+        var standardError = StandardError()
+        print("blockctl: \(text)", to: &standardError)
+    }
+}
+
+/// Standard error as a text stream.
+struct StandardError: TextOutputStream {
+    mutating func write(_ string: String) {
+        var bytes = Array(string.utf8)
+        bytes.withUnsafeMutableBytes { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    }
+}
+
+BlockctlCommand.main()
