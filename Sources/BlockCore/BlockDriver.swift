@@ -88,6 +88,8 @@ public protocol BlockDriver: AnyObject, Sendable {
     func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer?
     /// Where a read or write of this range can be sent straight to a file (for `aio=native`), or nil.
     func directTarget(at offset: UInt64, length: Int) -> DirectTarget?
+    /// Changes the size to `length` bytes (growing adds zeroes).
+    func resize(to length: UInt64) throws(BlockError)
     /// Releases the driver's resources; no call follows.
     func close()
 }
@@ -112,6 +114,10 @@ extension BlockDriver {
     /// Default: zero-writes are done by the core with zero buffers, never fast.
     public func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockError) {
         throw .notSupported("\(driverName) has no native zero-write")
+    }
+    /// Default: the size is fixed.
+    public func resize(to length: UInt64) throws(BlockError) {
+        throw .notSupported("\(driverName) nodes cannot be resized")
     }
     /// Default: nothing to release.
     public func close() {}

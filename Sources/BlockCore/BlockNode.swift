@@ -126,6 +126,15 @@ public final class BlockNode: Sendable {
         return try driver.blockStatus(at: offset, length: count)
     }
 
+    /// Changes the node's size; new connections see the new size.
+    public func resize(to newLength: UInt64) throws(BlockError) {
+        guard !readOnly else { throw .notPermitted("node '\(name)' is read-only") }
+        guard newLength % UInt64(driver.features.alignment) == 0 else {
+            throw .invalid("the size must be a multiple of \(driver.features.alignment)")
+        }
+        try driver.resize(to: newLength)
+    }
+
     /// Hints that a range will be read soon.
     public func prefetch(at offset: UInt64, length count: UInt64) throws(BlockError) {
         try driver.prefetch(at: offset, length: count)

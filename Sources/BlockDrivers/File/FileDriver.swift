@@ -198,8 +198,17 @@ public final class FileDriver: BlockDriver {
         native && !noFlush ? DirectTarget(fd: fd, offset: offset) : nil
     }
 
+    public func resize(to newLength: UInt64) throws(BlockError) {
+        guard !isBlockDevice else { throw .notSupported("\(path) is a block device; it cannot be resized") }
+        while ftruncate(fd, off_t(newLength)) != 0 {
+            guard errno == EINTR else { throw .posix("resize \(path) to \(newLength)") }
+        }
+        forgetData()
+        currentLength.store(newLength, ordering: .relaxed)
+    }
+
     public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? {
-        guard mapping != 0, offset + UInt64(length) <= mappedLength else { return nil }
+        guard mapping != 0, offset + UInt64(length) <= min(mappedLength, currentLength.load(ordering: .relaxed)) else { return nil }
         return UnsafeRawPointer(bitPattern: mapping + UInt(offset))
     }
 

@@ -2,20 +2,22 @@
 import Glibc
 #endif
 import BlockCore
+import Synchronization
 
 /// The `null-co` and `null-aio` drivers: a device of a given size that discards writes and reads as
 /// zeroes (with `read-zeroes=on`) or as whatever the buffer held.
 public final class NullDriver: BlockDriver {
     public let driverName: String
     public let features: DriverFeatures
-    public let length: UInt64
+    private let size: Atomic<UInt64>
+    public var length: UInt64 { size.load(ordering: .relaxed) }
     private let latency: timespec?
     private let readZeroes: Bool
 
     /// Creates a null device.
     public init(driverName: String, length: UInt64, latencyNanoseconds: UInt64, readZeroes: Bool) {
         self.driverName = driverName
-        self.length = length
+        self.size = Atomic(length)
         self.readZeroes = readZeroes
         self.latency = latencyNanoseconds == 0 ? nil
             : timespec(tv_sec: Int(latencyNanoseconds / 1_000_000_000), tv_nsec: Int(latencyNanoseconds % 1_000_000_000))
@@ -44,6 +46,10 @@ public final class NullDriver: BlockDriver {
     public func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockError) { delay() }
     public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {}
     public func flush() throws(BlockError) { delay() }
+
+    public func resize(to newLength: UInt64) throws(BlockError) {
+        size.store(newLength, ordering: .relaxed)
+    }
 
     public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
         readZeroes ? [Extent(length: length, zero: true, hole: false)] : [.data(length)]

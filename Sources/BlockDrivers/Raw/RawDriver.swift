@@ -55,6 +55,11 @@ public final class RawDriver: BlockDriver {
         child.mappedBytes(at: start + offset, length: length)
     }
 
+    public func resize(to newLength: UInt64) throws(BlockError) {
+        guard windowSize == nil else { throw .notSupported("a raw node with a fixed 'size' cannot be resized") }
+        try child.resize(to: start + newLength)
+    }
+
     public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {
         try child.prefetch(at: start + offset, length: length)
     }

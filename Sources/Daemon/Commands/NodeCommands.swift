@@ -70,6 +70,33 @@ extension Daemon {
                 return QAPIEmpty()
             }
         }
+        table.register(BlockResizeCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                let target: BlockNode
+                switch (arguments.device, arguments.nodeName) {
+                case (let device?, nil):
+                    if let named = devices[device] {
+                        target = named.node
+                    } else if let export = server.exports.export(id: device) {
+                        target = export.node
+                    } else {
+                        throw .deviceNotFound(device)
+                    }
+                case (nil, let name?):
+                    target = try node(name)
+                default:
+                    throw .generic("Exactly one of 'device' and 'node-name' must be given")
+                }
+                guard arguments.size >= 0 else { throw .invalidParameterValue("size", expects: "a non-negative size") }
+                do throws(BlockError) {
+                    try target.resize(to: UInt64(arguments.size))
+                } catch {
+                    throw .generic("Cannot resize '\(target.name)': \(error.message)")
+                }
+                Log.info("node '\(target.name)' resized to \(arguments.size) bytes")
+                return QAPIEmpty()
+            }
+        }
         table.register(QueryNamedBlockNodesCommand.self) { [unowned self] _ throws(QAPIError) in
             graph.allNodes.filter { !$0.name.hasPrefix("#") }.map(blockDeviceInfo)
         }

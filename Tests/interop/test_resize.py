@@ -1,0 +1,71 @@
+"""block_resize on a live export: the file changes size, a reconnecting client sees the new size,
+a client that stays connected keeps working inside the old range."""
+import json
+import subprocess
+import time
+
+import nbd
+import pytest
+
+from conftest import make_image, require
+from test_blockctl import blockctl_binary
+
+
+@pytest.fixture
+def resizable(start_blockd, tmp_path):
+    require("nbdinfo")
+    image = make_image(tmp_path / "disk.img", 8 << 20, b"random")
+    qmp = tmp_path / "qmp.sock"
+    daemon = start_blockd(image, extra=["--chardev", f"socket,id=m0,path={qmp},server=on,wait=off", "--monitor", "chardev=m0"])
+    deadline = time.monotonic() + 5
+    while not qmp.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return daemon, image, qmp
+
+
+def ctl(qmp, *words):
+    return subprocess.run([blockctl_binary(), "--socket", str(qmp), *words], capture_output=True, text=True, timeout=20)
+
+
+def size_of(uri):
+    return int(subprocess.run(["nbdinfo", "--size", uri], capture_output=True, text=True, check=True).stdout)
+
+
+def test_grow_is_seen_by_a_reconnecting_client(resizable):
+    daemon, image, qmp = resizable
+    before = image.read_bytes()
+    connected = nbd.NBD()
+    connected.connect_uri(daemon.uri())
+    assert connected.get_size() == 8 << 20
+    assert ctl(qmp, "block_resize", "node-name=disk0", "size=16777216").returncode == 0
+    assert image.stat().st_size == 16 << 20
+    assert size_of(daemon.uri()) == 16 << 20
+    # The connected client keeps working within the range it knows; data is intact.
+    assert connected.pread(4096, 0) == before[:4096]
+    connected.shutdown()
+    fresh = nbd.NBD()
+    fresh.connect_uri(daemon.uri())
+    fresh.pwrite(b"\x77" * 4096, (16 << 20) - 4096)
+    assert fresh.pread(4096, (12 << 20)) == b"\0" * 4096, "grown space reads as zeroes"
+    fresh.flush()
+    fresh.shutdown()
+    assert image.read_bytes()[-4096:] == b"\x77" * 4096
+    stats = json.loads(ctl(qmp, "query-named-block-nodes").stdout)
+    assert {n["node-name"]: n["image"]["virtual-size"] for n in stats}["disk0"] == 16 << 20
+
+
+def test_shrink_and_errors(resizable):
+    daemon, image, qmp = resizable
+    assert ctl(qmp, "block_resize", "device=e0", "size=4194304").returncode == 0
+    assert size_of(daemon.uri()) == 4 << 20 and image.stat().st_size == 4 << 20
+    client = nbd.NBD()
+    client.set_strict_mode(0)
+    client.connect_uri(daemon.uri())
+    with pytest.raises(nbd.Error) as error:
+        client.pread(4096, 6 << 20)
+    assert error.value.errno == "EINVAL"
+    client.shutdown()
+    missing = ctl(qmp, "block_resize", "node-name=nope", "size=4096")
+    assert missing.returncode == 1 and "DeviceNotFound" in missing.stderr
+    both = ctl(qmp, "block_resize", "size=4096")
+    assert both.returncode == 1 and "Exactly one of 'device' and 'node-name'" in both.stderr
