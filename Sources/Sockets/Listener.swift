@@ -143,16 +143,7 @@ public final class Listener: Sendable {
         if lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFSOCK {
             unlink(path)  // a stale socket from an earlier run
         }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            let bytes = Array(path.utf8)
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
+        let bound = withUnixAddress(path) { bind(fd, $0, $1) }
         guard bound == 0, listen(fd, 128) == 0 else {
             let message = String(cString: strerror(errno))
             Glibc.close(fd)

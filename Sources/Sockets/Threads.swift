@@ -26,10 +26,3 @@ public func spawnThread(stackSize: Int = 512 * 1024, _ body: @escaping @Sendable
         fatalError("pthread_create failed: \(String(cString: strerror(result)))")
     }
 }
-
-/// Seconds on the monotonic clock.
-public func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-}
