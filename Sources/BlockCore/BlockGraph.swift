@@ -46,12 +46,14 @@ public struct OpenContext {
         switch value {
         case .string(let reference):
             guard let node = graph.node(named: reference) else {
+                if options.syntax == .qmp { throw OptionError("Cannot find device=\(reference) nor node_name=\(reference)") }
                 throw OptionError("\(options.context): parameter '\(key)': no node named '\(reference)'")
             }
             return node
         case .object:
-            return try graph.open(value, context: "\(options.context) → \(key)", inheritReadOnly: common.readOnly)
+            return try graph.open(value, context: "\(options.context) → \(key)", inheritReadOnly: common.readOnly, syntax: options.syntax)
         default:
+            if options.syntax == .qmp { throw OptionError("Invalid parameter type for '\(key)', expected: string or object") }
             throw OptionError("\(options.context): parameter '\(key)' expects a node-name or a definition, got a \(value.typeName)")
         }
     }
@@ -125,10 +127,13 @@ public final class BlockGraph: Sendable {
 
     /// Opens a node from `--blockdev` / `blockdev-add` options and adds it to the graph.
     @discardableResult
-    public func open(_ value: OptionValue, context: String = "--blockdev", inheritReadOnly: Bool = false) throws(OptionError) -> BlockNode {
-        let top = try OptionReader(value, context: context)
+    public func open(
+        _ value: OptionValue, context: String = "--blockdev", inheritReadOnly: Bool = false, syntax: OptionSyntax = .commandLine
+    ) throws(OptionError) -> BlockNode {
+        let top = try OptionReader(value, context: context, syntax: syntax)
         let driverName = try top.requiredString("driver")
         guard let entry = openers[driverName] else {
+            if syntax == .qmp { throw top.badValue("driver", driverName, expected: "a driver") }
             throw OptionError("\(context): unknown driver '\(driverName)' (known: \(driverNames.joined(separator: ", ")))")
         }
         let name: String
@@ -141,10 +146,10 @@ public final class BlockGraph: Sendable {
             name = "#block\(anonymousCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
         }
         guard node(named: name) == nil else { throw OptionError("\(context): node-name '\(name)' is already in use") }
-        let options = try OptionReader(value, context: "\(context) '\(name)' (driver \(driverName))")
+        let options = try OptionReader(value, context: "\(context) '\(name)' (driver \(driverName))", syntax: syntax)
         if case .object(let members) = value,
            let unknown = members.keys.sorted().first(where: { !BlockGraph.commonKeys.contains($0) && !entry.keys.contains($0) }) {
-            throw OptionError("\(options.context): unknown parameter '\(unknown)'")
+            throw options.unexpected(unknown)
         }
         _ = options.value("driver")
         _ = options.value("node-name")

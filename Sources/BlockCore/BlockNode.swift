@@ -17,6 +17,10 @@ public final class BlockNode: Sendable {
     /// The settings common to every node (cache mode, discard, aio) it was opened with.
     public let common: CommonNodeOptions
     private let alignmentLock: ReadWriteLock?
+    private let highestWrite = Atomic<UInt64>(0)
+
+    /// The end of the furthest write so far (`wr_highest_offset` of the node).
+    public var highestWriteOffset: UInt64 { highestWrite.load(ordering: .relaxed) }
 
     /// Creates a node over an opened driver.
     public init(
@@ -79,11 +83,13 @@ public final class BlockNode: Sendable {
         } else {
             try driverWrite(buffer, at: offset, fua: fua)
         }
+        highestWrite.max(offset + UInt64(buffer.count), ordering: .relaxed)
     }
 
     /// Makes a range read as zeroes; with `.fastOnly`, fails with `ENOTSUP` unless the driver can do it cheaply.
     public func writeZeroes(at offset: UInt64, length count: UInt64, flags: ZeroFlags) throws(BlockError) {
         assert(!readOnly && offset + count <= length)
+        defer { highestWrite.max(offset + count, ordering: .relaxed) }
         let features = driver.features
         if features.fastZero && isAligned(offset, Int(clamping: count), nil) {
             var driverFlags = flags

@@ -211,10 +211,10 @@ public struct DaemonConfiguration: Sendable {
     }
 
     /// Reads one `--export` object.
-    public static func parseExport(_ value: OptionValue) throws(OptionError) -> ExportSpec {
-        let reader = try OptionReader(value, context: "--export")
-        let type = try reader.requiredString("type")
-        guard type == "nbd" else { throw OptionError("--export: type '\(type)' is not supported (only 'nbd')") }
+    public static func parseExport(_ value: OptionValue, syntax: OptionSyntax = .commandLine) throws(OptionError) -> ExportSpec {
+        let reader = try OptionReader(value, context: "--export", syntax: syntax)
+        // Only NBD exports exist; a missing type is reported as missing, another as not accepted.
+        if try reader.choice("type", ["nbd"]) == nil { _ = try reader.requiredString("type") }
         let id = try reader.requiredString("id")
         let context = "--export '\(id)'"
         let nodeName = try reader.requiredString("node-name")

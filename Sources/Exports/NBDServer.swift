@@ -33,6 +33,11 @@ public final class NBDServer: Sendable {
         self.engineFactory = engineFactory
     }
 
+    /// Changes the connection limit for clients that connect from now on.
+    public func setMaxConnections(_ limit: Int) {
+        limits.withLock { $0.maxConnections = limit }
+    }
+
     /// Starts listening on `address`; returns the bound TCP port, if any.
     @discardableResult
     public func listen(on address: ListenAddress) throws(OptionError) -> Int? {

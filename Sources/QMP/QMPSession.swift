@@ -44,7 +44,7 @@ public struct QMPSession {
             return QMPSession.error(.genericError, "QMP input must be a JSON object", id: nil)
         }
         let id = members["id"]
-        if let unknown = members.keys.sorted().first(where: { !["execute", "arguments", "id", "control"].contains($0) }) {
+        if let unknown = members.keys.sorted().first(where: { !["execute", "arguments", "id"].contains($0) }) {
             if unknown == "exec-oob" {
                 return QMPSession.error(.genericError, "Out-of-band commands are not supported by this server", id: id)
             }
@@ -61,8 +61,15 @@ public struct QMPSession {
             guard !negotiated else {
                 return QMPSession.error(.commandNotFound, "Capabilities negotiation is already complete, command ignored", id: id)
             }
-            if case .object(let given)? = arguments, case .array(let enabled)? = given["enable"], let first = enabled.first {
-                return QMPSession.error(.genericError, "Capability '\(first.serialized())' is not available", id: id)
+            let requested: QmpCapabilitiesArguments
+            do {
+                requested = try QmpCapabilitiesArguments(decoding: arguments ?? .object([:]), at: "")
+            } catch {
+                return QMPSession.error(error.errorClass, error.description, id: id)
+            }
+            if let first = requested.enable?.first {
+                // No capability (such as out-of-band execution) is offered.
+                return QMPSession.error(.genericError, "Capability \(first.rawValue) not available", id: id)
             }
             negotiated = true
             return QMPSession.success(.object([:]), id: id)

@@ -67,7 +67,7 @@ final class DecodingErrorTests: XCTestCase {
             decodingError(
                 DriveMirrorArguments.self,
                 #"{"device": "d", "target": "t", "sync": "full", "granularity": 4294967296}"#)?.description,
-            "Parameter 'granularity' expects uint32")
+            "Parameter 'granularity' expects uint32_t")
         XCTAssertEqual(
             decodingError(
                 BlockSetWriteThresholdArguments.self, #"{"node-name": "n", "write-threshold": -1}"#)?.description,
@@ -78,10 +78,10 @@ final class DecodingErrorTests: XCTestCase {
             "Parameter 'write-threshold' expects uint64")
         XCTAssertEqual(
             decodingError(InetSocketAddress.self, #"{"host": "::", "port": "10809", "to": 65536}"#)?.description,
-            "Parameter 'to' expects uint16")
+            "Parameter 'to' expects uint16_t")
         XCTAssertEqual(
             decodingError(NbdServerStartArguments.self, #"{"addr": {}, "max-connections": -1}"#)?.description,
-            "Parameter 'max-connections' expects uint32")
+            "Parameter 'max-connections' expects uint32_t")
     }
 
     func testSmallIntegerTypes() {
@@ -89,13 +89,13 @@ final class DecodingErrorTests: XCTestCase {
             _ = try Int8(decoding: .integer(200), at: "x")
             XCTFail("accepted 200 as int8")
         } catch {
-            XCTAssertEqual(error.description, "Parameter 'x' expects int8")
+            XCTAssertEqual(error.description, "Parameter 'x' expects int8_t")
         }
         do throws(QAPIError) {
             _ = try Int32(decoding: .integer(Int64(Int32.min) - 1), at: "a.b")
             XCTFail("accepted a value below Int32.min")
         } catch {
-            XCTAssertEqual(error.description, "Parameter 'a.b' expects int32")
+            XCTAssertEqual(error.description, "Parameter 'a.b' expects int32_t")
         }
         XCTAssertEqual(try Int16(decoding: .integer(-32768), at: "x"), Int16.min)
         XCTAssertEqual(try UInt8(decoding: .integer(255), at: "x"), 255)

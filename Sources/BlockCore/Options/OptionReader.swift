@@ -1,20 +1,46 @@
+/// Where options come from, which decides how strictly values are typed and how errors read.
+public enum OptionSyntax: Sendable {
+    /// Command line and config file: key=value strings are converted ("on", "64M"); messages name the option.
+    case commandLine
+    /// QMP: JSON types must match exactly; messages are QEMU's ("Parameter 'x' is missing").
+    case qmp
+}
+
 /// Reads typed members out of an option object, remembers what was read, and rejects the rest,
 /// so that every misspelt key is reported by name.
 public final class OptionReader {
     /// What the options configure, e.g. "--blockdev 'disk0' (driver file)"; starts every message.
     public let context: String
+    /// How values are typed and errors worded.
+    public let syntax: OptionSyntax
     private let members: [String: OptionValue]
     private let prefix: String
     private var consumed: Set<String> = []
 
     /// Creates a reader over an object value.
-    public init(_ value: OptionValue, context: String, prefix: String = "") throws(OptionError) {
+    public init(_ value: OptionValue, context: String, prefix: String = "", syntax: OptionSyntax = .commandLine) throws(OptionError) {
         guard case .object(let members) = value else {
+            if syntax == .qmp {
+                throw OptionError("Invalid parameter type for '\(prefix.isEmpty ? "arguments" : String(prefix.dropLast()))', expected: object")
+            }
             throw OptionError("\(context): expected an object\(prefix.isEmpty ? "" : " for '\(prefix.dropLast())'"), got a \(value.typeName)")
         }
         self.members = members
         self.context = context
         self.prefix = prefix
+        self.syntax = syntax
+    }
+
+    /// The error for a member with a value it does not accept, in this reader's wording.
+    public func badValue(_ key: String, _ value: String, expected: String) -> OptionError {
+        syntax == .qmp
+            ? OptionError("Parameter '\(prefix)\(key)' does not accept value '\(value)'")
+            : OptionError("\(context): parameter '\(prefix)\(key)' expects \(expected), got '\(value)'")
+    }
+
+    /// The error for a member nobody knows, in this reader's wording.
+    public func unexpected(_ key: String) -> OptionError {
+        syntax == .qmp ? OptionError("Parameter '\(prefix)\(key)' is unexpected") : OptionError("\(context): unknown parameter '\(prefix)\(key)'")
     }
 
     /// True when the key is present.
@@ -31,7 +57,7 @@ public final class OptionReader {
         guard let value = value(key) else { return nil }
         switch value {
         case .string(let text): return text
-        case .integer(let number): return String(number)
+        case .integer(let number) where syntax == .commandLine: return String(number)
         default: throw typeError(key, "a string", value)
         }
     }
@@ -47,7 +73,7 @@ public final class OptionReader {
         guard let value = value(key) else { return nil }
         switch value {
         case .bool(let flag): return flag
-        case .string(let text):
+        case .string(let text) where syntax == .commandLine:
             switch text {
             case "on", "yes", "true": return true
             case "off", "no", "false": return false
@@ -62,7 +88,7 @@ public final class OptionReader {
         guard let value = value(key) else { return nil }
         switch value {
         case .integer(let number) where number >= 0: return UInt64(number)
-        case .string(let text):
+        case .string(let text) where syntax == .commandLine:
             guard let number = UInt64(text) else {
                 throw OptionError("\(context): parameter '\(prefix)\(key)' expects a non-negative integer, got '\(text)'")
             }
@@ -76,7 +102,7 @@ public final class OptionReader {
         guard let value = value(key) else { return nil }
         switch value {
         case .integer(let number) where number >= 0: return UInt64(number)
-        case .string(let text):
+        case .string(let text) where syntax == .commandLine:
             guard let bytes = OptionReader.parseSize(text) else {
                 throw OptionError("\(context): parameter '\(prefix)\(key)' expects a size (such as 4096, 64M or 1G), got '\(text)'")
             }
@@ -89,7 +115,7 @@ public final class OptionReader {
     public func choice(_ key: String, _ allowed: [String]) throws(OptionError) -> String? {
         guard let text = try string(key) else { return nil }
         guard allowed.contains(text) else {
-            throw OptionError("\(context): parameter '\(prefix)\(key)' expects one of \(allowed.joined(separator: ", ")), got '\(text)'")
+            throw badValue(key, text, expected: "one of \(allowed.joined(separator: ", "))")
         }
         return text
     }
@@ -97,13 +123,13 @@ public final class OptionReader {
     /// A nested object, read with a reader of its own.
     public func object(_ key: String) throws(OptionError) -> OptionReader? {
         guard let value = value(key) else { return nil }
-        return try OptionReader(value, context: context, prefix: "\(prefix)\(key).")
+        return try OptionReader(value, context: context, prefix: "\(prefix)\(key).", syntax: syntax)
     }
 
     /// Fails on the first member nobody read.
     public func finish() throws(OptionError) {
         if let unknown = members.keys.sorted().first(where: { !consumed.contains($0) }) {
-            throw OptionError("\(context): unknown parameter '\(prefix)\(unknown)'")
+            throw unexpected(unknown)
         }
     }
 
@@ -121,10 +147,20 @@ public final class OptionReader {
     }
 
     private func missing(_ key: String) -> OptionError {
-        OptionError("\(context): parameter '\(prefix)\(key)' is missing")
+        syntax == .qmp ? OptionError("Parameter '\(prefix)\(key)' is missing") : OptionError("\(context): parameter '\(prefix)\(key)' is missing")
     }
 
     private func typeError(_ key: String, _ expected: String, _ value: OptionValue) -> OptionError {
-        OptionError("\(context): parameter '\(prefix)\(key)' expects \(expected), got a \(value.typeName)")
+        guard syntax == .qmp else {
+            return OptionError("\(context): parameter '\(prefix)\(key)' expects \(expected), got a \(value.typeName)")
+        }
+        let qapiName: String
+        switch expected {
+        case "a string": qapiName = "string"
+        case "a boolean": qapiName = "boolean"
+        case "an object": qapiName = "object"
+        default: qapiName = "integer"
+        }
+        return OptionError("Invalid parameter type for '\(prefix)\(key)', expected: \(qapiName)")
     }
 }

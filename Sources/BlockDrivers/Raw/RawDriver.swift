@@ -24,23 +24,23 @@ public final class RawDriver: BlockDriver {
     public var allocatedSize: UInt64? { child.driver.allocatedSize }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
-        try child.driver.read(into: buffer, at: start + offset)
+        try child.read(into: buffer, at: start + offset)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
-        try child.driver.write(buffer, at: start + offset, fua: fua)
+        try child.write(buffer, at: start + offset, fua: fua)
     }
 
     public func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockError) {
-        try child.driver.writeZeroes(at: start + offset, length: length, flags: flags)
+        try child.writeZeroes(at: start + offset, length: length, flags: flags)
     }
 
     public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {
-        try child.driver.discard(at: start + offset, length: length)
+        try child.discard(at: start + offset, length: length)
     }
 
     public func flush() throws(BlockError) {
-        try child.driver.flush()
+        try child.flush()
     }
 
     public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {

@@ -12,6 +12,9 @@ extension Daemon {
                 guard server.addresses.isEmpty else { throw .generic("NBD server already running") }
                 if arguments.tlsCreds != nil { throw .generic("TLS is not supported yet") }
                 let address = try Daemon.socketAddress(arguments.addr)
+                if let limit = arguments.maxConnections {
+                    server.setMaxConnections(limit == 0 ? Int(UInt32.max) : Int(limit))
+                }
                 do throws(OptionError) {
                     try server.listen(on: address)
                 } catch {
@@ -52,10 +55,11 @@ extension Daemon {
             try locked { () throws(QAPIError) in
                 let spec: ExportSpec
                 do throws(OptionError) {
-                    spec = try DaemonConfiguration.parseExport(arguments)
+                    spec = try DaemonConfiguration.parseExport(arguments, syntax: .qmp)
                 } catch {
                     throw error.qmp
                 }
+                guard !server.addresses.isEmpty else { throw .generic("NBD server not running") }
                 try addExport(spec)
                 return QAPIEmpty()
             }

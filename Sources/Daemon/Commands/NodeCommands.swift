@@ -27,6 +27,9 @@ extension Daemon {
                     throw .generic("\(backend.keys.sorted().joined(separator: ", ")) can only be given with an id")
                 }
                 let stats = try Daemon.deviceStatistics(backend)
+                if device == nil, case .object(let members) = options, members["node-name"] == nil {
+                    throw .generic("'node-name' must be specified for the root node")
+                }
                 if let device {
                     guard devices[device] == nil else { throw .generic("Device with id '\(device)' already exists") }
                     guard case .string? = options["node-name"] else {
@@ -35,7 +38,7 @@ extension Daemon {
                 }
                 let node: BlockNode
                 do throws(OptionError) {
-                    node = try graph.open(options, context: "blockdev-add")
+                    node = try graph.open(options, context: "blockdev-add", syntax: .qmp)
                 } catch {
                     throw error.qmp
                 }

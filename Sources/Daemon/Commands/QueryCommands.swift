@@ -15,21 +15,32 @@ extension Daemon {
         table.register(QueryBlockstatsCommand.self) { [unowned self] arguments throws(QAPIError) in
             try locked { () throws(QAPIError) in
                 if arguments.queryNodes == true {
-                    return graph.allNodes.filter { !$0.name.hasPrefix("#") }.map { node in
-                        let highest = allDevices().filter { $0.node === node }.map { $0.stats.snapshot().highestWriteOffset }.max() ?? 0
-                        var stats = Daemon.deviceStats(BlockCore.BlockStats().snapshot())
-                        stats.wrHighestOffset = Int64(clamping: highest)
-                        return QAPI.BlockStats(nodeName: node.name, stats: stats)
-                    }
+                    return graph.allNodes.filter { !$0.name.hasPrefix("#") }.map(nodeStatistics)
                 }
                 return allDevices().map { device in
-                    QAPI.BlockStats(device: device.name, nodeName: device.node.name, stats: Daemon.deviceStats(device.stats.snapshot()))
+                    let children = nodeStatistics(device.node)
+                    return QAPI.BlockStats(
+                        device: device.name, nodeName: device.node.name, stats: Daemon.deviceStats(device.stats.snapshot()),
+                        parent: children.parent, backing: children.backing)
                 }
             }
         }
         table.register(QueryBlockJobsCommand.self) { _ throws(QAPIError) in
             []  // blockd has no block jobs yet, so there is never one running.
         }
+    }
+
+    /// A node's statistics: only `wr_highest_offset` is counted per node (the rest is per device),
+    /// with its `file` child as `parent` and its `backing` child, as QEMU reports them.
+    func nodeStatistics(_ node: BlockNode) -> QAPI.BlockStats {
+        var stats = Daemon.deviceStats(BlockCore.BlockStats().snapshot())
+        stats.wrHighestOffset = Int64(clamping: node.highestWriteOffset)
+        stats.idleTimeNs = nil
+        let file = node.children.first { $0.role == "file" }?.node
+        let backing = node.children.first { $0.role == "backing" }?.node
+        return QAPI.BlockStats(
+            nodeName: node.name.hasPrefix("#") ? nil : node.name, stats: stats,
+            parent: file.map(nodeStatistics), backing: backing.map(nodeStatistics))
     }
 
     /// A device as the query commands list it: a named one from blockdev-add, or an export's own.

@@ -91,7 +91,7 @@ public struct BlockExportOptionsBase: QAPIValue, Equatable {
 
 /// Options of an NBD export.
 public struct BlockExportOptionsNbd: QAPIValue, Equatable {
-    /// The export name clients ask for; the export's id when absent
+    /// The export name clients ask for; the node name when absent
     public var name: String?
     /// Free text shown to clients that list the exports
     public var description: String?

@@ -10,7 +10,7 @@ import JSON
 //   range-checked.  QEMU reads every unsigned type through its uint64
 //   reader, so a value that is not a number fails with
 //   "Parameter 'x' expects uint64", and one out of range with
-//   "Parameter 'x' expects uint32" (and so on).  Unlike QEMU, negative
+//   "Parameter 'x' expects uint32_t" (and so on, C type names for the narrow ones, as QEMU).  Unlike QEMU, negative
 //   numbers are refused rather than wrapped around.
 //
 // JSONValue keeps integers up to Int64.max exact; larger ones (up to
@@ -29,9 +29,15 @@ public enum QAPIIntegerDecoding {
             throw .invalidParameterType(path, expected: "integer")
         }
         guard let exact = T(exactly: number) else {
-            throw .invalidParameterValue(path, expects: typeName)
+            throw .invalidParameterValue(path, expects: rangeName(typeName))
         }
         return exact
+    }
+
+    /// How QEMU names a type in an out-of-range message: the C type for the narrow ones
+    /// (`uint32_t`), the QAPI name for the 64-bit ones.
+    static func rangeName(_ typeName: String) -> String {
+        ["int8", "int16", "int32", "uint8", "uint16", "uint32"].contains(typeName) ? typeName + "_t" : typeName
     }
 
     /// Decodes an unsigned integer of QAPI type `typeName`.
@@ -41,7 +47,7 @@ public enum QAPIIntegerDecoding {
         let wide: UInt64
         switch value {
         case .integer(let number):
-            guard number >= 0 else { throw .invalidParameterValue(path, expects: typeName) }
+            guard number >= 0 else { throw .invalidParameterValue(path, expects: rangeName(typeName)) }
             wide = UInt64(number)
         case .double(let number):
             // Integers above Int64.max: whole, from 2^63 up to 2^64, which is what the parser makes of
@@ -55,7 +61,7 @@ public enum QAPIIntegerDecoding {
             throw .invalidParameterValue(path, expects: "uint64")
         }
         guard let exact = T(exactly: wide) else {
-            throw .invalidParameterValue(path, expects: typeName)
+            throw .invalidParameterValue(path, expects: rangeName(typeName))
         }
         return exact
     }
