@@ -71,7 +71,9 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path):
 
 def _unit_settings(path):
     settings: dict[str, list[str]] = {}
-    for line in path.read_text().splitlines():
+    # A line ending in a backslash continues on the next one, as systemd reads it.
+    text = path.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
         if "=" in line and not line.lstrip().startswith(("#", ";")):
             key, value = line.split("=", 1)
             settings.setdefault(key.strip(), []).append(value.strip())
@@ -85,11 +87,47 @@ def test_units_fit_what_blockd_does():
     assert service["Type"] == ["notify"]
     assert service["NotifyAccess"] in (["main"], ["all"])
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
-    assert service["ExecStart"] == ["/usr/local/bin/blockd --config /etc/blockd/%i.conf"]
+    assert " ".join(service["ExecStart"][0].split()) == (
+        "/usr/local/bin/blockd --config /etc/blockd/%i.conf"
+        " --chardev socket,id=qmp,path=/run/blockd/%i.qmp.sock,server=on,wait=off --monitor chardev=qmp")
     assert service["WatchdogSec"] and service["RuntimeDirectory"] == ["blockd"]
     assert sock["ListenStream"] == ["/run/blockd/%i.sock"]
     assert sock["FileDescriptorName"] == ["nbd"] and sock["Service"] == ["blockd@%i.service"]
     assert "addr.str=nbd" in SOCKET.read_text()
+
+
+def test_the_units_command_line_serves_qmp(tmp_path):
+    """blockd started with exactly the unit's ExecStart (instance 't', /run/blockd moved to a temp
+    directory) answers on the instance's QMP socket."""
+    import json
+    import shlex
+    import socket as socketlib
+    command = " ".join(_unit_settings(SERVICE)["ExecStart"][0].split())
+    command = command.replace("%i", "t").replace("/run/blockd", str(tmp_path)).replace("/etc/blockd", str(tmp_path))
+    argv = shlex.split(command)
+    argv[0] = blockd_binary()
+    (tmp_path / "t.conf").write_text("blockdev driver=null-co,node-name=n0,size=1M\n"
+                                     f"nbd-server addr.type=unix,addr.path={tmp_path}/t.sock\n"
+                                     "export type=nbd,id=e0,node-name=n0\n")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        qmp = tmp_path / "t.qmp.sock"
+        for _ in range(250):
+            if qmp.exists():
+                break
+            time.sleep(0.02)
+        with socketlib.socket(socketlib.AF_UNIX) as conn:
+            conn.connect(str(qmp))
+            stream = conn.makefile("rw")
+            assert "QMP" in json.loads(stream.readline())
+            for command_name in ("qmp_capabilities", "query-block-exports"):
+                stream.write(json.dumps({"execute": command_name}) + "\n")
+                stream.flush()
+                reply = json.loads(stream.readline())
+            assert reply["return"][0]["id"] == "e0"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
 
 
 # --- socket activation --------------------------------------------------------------------------
