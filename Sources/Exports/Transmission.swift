@@ -29,42 +29,42 @@ final class Transmission {
     /// Largest write payload read and dropped to keep the stream in sync after `EOVERFLOW`.
     static let maxDiscardedPayload: UInt64 = 64 << 20
 
-    private let io: SocketIO
-    private let peer: String
-    private let session: NegotiatedSession
-    private let node: BlockNode
-    private let stats: BlockStats
+    let io: SocketIO
+    let peer: String
+    let session: NegotiatedSession
+    let node: BlockNode
+    let stats: BlockStats
     /// Set by `replyFailure` while a request runs, for its accounting.
-    private var requestFailed = false
-    private let style: ReplyStyle
-    private let headerSize: Int
-    private let input = AlignedBuffer(capacity: Transmission.inputCapacity)
-    private var inputStart = 0
-    private var inputEnd = 0
-    private let output = AlignedBuffer(capacity: 256 * 1024)
-    private var outputLength = 0
+    var requestFailed = false
+    let style: ReplyStyle
+    let headerSize: Int
+    let input = AlignedBuffer(capacity: Transmission.inputCapacity)
+    var inputStart = 0
+    var inputEnd = 0
+    let output = AlignedBuffer(capacity: 256 * 1024)
+    var outputLength = 0
     /// Data sent from mapped memory, spliced into the output after byte `at` of the output buffer.
-    private var external: [(at: Int, base: UnsafeRawPointer, count: Int)] = []
-    private var externalBytes = 0
-    private let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2 * Transmission.maxExternal + 1)
+    var external: [(at: Int, base: UnsafeRawPointer, count: Int)] = []
+    var externalBytes = 0
+    let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2 * Transmission.maxExternal + 1)
     /// Most mapped segments held before the output is sent.
     static let maxExternal = 256
 
     /// A read or write handed to the batch engine, waiting for its completion.
-    private struct PendingIO {
+    struct PendingIO {
         var header: RequestHeader
         var buffer: UnsafeMutableRawPointer
         var isRead: Bool
         var started: UInt64
     }
-    private let engineFactory: IOBatchEngineFactory?
-    private var engine: (any IOBatchEngine)?
-    private var engineTried = false
-    private var pending: [PendingIO] = []
+    let engineFactory: IOBatchEngineFactory?
+    var engine: (any IOBatchEngine)?
+    var engineTried = false
+    var pending: [PendingIO] = []
     /// Buffers engine reads land in; they are sent from directly, so they live until the output is sent.
-    private var readBuffers: [AlignedBuffer] = []
-    private var readBuffersUsed = 0
-    private var payloadBuffer: AlignedBuffer?
+    var readBuffers: [AlignedBuffer] = []
+    var readBuffersUsed = 0
+    var payloadBuffer: AlignedBuffer?
 
     init(io: SocketIO, peer: String, session: NegotiatedSession, engineFactory: IOBatchEngineFactory?) {
         self.io = io
@@ -109,7 +109,7 @@ final class Transmission {
     // MARK: - Input
 
     /// Sends pending replies, then blocks for more input; false when the stream ended.
-    private func fill() -> Bool {
+    func fill() -> Bool {
         flushOutput()
         if inputStart == inputEnd {
             inputStart = 0
@@ -123,7 +123,7 @@ final class Transmission {
         return true
     }
 
-    private func compactInput() {
+    func compactInput() {
         let pending = inputEnd - inputStart
         if pending > 0 {
             memmove(input.bytes.baseAddress!, input.bytes.baseAddress! + inputStart, pending)
@@ -134,7 +134,7 @@ final class Transmission {
 
     /// The `count` payload bytes that follow the current header, consumed from the stream.
     /// Valid until the next request is read. Nil when the stream ended first.
-    private func takePayload(_ count: Int) -> UnsafeRawBufferPointer? {
+    func takePayload(_ count: Int) -> UnsafeRawBufferPointer? {
         let pending = inputEnd - inputStart
         if pending >= count {
             defer { inputStart += count }
@@ -162,7 +162,7 @@ final class Transmission {
 
     // MARK: - Output
 
-    private func flushOutput() {
+    func flushOutput() {
         drainPending()
         defer { readBuffersUsed = 0 }
         guard outputLength > 0 else { return }
@@ -199,13 +199,13 @@ final class Transmission {
 
     /// Queues `count` bytes of mapped memory to follow the output written so far.
     @inline(__always)
-    private func appendExternal(_ base: UnsafeRawPointer, count: Int) {
+    func appendExternal(_ base: UnsafeRawPointer, count: Int) {
         external.append((outputLength, base, count))
         externalBytes += count
     }
 
     /// Forgets output (and mapped segments) queued after `length`, to replace a failed reply.
-    private func truncateOutput(to length: Int) {
+    func truncateOutput(to length: Int) {
         while let last = external.last, last.at > length {
             externalBytes -= last.count
             external.removeLast()
@@ -215,7 +215,7 @@ final class Transmission {
 
     /// Room for `count` more bytes at the end of the output; returns where they start.
     @inline(__always)
-    private func reserveOutput(_ count: Int) -> UnsafeMutableRawPointer {
+    func reserveOutput(_ count: Int) -> UnsafeMutableRawPointer {
         if output.capacity - outputLength < count {
             output.reserve(outputLength + count, preserving: outputLength)
         }
@@ -223,7 +223,7 @@ final class Transmission {
     }
 
     /// A reply without payload: success or an error.
-    private func replyStatus(_ header: RequestHeader, error: UInt32) {
+    func replyStatus(_ header: RequestHeader, error: UInt32) {
         switch style {
         case .simple:
             ReplyHeader.writeSimple(error: error, cookie: header.cookie, to: reserveOutput(ReplyHeader.simpleSize))
@@ -250,7 +250,7 @@ final class Transmission {
     // MARK: - Requests
 
     /// Executes one request; returns an ending when the connection must stop.
-    private func handle(_ header: RequestHeader) -> Ending? {
+    func handle(_ header: RequestHeader) -> Ending? {
         let isWrite = header.type == NBDCommand.write.rawValue
         if isWrite {
             if header.length > UInt64(NBDExport.maxPayload) {
@@ -312,14 +312,14 @@ final class Transmission {
     }
 
     /// Reads and drops `count` payload bytes that follow the current header; false when the stream ended.
-    private func skipPayload(_ count: UInt64) -> Bool {
+    func skipPayload(_ count: UInt64) -> Bool {
         let fromBuffer = min(UInt64(inputEnd - inputStart), count)
         inputStart += Int(fromBuffer)
         return io.discard(count - fromBuffer)
     }
 
     /// The statistics a command counts under, if any (write-zeroes count as writes, as in QEMU).
-    private static func accountedKind(_ command: NBDCommand?) -> IOKind? {
+    static func accountedKind(_ command: NBDCommand?) -> IOKind? {
         switch command {
         case .read: return .read
         case .write, .writeZeroes: return .write
@@ -330,14 +330,14 @@ final class Transmission {
     }
 
     /// Runs a validated command that is not accounted (disconnect, cache, block status).
-    private func execute(_ header: RequestHeader) -> Ending? {
+    func execute(_ header: RequestHeader) -> Ending? {
         if header.command == .disconnect { return .disconnect }
         _ = execute(header, started: 0)
         return nil
     }
 
     /// Runs a validated command other than WRITE; true when it was handed to the batch engine.
-    private func execute(_ header: RequestHeader, started: UInt64) -> Bool {
+    func execute(_ header: RequestHeader, started: UInt64) -> Bool {
         switch header.command! {
         case .read:
             return read(header, started: started)
@@ -367,14 +367,14 @@ final class Transmission {
     }
 
     /// Replies with the wire form of a storage error, and logs it with the node and the request.
-    private func replyFailure(_ header: RequestHeader, _ error: BlockError) {
+    func replyFailure(_ header: RequestHeader, _ error: BlockError) {
         requestFailed = true
         Log.warning("\(peer): node '\(node.name)': \(header.command.map { "\($0)" } ?? "command \(header.type)") at \(header.offset)+\(header.length) failed: \(error.message)")
         replyStatus(header, error: Transmission.wireError(error))
     }
 
     @inline(__always)
-    private func complete(_ header: RequestHeader, _ operation: () throws(BlockError) -> Void) {
+    func complete(_ header: RequestHeader, _ operation: () throws(BlockError) -> Void) {
         do {
             try operation()
             replyStatus(header, error: 0)
@@ -384,7 +384,7 @@ final class Transmission {
     }
 
     /// Checks a request once, at the edge (doc/proto.md § Request types); returns 0 or the wire error.
-    private func validate(_ header: RequestHeader) -> UInt32 {
+    func validate(_ header: RequestHeader) -> UInt32 {
         guard let command = header.command else { return NBDError.invalid.rawValue }
         let flags = header.commandFlags
         let allowed: CommandFlags
@@ -439,7 +439,7 @@ final class Transmission {
     // MARK: - READ
 
     /// Answers a READ; true when it was handed to the batch engine (accounted on completion).
-    private func read(_ header: RequestHeader, started: UInt64) -> Bool {
+    func read(_ header: RequestHeader, started: UInt64) -> Bool {
         let count = Int(header.length)
         if count == 0 && style != .simple {
             // A data chunk must carry at least one byte: an empty read is a bare success.
@@ -474,7 +474,7 @@ final class Transmission {
 
     /// The header of a successful one-piece READ reply: a simple reply, or an `OFFSET_DATA` chunk header and offset.
     @inline(__always)
-    private func writeReadHeader(_ header: RequestHeader, count: Int, at base: UnsafeMutableRawPointer) {
+    func writeReadHeader(_ header: RequestHeader, count: Int, at base: UnsafeMutableRawPointer) {
         if style == .simple {
             ReplyHeader.writeSimple(error: 0, cookie: header.cookie, to: base)
         } else {
@@ -485,160 +485,9 @@ final class Transmission {
         }
     }
 
-    // MARK: - Batch engine (aio=native)
-
-    /// The connection's engine, created on first use; nil when there is none.
-    private func batchEngine() -> (any IOBatchEngine)? {
-        if !engineTried {
-            engineTried = true
-            engine = engineFactory?()
-        }
-        return engine
-    }
-
-    /// Hands a read to the engine; false when it must be done synchronously.
-    private func queueRead(_ header: RequestHeader, count: Int, started: UInt64) -> Bool {
-        guard count > 0, engineFactory != nil else { return false }
-        if readBuffersUsed == readBuffers.count { readBuffers.append(AlignedBuffer(capacity: count)) }
-        let buffer = readBuffers[readBuffersUsed]
-        buffer.reserve(count)
-        let base = buffer.bytes.baseAddress!
-        guard let target = node.directTarget(at: header.offset, length: count, buffer: base),
-              let engine = batchEngine() else { return false }
-        if !engine.queueRead(target, into: base, length: count, token: pending.count) {
-            drainPending()
-            guard engine.queueRead(target, into: base, length: count, token: pending.count) else { return false }
-        }
-        readBuffersUsed += 1
-        pending.append(PendingIO(header: header, buffer: base, isRead: true, started: started))
-        return true
-    }
-
-    /// Hands a write to the engine; false when it must be done synchronously. The payload must stay
-    /// where it is until `drainPending`, which every input refill and large payload read calls first.
-    private func queueWrite(_ header: RequestHeader, _ payload: UnsafeRawBufferPointer, started: UInt64) -> Bool {
-        guard payload.count > 0, engineFactory != nil, UnsafeRawPointer(payloadBuffer?.bytes.baseAddress) != payload.baseAddress,
-              let target = node.directTarget(at: header.offset, length: payload.count, buffer: payload.baseAddress!),
-              let engine = batchEngine() else { return false }
-        let fua = header.commandFlags.contains(.fua)
-        let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
-        if !engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) {
-            drainPending()
-            guard engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) else { return false }
-        }
-        pending.append(PendingIO(header: header, buffer: base, isRead: false, started: started))
-        return true
-    }
-
-    /// Runs the queued reads and writes and appends their replies in the order they complete.
-    private func drainPending() {
-        guard !pending.isEmpty, let engine else { return }
-        engine.complete { token, result in
-            let io = pending[token]
-            let count = Int(io.header.length)
-            var failure: BlockError?
-            if result < 0 {
-                failure = BlockError.posix(io.isRead ? "read" : "write", errno: -result)
-            } else if Int(result) < count {
-                // A short transfer: finish the rest synchronously.
-                let done = Int(result)
-                do throws(BlockError) {
-                    if io.isRead {
-                        try node.read(into: UnsafeMutableRawBufferPointer(start: io.buffer + done, count: count - done), at: io.header.offset + UInt64(done))
-                    } else {
-                        try node.write(UnsafeRawBufferPointer(start: io.buffer + done, count: count - done), at: io.header.offset + UInt64(done),
-                                       fua: io.header.commandFlags.contains(.fua))
-                    }
-                } catch {
-                    failure = error
-                }
-            }
-            if let failure {
-                replyFailure(io.header, failure)
-            } else if io.isRead {
-                let prefix = style == .simple ? ReplyHeader.simpleSize : style.chunkHeaderSize + 8
-                writeReadHeader(io.header, count: count, at: reserveOutput(prefix))
-                outputLength += prefix
-                appendExternal(io.buffer, count: count)
-            } else {
-                replyStatus(io.header, error: 0)
-            }
-            stats.done(io.isRead ? .read : .write, started: io.started, bytes: UInt64(count), offset: io.header.offset, failed: failure != nil)
-        }
-        pending.removeAll(keepingCapacity: true)
-    }
-
-    /// A structured read that sends holes as `OFFSET_HOLE` chunks; false when the range is one data extent.
-    private func sparseRead(_ header: RequestHeader) -> Bool {
-        guard let extents = try? coveringExtents(header.offset, header.length, limit: 64),
-              extents.reduce(0, { $0 + $1.length }) == header.length,
-              extents.contains(where: \.zero) else { return false }
-        let start = outputLength
-        let chunkHeader = style.chunkHeaderSize
-        var position = header.offset
-        var lastChunk = start
-        for extent in extents {
-            lastChunk = outputLength
-            let length = Int(extent.length)
-            if extent.zero {
-                let base = reserveOutput(chunkHeader + 12)
-                let size = ReplyHeader.writeChunk(
-                    style: style, flags: [], type: .offsetHole, cookie: header.cookie, offset: header.offset, payloadLength: 12, to: base)
-                BigEndian.store(position, base, size)
-                BigEndian.store(UInt32(length), base, size + 8)
-                outputLength += size + 12
-            } else {
-                let mapped = node.mappedBytes(at: position, length: length)
-                let base = reserveOutput(chunkHeader + 8 + (mapped == nil ? length : 0))
-                if mapped == nil {
-                    do {
-                        try node.read(into: UnsafeMutableRawBufferPointer(start: base + chunkHeader + 8, count: length), at: position)
-                    } catch {
-                        truncateOutput(to: start)
-                        replyFailure(header, error)
-                        return true
-                    }
-                }
-                let size = ReplyHeader.writeChunk(
-                    style: style, flags: [], type: .offsetData, cookie: header.cookie, offset: header.offset,
-                    payloadLength: UInt64(8 + length), to: base)
-                BigEndian.store(position, base, size)
-                outputLength += size + 8
-                if let mapped {
-                    appendExternal(mapped, count: length)
-                } else {
-                    outputLength += length
-                }
-            }
-            position += extent.length
-        }
-        BigEndian.store(ReplyFlags.done.rawValue, output.bytes.baseAddress! + lastChunk, 4)
-        return true
-    }
-
-    /// Extents that exactly cover `[offset, offset+length)`, or at most `limit` of them for a prefix.
-    private func coveringExtents(_ offset: UInt64, _ length: UInt64, limit: Int) throws(BlockError) -> [Extent] {
-        var extents: [Extent] = []
-        var covered: UInt64 = 0
-        while covered < length {
-            let found = try node.blockStatus(at: offset + covered, length: length - covered)
-            guard !found.isEmpty else { break }
-            for var extent in found where covered < length {
-                extent.length = min(extent.length, length - covered)
-                guard extent.length > 0 else { continue }
-                if extents.count == limit, !(extents.last.map { $0.sameState(as: extent) } ?? false) {
-                    return extents
-                }
-                extents.appendMerging(extent)
-                covered += extent.length
-            }
-        }
-        return extents
-    }
-
     // MARK: - BLOCK_STATUS
 
-    private func blockStatus(_ header: RequestHeader) {
+    func blockStatus(_ header: RequestHeader) {
         let limit = header.commandFlags.contains(.reqOne) ? 1 : Transmission.maxExtents
         let extents: [Extent]
         do {
@@ -677,7 +526,7 @@ final class Transmission {
         }
     }
 
-    private static func flags(of extent: Extent, in context: MetaContext) -> UInt32 {
+    static func flags(of extent: Extent, in context: MetaContext) -> UInt32 {
         switch context {
         case .baseAllocation:
             var flags: AllocationFlags = []

@@ -1,0 +1,160 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCore
+import NBDProtocol
+
+/// The batch engine path of the transmission phase (`aio=native`): reads and writes of a batch are
+/// handed to the connection's engine and their replies are written as they complete.
+extension Transmission {
+    // MARK: - Batch engine (aio=native)
+
+    /// The connection's engine, created on first use; nil when there is none.
+    func batchEngine() -> (any IOBatchEngine)? {
+        if !engineTried {
+            engineTried = true
+            engine = engineFactory?()
+        }
+        return engine
+    }
+
+    /// Hands a read to the engine; false when it must be done synchronously.
+    func queueRead(_ header: RequestHeader, count: Int, started: UInt64) -> Bool {
+        guard count > 0, engineFactory != nil else { return false }
+        if readBuffersUsed == readBuffers.count { readBuffers.append(AlignedBuffer(capacity: count)) }
+        let buffer = readBuffers[readBuffersUsed]
+        buffer.reserve(count)
+        let base = buffer.bytes.baseAddress!
+        guard let target = node.directTarget(at: header.offset, length: count, buffer: base),
+              let engine = batchEngine() else { return false }
+        if !engine.queueRead(target, into: base, length: count, token: pending.count) {
+            drainPending()
+            guard engine.queueRead(target, into: base, length: count, token: pending.count) else { return false }
+        }
+        readBuffersUsed += 1
+        pending.append(PendingIO(header: header, buffer: base, isRead: true, started: started))
+        return true
+    }
+
+    /// Hands a write to the engine; false when it must be done synchronously. The payload must stay
+    /// where it is until `drainPending`, which every input refill and large payload read calls first.
+    func queueWrite(_ header: RequestHeader, _ payload: UnsafeRawBufferPointer, started: UInt64) -> Bool {
+        guard payload.count > 0, engineFactory != nil, UnsafeRawPointer(payloadBuffer?.bytes.baseAddress) != payload.baseAddress,
+              let target = node.directTarget(at: header.offset, length: payload.count, buffer: payload.baseAddress!),
+              let engine = batchEngine() else { return false }
+        let fua = header.commandFlags.contains(.fua)
+        let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
+        if !engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) {
+            drainPending()
+            guard engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) else { return false }
+        }
+        pending.append(PendingIO(header: header, buffer: base, isRead: false, started: started))
+        return true
+    }
+
+    /// Runs the queued reads and writes and appends their replies in the order they complete.
+    func drainPending() {
+        guard !pending.isEmpty, let engine else { return }
+        engine.complete { token, result in
+            let io = pending[token]
+            let count = Int(io.header.length)
+            var failure: BlockError?
+            if result < 0 {
+                failure = BlockError.posix(io.isRead ? "read" : "write", errno: -result)
+            } else if Int(result) < count {
+                // A short transfer: finish the rest synchronously.
+                let done = Int(result)
+                do throws(BlockError) {
+                    if io.isRead {
+                        try node.read(into: UnsafeMutableRawBufferPointer(start: io.buffer + done, count: count - done), at: io.header.offset + UInt64(done))
+                    } else {
+                        try node.write(UnsafeRawBufferPointer(start: io.buffer + done, count: count - done), at: io.header.offset + UInt64(done),
+                                       fua: io.header.commandFlags.contains(.fua))
+                    }
+                } catch {
+                    failure = error
+                }
+            }
+            if let failure {
+                replyFailure(io.header, failure)
+            } else if io.isRead {
+                let prefix = style == .simple ? ReplyHeader.simpleSize : style.chunkHeaderSize + 8
+                writeReadHeader(io.header, count: count, at: reserveOutput(prefix))
+                outputLength += prefix
+                appendExternal(io.buffer, count: count)
+            } else {
+                replyStatus(io.header, error: 0)
+            }
+            stats.done(io.isRead ? .read : .write, started: io.started, bytes: UInt64(count), offset: io.header.offset, failed: failure != nil)
+        }
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    /// A structured read that sends holes as `OFFSET_HOLE` chunks; false when the range is one data extent.
+    func sparseRead(_ header: RequestHeader) -> Bool {
+        guard let extents = try? coveringExtents(header.offset, header.length, limit: 64),
+              extents.reduce(0, { $0 + $1.length }) == header.length,
+              extents.contains(where: \.zero) else { return false }
+        let start = outputLength
+        let chunkHeader = style.chunkHeaderSize
+        var position = header.offset
+        var lastChunk = start
+        for extent in extents {
+            lastChunk = outputLength
+            let length = Int(extent.length)
+            if extent.zero {
+                let base = reserveOutput(chunkHeader + 12)
+                let size = ReplyHeader.writeChunk(
+                    style: style, flags: [], type: .offsetHole, cookie: header.cookie, offset: header.offset, payloadLength: 12, to: base)
+                BigEndian.store(position, base, size)
+                BigEndian.store(UInt32(length), base, size + 8)
+                outputLength += size + 12
+            } else {
+                let mapped = node.mappedBytes(at: position, length: length)
+                let base = reserveOutput(chunkHeader + 8 + (mapped == nil ? length : 0))
+                if mapped == nil {
+                    do {
+                        try node.read(into: UnsafeMutableRawBufferPointer(start: base + chunkHeader + 8, count: length), at: position)
+                    } catch {
+                        truncateOutput(to: start)
+                        replyFailure(header, error)
+                        return true
+                    }
+                }
+                let size = ReplyHeader.writeChunk(
+                    style: style, flags: [], type: .offsetData, cookie: header.cookie, offset: header.offset,
+                    payloadLength: UInt64(8 + length), to: base)
+                BigEndian.store(position, base, size)
+                outputLength += size + 8
+                if let mapped {
+                    appendExternal(mapped, count: length)
+                } else {
+                    outputLength += length
+                }
+            }
+            position += extent.length
+        }
+        BigEndian.store(ReplyFlags.done.rawValue, output.bytes.baseAddress! + lastChunk, 4)
+        return true
+    }
+
+    /// Extents that exactly cover `[offset, offset+length)`, or at most `limit` of them for a prefix.
+    func coveringExtents(_ offset: UInt64, _ length: UInt64, limit: Int) throws(BlockError) -> [Extent] {
+        var extents: [Extent] = []
+        var covered: UInt64 = 0
+        while covered < length {
+            let found = try node.blockStatus(at: offset + covered, length: length - covered)
+            guard !found.isEmpty else { break }
+            for var extent in found where covered < length {
+                extent.length = min(extent.length, length - covered)
+                guard extent.length > 0 else { continue }
+                if extents.count == limit, !(extents.last.map { $0.sameState(as: extent) } ?? false) {
+                    return extents
+                }
+                extents.appendMerging(extent)
+                covered += extent.length
+            }
+        }
+        return extents
+    }
+}
