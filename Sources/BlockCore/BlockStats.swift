@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Synchronization
 
 /// The kinds of request accounted (BlockAcctType).
@@ -21,7 +18,6 @@ public final class BlockStats: Sendable {
         let totalNanoseconds = Atomic<UInt64>(0)
         let failed = Atomic<UInt64>(0)
         let invalid = Atomic<UInt64>(0)
-        let merged = Atomic<UInt64>(0)
         let inFlight = Atomic<Int>(0)
     }
     private let counters = IOKind.allCases.map { _ in Counters() }
@@ -38,25 +34,17 @@ public final class BlockStats: Sendable {
         setIntervals(intervals)
     }
 
-    /// Nanoseconds on the monotonic clock.
-    @inline(__always)
-    public static func now() -> UInt64 {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return UInt64(time.tv_sec) * 1_000_000_000 + UInt64(time.tv_nsec)
-    }
-
     /// Marks a request as started; returns its start time for `done`.
     @inline(__always)
     public func start(_ kind: IOKind) -> UInt64 {
         counters[kind.rawValue].inFlight.add(1, ordering: .relaxed)
-        return BlockStats.now()
+        return MonotonicClock.nanoseconds()
     }
 
     /// Accounts a finished request.
     @inline(__always)
     public func done(_ kind: IOKind, started: UInt64, bytes count: UInt64, offset: UInt64, failed didFail: Bool) {
-        let end = BlockStats.now()
+        let end = MonotonicClock.nanoseconds()
         let latency = end &- started
         let counter = counters[kind.rawValue]
         counter.inFlight.subtract(1, ordering: .relaxed)
@@ -87,24 +75,18 @@ public final class BlockStats: Sendable {
     /// Accounts a request refused at the edge (bad range, bad flags).
     public func invalidRequest(_ kind: IOKind) {
         counters[kind.rawValue].invalid.add(1, ordering: .relaxed)
-        if accountInvalid.load(ordering: .relaxed) { lastActivity.store(BlockStats.now(), ordering: .relaxed) }
-    }
-
-    /// Accounts requests merged into others.
-    public func merged(_ kind: IOKind, count: UInt64) {
-        counters[kind.rawValue].merged.add(count, ordering: .relaxed)
+        if accountInvalid.load(ordering: .relaxed) { lastActivity.store(MonotonicClock.nanoseconds(), ordering: .relaxed) }
     }
 
     /// A consistent-enough copy of every counter.
     public func snapshot() -> BlockStatsSnapshot {
         func read(_ field: (Counters) -> UInt64) -> [UInt64] { counters.map(field) }
         let last = lastActivity.load(ordering: .relaxed)
-        let now = BlockStats.now()
+        let now = MonotonicClock.nanoseconds()
         return BlockStatsSnapshot(
             bytes: read { $0.bytes.load(ordering: .relaxed) }, operations: read { $0.operations.load(ordering: .relaxed) },
             totalNanoseconds: read { $0.totalNanoseconds.load(ordering: .relaxed) },
             failed: read { $0.failed.load(ordering: .relaxed) }, invalid: read { $0.invalid.load(ordering: .relaxed) },
-            merged: read { $0.merged.load(ordering: .relaxed) },
             highestWriteOffset: highestWriteOffset.load(ordering: .relaxed),
             idleNanoseconds: last == 0 ? nil : now - last,
             accountInvalid: accountInvalid.load(ordering: .relaxed), accountFailed: accountFailed.load(ordering: .relaxed),
@@ -119,7 +101,6 @@ public struct BlockStatsSnapshot: Sendable {
     public var totalNanoseconds: [UInt64]
     public var failed: [UInt64]
     public var invalid: [UInt64]
-    public var merged: [UInt64]
     public var highestWriteOffset: UInt64
     /// Nanoseconds since the last request; nil before the first.
     public var idleNanoseconds: UInt64?
@@ -158,7 +139,7 @@ struct TimedStats: Sendable {
 
     init(interval: UInt32) {
         self.interval = interval
-        self.windowStart = BlockStats.now()
+        self.windowStart = MonotonicClock.nanoseconds()
     }
 
     private mutating func roll(_ now: UInt64) {

@@ -48,7 +48,7 @@ public enum Lifecycle {
                 Log.info("SIGHUP: no --config file to reload; ignored")
                 continue
             }
-            notifier?.notify("RELOADING=1\nMONOTONIC_USEC=\(monotonicMicroseconds())\nSTATUS=reloading \(options.configPath!)")
+            notifier?.notify("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)\nSTATUS=reloading \(options.configPath!)")
             do {
                 let configuration = try options.configuration()
                 if options.logLevel == nil, let name = configuration.logLevel, let level = LogLevel.allCases.first(where: { $0.name == name }) {

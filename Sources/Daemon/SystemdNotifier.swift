@@ -57,10 +57,3 @@ public final class SystemdNotifier: Sendable {
         }
     }
 }
-
-/// Microseconds on the monotonic clock, for `MONOTONIC_USEC=` around a reload.
-func monotonicMicroseconds() -> UInt64 {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
-}

@@ -39,7 +39,7 @@ struct Connection {
 
     private func negotiate(_ plain: SocketIO) -> NegotiatedSession? {
         var io = plain
-        io.deadline = monotonicSeconds() + handshakeTimeout
+        io.deadline = MonotonicClock.seconds() + handshakeTimeout
         defer { io.disarm() }
         var machine = Negotiation(exports: exports)
         guard io.sendAll(Negotiation.greeting), let flagBytes = io.receiveBytes(4) else { return nil }

@@ -113,8 +113,8 @@ public final class NBDServer: Sendable {
         for listener in listeners.withLock({ $0 }) { listener.close() }
         // Half-close: threads see end of input after the requests already received, reply, and exit.
         for fd in connections.withLock({ Array($0.keys) }) { Glibc.shutdown(fd, Int32(SHUT_RD)) }
-        let deadline = monotonicSeconds() + timeout
-        while connectionCount > 0 && monotonicSeconds() < deadline { usleep(10_000) }
+        let deadline = MonotonicClock.seconds() + timeout
+        while connectionCount > 0 && MonotonicClock.seconds() < deadline { usleep(10_000) }
         if connectionCount > 0 {
             Log.warning("\(connectionCount) connection(s) still busy at shutdown")
             for fd in connections.withLock({ Array($0.keys) }) { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import BlockCore
 import CBlockShims
 
 /// Blocking socket I/O on one connected descriptor, optionally bounded by a deadline for the whole
@@ -20,7 +21,7 @@ public struct SocketIO: Sendable {
     /// Arms the socket's timeouts with the time left; false when none is left.
     private func arm() -> Bool {
         guard let deadline else { return true }
-        let left = deadline - monotonicSeconds()
+        let left = deadline - MonotonicClock.seconds()
         guard left > 0 else { return false }
         let milliseconds = max(1, Int64(left * 1000))
         return blk_set_recv_timeout(fd, milliseconds) == 0 && blk_set_send_timeout(fd, milliseconds) == 0

@@ -18,14 +18,14 @@ public final class FileDriver: BlockDriver {
     private let noFlush: Bool
     private let native: Bool
     private let currentLength: Atomic<UInt64>
-    /// The last data range found by SEEK_DATA/SEEK_HOLE; SEEK_HOLE walks every cached page on tmpfs,
-    /// so repeating it per read would cost O(file size). Writes never turn data into holes;
-    /// zero-writes and discards clear it.
     /// A read-only shared mapping of the whole file, so that READ replies are sent straight from the
     /// page cache (one copy instead of two). Only the kernel reads it, inside `sendmsg`, where a failed
     /// page-in becomes an error return rather than a signal. Nil for block devices and O_DIRECT.
     private let mapping: UInt
     private let mappedLength: UInt64
+    /// The last data range found by SEEK_DATA/SEEK_HOLE; SEEK_HOLE walks every cached page on tmpfs,
+    /// so repeating it per read would cost O(file size). Writes never turn data into holes;
+    /// zero-writes and discards clear it.
     private let knownData = Mutex<Range<UInt64>>(0..<0)
 
     /// Opens `path` with the node's common settings.

@@ -80,7 +80,7 @@ extension Daemon {
             flushTotalTimeNs: value(snapshot.totalNanoseconds, .flush), wrTotalTimeNs: value(snapshot.totalNanoseconds, .write),
             rdTotalTimeNs: value(snapshot.totalNanoseconds, .read),
             wrHighestOffset: Int64(clamping: snapshot.highestWriteOffset),
-            rdMerged: value(snapshot.merged, .read), wrMerged: value(snapshot.merged, .write),
+            rdMerged: 0, wrMerged: 0,  // blockd never merges requests
             idleTimeNs: snapshot.idleNanoseconds.map { Int64(clamping: $0) },
             failedRdOperations: value(snapshot.failed, .read), failedWrOperations: value(snapshot.failed, .write),
             failedFlushOperations: value(snapshot.failed, .flush),
