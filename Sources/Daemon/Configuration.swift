@@ -62,8 +62,15 @@ public struct OptionText: Sendable, Equatable, ExpressibleByStringLiteral {
         do {
             return try body()
         } catch {
-            throw location.map { OptionError("\($0): \(error.message)") } ?? error
+            throw error.at(location)
         }
+    }
+}
+
+extension OptionError {
+    /// The error with `FILE:LINE: ` in front when there is a location.
+    func at(_ location: String?) -> OptionError {
+        location.map { OptionError("\($0): \(message)") } ?? self
     }
 }
 
@@ -121,7 +128,7 @@ public struct DaemonConfiguration: Sendable {
                 try DaemonConfiguration.parseChardev(try parse(item, "--chardev", impliedKey: "backend"))
             }
             guard !self.chardevs.contains(where: { $0.id == chardev.id }) else {
-                throw OptionError("\(item.location.map { "\($0): " } ?? "")--chardev: id '\(chardev.id)' is used twice")
+                throw OptionError("--chardev: id '\(chardev.id)' is used twice").at(item.location)
             }
             self.chardevs.append(chardev)
         }
@@ -130,7 +137,7 @@ public struct DaemonConfiguration: Sendable {
                 try DaemonConfiguration.parseMonitor(try parse(item, "--monitor", impliedKey: "chardev"))
             }
             guard self.chardevs.contains(where: { $0.id == monitor.chardev }) else {
-                throw OptionError("\(item.location.map { "\($0): " } ?? "")--monitor: no --chardev with id '\(monitor.chardev)'")
+                throw OptionError("--monitor: no --chardev with id '\(monitor.chardev)'").at(item.location)
             }
             self.monitors.append(monitor)
         }

@@ -93,7 +93,6 @@ public final class Daemon: @unchecked Sendable {
         let old = configuration
         let newAddresses = try listenAddresses(new)
         let oldAddresses = server.addresses
-        let keptNodes = Set(new.blockdevs.filter { old.blockdevs.contains($0) }.compactMap(Daemon.nodeName))
         let droppedNodes = old.blockdevs.filter { !new.blockdevs.contains($0) }.compactMap(Daemon.nodeName)
         let droppedExports = old.exports.filter { !new.exports.contains($0) }
         let addedExports = new.exports.filter { !old.exports.contains($0) }
@@ -106,11 +105,11 @@ public final class Daemon: @unchecked Sendable {
             do {
                 try graph.check(blockdev)
             } catch {
-                throw OptionError("reload: \(location.map { "\($0): " } ?? "")\(error.message)")
+                throw OptionError("reload: \(error.at(location).message)")
             }
         }
         for spec in droppedExports { removeExport(spec.id) }
-        for name in droppedNodes.reversed() where !keptNodes.contains(name) {
+        for name in droppedNodes.reversed() {
             do {
                 try graph.remove(name)
                 Log.info("node '\(name)' closed")
@@ -167,7 +166,7 @@ public final class Daemon: @unchecked Sendable {
         do {
             node = try graph.open(blockdev)
         } catch {
-            throw location.map { OptionError("\($0): \(error.message)") } ?? error
+            throw error.at(location)
         }
         Log.debug("opened node '\(node.name)' (\(node.driver.driverName), \(node.length) bytes)")
     }
