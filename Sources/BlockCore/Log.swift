@@ -21,6 +21,12 @@ public enum LogLevel: Int, Sendable, Comparable, CaseIterable {
     }
 
     public static func < (lhs: LogLevel, rhs: LogLevel) -> Bool { lhs.rawValue > rhs.rawValue }
+
+    /// The level `--log-level` or a `log-level` line names, or nil.
+    public init?(name: String) {
+        guard let level = LogLevel.allCases.first(where: { $0.name == name }) else { return nil }
+        self = level
+    }
 }
 
 /// Process-wide logging to standard error: one line per event, journald-friendly under systemd.

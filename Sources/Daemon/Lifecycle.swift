@@ -51,7 +51,7 @@ public enum Lifecycle {
             notifier?.notify("RELOADING=1\nMONOTONIC_USEC=\(MonotonicClock.nanoseconds() / 1000)\nSTATUS=reloading \(options.configPath!)")
             do {
                 let configuration = try options.configuration()
-                if options.logLevel == nil, let name = configuration.logLevel, let level = LogLevel.allCases.first(where: { $0.name == name }) {
+                if options.logLevel == nil, let name = configuration.logLevel, let level = LogLevel(name: name) {
                     Log.setLevel(level)
                 }
                 try daemon.reload(configuration)

@@ -75,7 +75,7 @@ struct BlockdCommand: ParsableCommand {
             throw ExitCode(1)
         }
         let levelName = logLevelGiven ? logLevel : configuration.logLevel ?? logLevel
-        guard let level = LogLevel.allCases.first(where: { $0.name == levelName }) else {
+        guard let level = LogLevel(name: levelName) else {
             Log.error("--log-level expects error, warning, info or debug, got '\(levelName)'")
             throw ExitCode(1)
         }
