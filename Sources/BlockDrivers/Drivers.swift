@@ -11,6 +11,7 @@ public enum Drivers {
             "host_device": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "host_device")),
             "host_cdrom": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "host_cdrom")),
             "raw": DriverEntry(keys: ["file", "offset", "size"], open: RawDriver.opener),
+            "qcow2": DriverEntry(keys: Qcow2Opener.keys, open: Qcow2Opener.opener),
             "null-co": DriverEntry(keys: null, open: NullDriver.opener(for: "null-co")),
             "null-aio": DriverEntry(keys: null, open: NullDriver.opener(for: "null-aio")),
         ]

@@ -132,8 +132,8 @@ public final class Listener: Sendable {
             }
         }
         guard result == 0 else { return fallback }
-        let hostText = String(cString: host)
-        return family == AF_INET6 ? "[\(hostText)]:\(String(cString: service))" : "\(hostText):\(String(cString: service))"
+        let hostText = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return family == AF_INET6 ? "[\(hostText)]:\(String(decoding: service.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))" : "\(hostText):\(String(decoding: service.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"
     }
 
     private static func bindUnix(_ path: String) throws(OptionError) -> Int32 {

@@ -1,0 +1,482 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCore
+import Foundation
+import Synchronization
+
+/// The `qcow2` format driver: guest clusters mapped through L1/L2 tables onto host clusters counted by
+/// refcounts, with a backing chain, zero and compressed clusters.
+///
+/// Concurrency: the metadata (tables, caches, refcounts) is guarded by one lock held only while
+/// mappings are looked up or changed; data moves without it. Writes that allocate mark their guest
+/// clusters in flight, so only requests on the same clusters wait for them.
+public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
+    public let driverName = "qcow2"
+    public let features: DriverFeatures
+    let file: BlockNode
+    let backing: BlockNode?
+    let lock = NSCondition()
+    /// Guarded by `lock`.
+    let meta: Qcow2Metadata
+    /// Guest clusters being allocated; guarded by `lock`.
+    private var inflight = Set<UInt64>()
+    /// Requests between mapping and completion; cluster releases wait until it is zero.
+    private let activeIO = Atomic<Int>(0)
+    private let size: Atomic<UInt64>
+    let clusterBits: UInt64
+    let clusterSize: Int
+    let readOnly: Bool
+
+    init(file: BlockNode, backing: BlockNode?, meta: Qcow2Metadata, readOnly: Bool, discard: Bool) {
+        self.file = file
+        self.backing = backing
+        self.meta = meta
+        self.readOnly = readOnly
+        self.clusterBits = UInt64(meta.clusterBits)
+        self.clusterSize = meta.clusterSize
+        self.size = Atomic(meta.header.size)
+        var features = DriverFeatures()
+        features.fua = .emulated
+        features.fastZero = meta.header.version >= 3
+        features.discard = discard
+        features.needsFlush = true
+        features.blockStatus = true
+        features.multiConnSafe = true
+        features.maxTransfer = 32 << 20
+        self.features = features
+    }
+
+    public var length: UInt64 { size.load(ordering: .relaxed) }
+    public var filename: String { file.driver.filename }
+    public var allocatedSize: UInt64? { file.driver.allocatedSize }
+    /// The image header as it is now.
+    public var header: Qcow2Header {
+        lock.lock()
+        defer { lock.unlock() }
+        return meta.header
+    }
+
+    // MARK: - Mapping
+
+    /// A run of guest bytes in one state (data runs are contiguous on the host).
+    struct Segment {
+        var offset: UInt64
+        var length: Int
+        var state: Qcow2ClusterState
+    }
+
+    /// The runs covering a guest range; the lock is held.
+    private func segments(at offset: UInt64, length: Int) throws(BlockError) -> [Segment] {
+        var result: [Segment] = []
+        var position = offset
+        let end = offset + UInt64(length)
+        let mask = UInt64(clusterSize - 1)
+        while position < end {
+            let intra = position & mask
+            let chunk = Int(min(end - position, UInt64(clusterSize) - intra))
+            var state = meta.state(of: try meta.l2Entry(position >> clusterBits))
+            if case .data(let host, let owned) = state { state = .data(host: host + intra, owned: owned) }
+            if var last = result.last, Qcow2Driver.continues(last, with: state) {
+                last.length += chunk
+                result[result.count - 1] = last
+            } else {
+                result.append(Segment(offset: position, length: chunk, state: state))
+            }
+            position += UInt64(chunk)
+        }
+        return result
+    }
+
+    private static func continues(_ segment: Segment, with state: Qcow2ClusterState) -> Bool {
+        switch (segment.state, state) {
+        case (.data(let host, let owned), .data(let next, let nextOwned)):
+            return owned == nextOwned && host + UInt64(segment.length) == next
+        case (.zero, .zero), (.unallocated, .unallocated):
+            return true
+        default:
+            return false
+        }
+    }
+
+    // MARK: - Reads
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        lock.lock()
+        let runs: [Segment]
+        do {
+            runs = try segments(at: offset, length: buffer.count)
+        } catch {
+            lock.unlock()
+            throw error
+        }
+        activeIO.add(1, ordering: .relaxed)
+        lock.unlock()
+        defer { activeIO.subtract(1, ordering: .relaxed) }
+        for run in runs {
+            let target = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(run.offset - offset)..<Int(run.offset - offset) + run.length])
+            try readRun(run, into: target)
+        }
+    }
+
+    private func readRun(_ run: Segment, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
+        switch run.state {
+        case .data(let host, _):
+            guard host + UInt64(run.length) <= file.length else {
+                throw .io("qcow2: data cluster at \(host) lies past the end of the image file")
+            }
+            try file.read(into: target, at: host)
+        case .zero:
+            target.initializeMemory(as: UInt8.self, repeating: 0)
+        case .unallocated:
+            try readBacking(into: target, at: run.offset)
+        case .compressed(let descriptor):
+            let cluster = try decompress(descriptor)
+            let intra = Int(run.offset & UInt64(clusterSize - 1))
+            cluster.withUnsafeBytes { target.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[intra..<intra + run.length])) }
+        }
+    }
+
+    /// Reads from the backing node; what lies past its end reads as zeroes.
+    private func readBacking(into target: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        guard let backing, offset < backing.length else {
+            target.initializeMemory(as: UInt8.self, repeating: 0)
+            return
+        }
+        let available = Int(min(UInt64(target.count), backing.length - offset))
+        try backing.read(into: UnsafeMutableRawBufferPointer(rebasing: target[0..<available]), at: offset)
+        if available < target.count {
+            UnsafeMutableRawBufferPointer(rebasing: target[available...]).initializeMemory(as: UInt8.self, repeating: 0)
+        }
+    }
+
+    /// The bytes of a compressed cluster.
+    func decompress(_ descriptor: UInt64) throws(BlockError) -> [UInt8] {
+        let range = meta.compressedRange(descriptor)
+        let end = min(range.upperBound, file.length)
+        guard range.lowerBound < end else { throw .io("qcow2: compressed cluster at \(range.lowerBound) lies past the end of the file") }
+        var input = [UInt8](repeating: 0, count: Int(end - range.lowerBound))
+        try input.withMutableBytes { (raw) throws(BlockError) in try file.read(into: raw, at: range.lowerBound) }
+        var output = [UInt8](repeating: 0, count: clusterSize)
+        try input.withBytes { (source) throws(BlockError) in
+            try output.withMutableBytes { (target) throws(BlockError) in try Qcow2Compression.inflate(source, into: target) }
+        }
+        return output
+    }
+
+    // MARK: - Writes
+
+    /// Waits until no cluster of `range` is being allocated; the lock is held.
+    private func waitForInflight(_ range: ClosedRange<UInt64>) {
+        while !inflight.isEmpty && range.contains(where: { inflight.contains($0) }) { lock.wait() }
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
+        guard buffer.count > 0 else { return }
+        let clusters = (offset >> clusterBits)...((offset + UInt64(buffer.count) - 1) >> clusterBits)
+        lock.lock()
+        if meta.corrupt {
+            lock.unlock()
+            throw .io("qcow2: the image is marked corrupt; writes are refused")
+        }
+        waitForInflight(clusters)
+        var owned = true
+        var entries: [UInt64] = []
+        entries.reserveCapacity(clusters.count)
+        do {
+            for cluster in clusters {
+                let entry = try meta.l2Entry(cluster)
+                entries.append(entry)
+                if case .data(_, true) = meta.state(of: entry) { continue }
+                owned = false
+            }
+        } catch {
+            lock.unlock()
+            throw error
+        }
+        if owned {
+            activeIO.add(1, ordering: .relaxed)
+            lock.unlock()
+            defer { activeIO.subtract(1, ordering: .relaxed) }
+            try writeInPlace(buffer, at: offset, entries: entries)
+            return
+        }
+        try allocatingWrite(buffer, at: offset, clusters: clusters, entries: entries)
+    }
+
+    /// Writes into clusters the active tables own; host runs that are contiguous go out as one write.
+    private func writeInPlace(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, entries: [UInt64]) throws(BlockError) {
+        var done = 0
+        var index = 0
+        let mask = UInt64(clusterSize - 1)
+        while done < buffer.count {
+            let position = offset + UInt64(done)
+            let host = (entries[index] & Qcow2Metadata.offsetMask) + (position & mask)
+            var count = min(buffer.count - done, clusterSize - Int(position & mask))
+            index += 1
+            while done + count < buffer.count, (entries[index] & Qcow2Metadata.offsetMask) == host + UInt64(count) {
+                count += min(buffer.count - done - count, clusterSize)
+                index += 1
+            }
+            try file.write(UnsafeRawBufferPointer(rebasing: buffer[done..<done + count]), at: host, fua: false)
+            done += count
+        }
+    }
+
+    /// Allocates new host clusters for the clusters of a write that the active tables do not own,
+    /// fills them (with the old contents around the written part), then points the tables at them.
+    private func allocatingWrite(
+        _ buffer: UnsafeRawBufferPointer, at offset: UInt64, clusters: ClosedRange<UInt64>, entries: [UInt64]
+    ) throws(BlockError) {
+        // The lock is held on entry.
+        let needs = entries.map { entry -> Bool in
+            if case .data(_, true) = meta.state(of: entry) { return false }
+            return true
+        }
+        let count = needs.filter { $0 }.count
+        for cluster in clusters { inflight.insert(cluster) }
+        let hostStart: UInt64
+        do {
+            hostStart = try meta.allocate(count)
+            try meta.checkOverlap(hostStart, count: count)
+        } catch {
+            for cluster in clusters { inflight.remove(cluster) }
+            lock.broadcast()
+            lock.unlock()
+            throw error
+        }
+        activeIO.add(1, ordering: .relaxed)
+        lock.unlock()
+        var hosts: [UInt64] = []
+        var failure: BlockError?
+        do {
+            hosts = try fillClusters(buffer, at: offset, clusters: clusters, entries: entries, needs: needs, hostStart: hostStart)
+        } catch {
+            failure = error
+        }
+        lock.lock()
+        defer {
+            for cluster in clusters { inflight.remove(cluster) }
+            lock.broadcast()
+            lock.unlock()
+            activeIO.subtract(1, ordering: .relaxed)
+        }
+        if let failure {
+            for index in 0..<UInt64(count) { try? meta.setRefcount((hostStart >> clusterBits) + index, 0) }
+            throw failure
+        }
+        var next = 0
+        for (index, cluster) in clusters.enumerated() where needs[index] {
+            try meta.replaceEntry(cluster, with: hosts[next] | Qcow2Metadata.copiedFlag)
+            next += 1
+        }
+    }
+
+    /// Writes the payload and copy-on-write data into the new clusters; returns their host offsets.
+    private func fillClusters(
+        _ buffer: UnsafeRawBufferPointer, at offset: UInt64, clusters: ClosedRange<UInt64>, entries: [UInt64], needs: [Bool],
+        hostStart: UInt64
+    ) throws(BlockError) -> [UInt64] {
+        var hosts: [UInt64] = []
+        var scratch: [UInt8] = []
+        let end = offset + UInt64(buffer.count)
+        for (index, cluster) in clusters.enumerated() {
+            let clusterStart = cluster << clusterBits
+            let from = max(offset, clusterStart)
+            let to = min(end, clusterStart + UInt64(clusterSize))
+            let payload = UnsafeRawBufferPointer(rebasing: buffer[Int(from - offset)..<Int(to - offset)])
+            guard needs[index] else {
+                let host = (entries[index] & Qcow2Metadata.offsetMask) + (from - clusterStart)
+                try file.write(payload, at: host, fua: false)
+                continue
+            }
+            let host = hostStart + UInt64(hosts.count) * UInt64(clusterSize)
+            hosts.append(host)
+            if payload.count == clusterSize {
+                try file.write(payload, at: host, fua: false)
+                continue
+            }
+            if scratch.isEmpty { scratch = [UInt8](repeating: 0, count: clusterSize) }
+            try scratch.withMutableBytes { (whole) throws(BlockError) in
+                try readRun(Segment(offset: clusterStart, length: clusterSize, state: oldState(entries[index])), into: whole)
+                UnsafeMutableRawBufferPointer(rebasing: whole[Int(from - clusterStart)...]).copyMemory(from: payload)
+                try file.write(UnsafeRawBufferPointer(whole), at: host, fua: false)
+            }
+        }
+        return hosts
+    }
+
+    /// The state of a whole cluster for copy-on-write, from its old L2 entry.
+    private func oldState(_ entry: UInt64) -> Qcow2ClusterState {
+        meta.state(of: entry)
+    }
+
+    // MARK: - Zeroes and discards
+
+    /// The whole clusters inside a range (the image's partial last cluster counts as whole).
+    private func wholeClusters(_ offset: UInt64, _ count: UInt64) -> Range<UInt64> {
+        let size = UInt64(clusterSize)
+        let first = (offset + size - 1) / size
+        let end = offset + count
+        let last = end == length ? (end + size - 1) / size : end / size
+        return first..<max(first, last)
+    }
+
+    public func writeZeroes(at offset: UInt64, length count: UInt64, flags: ZeroFlags) throws(BlockError) {
+        let whole = wholeClusters(offset, count)
+        let wholeStart = whole.isEmpty ? offset + count : whole.lowerBound << clusterBits
+        let wholeEnd = whole.isEmpty ? offset + count : min(whole.upperBound << clusterBits, offset + count)
+        if whole.isEmpty {
+            try writeZeroBuffer(at: offset, length: count)
+            return
+        }
+        if offset < wholeStart { try writeZeroBuffer(at: offset, length: wholeStart - offset) }
+        if wholeEnd < offset + count { try writeZeroBuffer(at: wholeEnd, length: offset + count - wholeEnd) }
+        try updateEntries(whole) { state in
+            switch state {
+            case .zero: return nil
+            case .unallocated where self.backing == nil: return nil
+            case .data(let host, true) where !flags.contains(.mayUnmap):
+                return (host | Qcow2Metadata.copiedFlag | Qcow2Metadata.zeroFlag, false)
+            default:
+                return (Qcow2Metadata.zeroFlag, true)
+            }
+        }
+    }
+
+    private func writeZeroBuffer(at offset: UInt64, length count: UInt64) throws(BlockError) {
+        var done: UInt64 = 0
+        while done < count {
+            let chunk = Int(min(count - done, UInt64(ZeroBlock.size)))
+            try write(UnsafeRawBufferPointer(rebasing: ZeroBlock.bytes[0..<chunk]), at: offset + done, fua: false)
+            done += UInt64(chunk)
+        }
+    }
+
+    public func discard(at offset: UInt64, length count: UInt64) throws(BlockError) {
+        let whole = wholeClusters(offset, count)
+        guard !whole.isEmpty else { return }
+        let replacement: UInt64 = backing != nil && meta.header.version >= 3 ? Qcow2Metadata.zeroFlag : 0
+        try updateEntries(whole) { state in
+            switch state {
+            case .unallocated where self.backing == nil: return nil
+            case .zero(nil) where replacement == Qcow2Metadata.zeroFlag: return nil
+            default: return (replacement, true)
+            }
+        }
+    }
+
+    /// Changes the L2 entries of whole clusters: `change` returns the new entry and whether the old
+    /// clusters are released, or nil to leave the entry.
+    private func updateEntries(_ clusters: Range<UInt64>, _ change: (Qcow2ClusterState) -> (UInt64, Bool)?) throws(BlockError) {
+        lock.lock()
+        defer {
+            lock.broadcast()
+            lock.unlock()
+        }
+        guard !meta.corrupt else { throw .io("qcow2: the image is marked corrupt; writes are refused") }
+        waitForInflight(clusters.lowerBound...(clusters.upperBound - 1))
+        for cluster in clusters {
+            let entry = try meta.l2Entry(cluster)
+            guard let (newEntry, release) = change(meta.state(of: entry)) else { continue }
+            if release {
+                try meta.replaceEntry(cluster, with: newEntry)
+            } else {
+                let table = try meta.writableL2(cluster)
+                table.setWord(meta.split(cluster).1, newEntry)
+            }
+        }
+    }
+
+    // MARK: - Flush, status, size
+
+    public func flush() throws(BlockError) {
+        lock.lock()
+        if meta.hasUnwrittenMetadata {
+            defer { lock.unlock() }
+            try meta.writeBackAll(canFree: activeIO.load(ordering: .relaxed) == 0)
+            return
+        }
+        lock.unlock()
+        try file.flush()
+    }
+
+    public func blockStatus(at offset: UInt64, length count: UInt64) throws(BlockError) -> [Extent] {
+        let limit = min(count, UInt64(clusterSize) * 65536)
+        lock.lock()
+        let runs: [Segment]
+        do {
+            runs = try segments(at: offset, length: Int(limit))
+        } catch {
+            lock.unlock()
+            throw error
+        }
+        lock.unlock()
+        var extents: [Extent] = []
+        for run in runs {
+            switch run.state {
+            case .data(let host, _):
+                extents.appendMerging(.data(UInt64(run.length), hostOffset: host))
+            case .compressed:
+                extents.appendMerging(.data(UInt64(run.length)))
+            case .zero:
+                extents.appendMerging(Extent(length: UInt64(run.length), zero: true, hole: true, depth: 0))
+            case .unallocated:
+                for extent in try backingStatus(at: run.offset, length: UInt64(run.length)) { extents.appendMerging(extent) }
+            }
+        }
+        return extents
+    }
+
+    /// Block status of the backing chain for an unallocated run, one layer deeper.
+    private func backingStatus(at offset: UInt64, length count: UInt64) throws(BlockError) -> [Extent] {
+        guard let backing, offset < backing.length else { return [.hole(count)] }
+        var result: [Extent] = []
+        var position = offset
+        let end = offset + count
+        let backingEnd = min(end, backing.length)
+        while position < backingEnd {
+            for var extent in try backing.blockStatus(at: position, length: backingEnd - position) {
+                extent.depth = extent.depth.map { $0 + 1 }
+                extent.hostOffset = nil
+                result.append(extent)
+                position += extent.length
+            }
+        }
+        if backingEnd < end { result.append(.hole(end - backingEnd)) }
+        return result
+    }
+
+    public func resize(to newLength: UInt64) throws(BlockError) {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !meta.corrupt else { throw .io("qcow2: the image is marked corrupt") }
+        let old = meta.header.size
+        if newLength < old {
+            let firstDropped = (newLength + UInt64(clusterSize) - 1) >> clusterBits
+            let lastCluster = (old + UInt64(clusterSize) - 1) >> clusterBits
+            for cluster in firstDropped..<max(firstDropped, lastCluster) where try meta.l2Entry(cluster) != 0 {
+                throw .notSupported("qcow2: cannot shrink to \(newLength) bytes: guest cluster \(cluster) past the new end is in use")
+            }
+        }
+        try meta.writeBackAll(canFree: false)
+        try meta.resizeL1(for: newLength)
+        meta.header.size = newLength
+        var field = [UInt8](repeating: 0, count: 8)
+        field.withUnsafeMutableBytes { Qcow2Bytes.put(newLength, $0, 0) }
+        try meta.writeBytes(field, at: 24)
+        try file.flush()
+        size.store(newLength, ordering: .relaxed)
+    }
+
+    public func close() {
+        guard !readOnly else { return }
+        lock.lock()
+        defer { lock.unlock() }
+        do {
+            if meta.hasUnwrittenMetadata { try meta.writeBackAll(canFree: true) }
+        } catch {
+            Log.error("qcow2: writing metadata of '\(filename)' at close failed: \(error.message)")
+        }
+    }
+}

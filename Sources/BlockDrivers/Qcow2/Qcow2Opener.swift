@@ -1,0 +1,163 @@
+import BlockCore
+import Foundation
+
+/// Opens `qcow2` nodes: reads and checks the header and tables, and opens the backing chain.
+public enum Qcow2Opener {
+    /// The option names `--blockdev driver=qcow2` takes.
+    public static let keys: Set<String> = [
+        "file", "backing", "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
+        "overlap-check", "cache-size", "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
+    ]
+
+    /// Opens a qcow2 node.
+    public static let opener: DriverOpener = { options, context throws(OptionError) in
+        guard let file = try context.child("file", of: options) else {
+            throw OptionError(options.syntax == .qmp ? "Parameter 'file' is missing" : "\(options.context): parameter 'file' is missing")
+        }
+        let readOnly = context.common.readOnly
+        guard !(file.readOnly && !readOnly) else {
+            throw OptionError("\(options.context): child '\(file.name)' is read-only; add read-only=on")
+        }
+        func fail(_ message: String) -> OptionError {
+            OptionError(options.syntax == .qmp ? message : "\(options.context): \(message)")
+        }
+        let header: Qcow2Header
+        let l1: [UInt64]
+        let refcountTable: [UInt64]
+        do throws(BlockError) {
+            header = try readHeader(file)
+            l1 = Qcow2Bytes.words(try readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8))
+            refcountTable = Qcow2Bytes.words(try readBytes(
+                file, at: header.refcountTableOffset, count: Int(header.refcountTableClusters) << Int(header.clusterBits)))
+        } catch {
+            throw fail("'\(file.driver.filename)': \(error.message)")
+        }
+        if header.isCorrupt && !readOnly {
+            throw fail("qcow2 image '\(file.driver.filename)' is marked corrupt; it can only be opened read-only (repair it with 'blockimg check -r all')")
+        }
+        if header.isDirty && !readOnly {
+            throw fail("qcow2 image '\(file.driver.filename)' has unflushed lazy refcounts; repair it with 'blockimg check -r all' first")
+        }
+        let cacheSize = try options.size("cache-size")
+        let l2Bytes = try options.size("l2-cache-size")
+        let refcountBytes = try options.size("refcount-cache-size")
+        _ = try options.size("l2-cache-entry-size")
+        _ = try options.unsigned("cache-clean-interval")
+        _ = try options.bool("lazy-refcounts")
+        let passRequest = try options.bool("pass-discard-request") ?? context.common.discardUnmap
+        _ = try options.bool("pass-discard-snapshot")
+        _ = try options.bool("pass-discard-other")
+        let overlap = try overlapCheck(options)
+        let clusterSize = UInt64(header.clusterSize)
+        // Default: enough L2 cache for the whole disk, within 32 MiB.
+        let fullCoverage = (header.size + clusterSize / 8 * clusterSize - 1) / (clusterSize / 8 * clusterSize) * clusterSize
+        var l2Cache = l2Bytes ?? min(max(fullCoverage, 1 << 20), 32 << 20)
+        var refcountCache = refcountBytes ?? max(l2Cache / 4, 256 << 10)
+        if let cacheSize, l2Bytes == nil, refcountBytes == nil {
+            refcountCache = max(cacheSize / 4, clusterSize * 4)
+            l2Cache = cacheSize - min(refcountCache, cacheSize)
+        }
+        let backing = try openBacking(options, context: context, header: header, file: file)
+        let meta = Qcow2Metadata(
+            file: file, header: header, l1: l1, refcountTable: refcountTable,
+            l2CacheClusters: Int(l2Cache / clusterSize), refcountCacheClusters: Int(refcountCache / clusterSize),
+            overlapCheck: overlap, passDiscard: passRequest)
+        if !readOnly && header.autoclearFeatures != 0 {
+            // Bitmaps and other autoclear extensions are not kept in step: clear their bits, as the format asks.
+            meta.header.autoclearFeatures = 0
+            do throws(BlockError) {
+                try meta.writeBytes([UInt8](repeating: 0, count: 8), at: 88)
+                try file.flush()
+            } catch {
+                throw fail(error.message)
+            }
+        }
+        let driver = Qcow2Driver(file: file, backing: backing, meta: meta, readOnly: readOnly, discard: context.common.discardUnmap)
+        var children: [(role: String, node: BlockNode)] = [("file", file)]
+        if let backing { children.append(("backing", backing)) }
+        return OpenedDriver(driver: driver, children: children)
+    }
+
+    /// Reads the header cluster of an image.
+    static func readHeader(_ file: BlockNode) throws(BlockError) -> Qcow2Header {
+        let probe = try readBytes(file, at: 0, count: Int(min(file.length, 4096)))
+        guard probe.count >= 24 else { throw .invalid("image is too short to be qcow2") }
+        let clusterBits = probe.withUnsafeBytes { Qcow2Bytes.u32($0, 20) }
+        let clusterSize = clusterBits >= 9 && clusterBits <= 21 ? 1 << Int(clusterBits) : 4096
+        let bytes = clusterSize > probe.count ? try readBytes(file, at: 0, count: Int(min(file.length, UInt64(clusterSize)))) : probe
+        return try Qcow2Header.parse(bytes, fileLength: file.length)
+    }
+
+    static func readBytes(_ file: BlockNode, at offset: UInt64, count: Int) throws(BlockError) -> [UInt8] {
+        guard offset + UInt64(count) <= file.length else {
+            throw .invalid("a table at \(offset)+\(count) lies past the end of the file (\(file.length) bytes)")
+        }
+        var bytes = [UInt8](repeating: 0, count: count)
+        if count > 0 { try bytes.withMutableBytes { (raw) throws(BlockError) in try file.read(into: raw, at: offset) } }
+        return bytes
+    }
+
+    private static func overlapCheck(_ options: OptionReader) throws(OptionError) -> Qcow2OverlapCheck {
+        guard let value = options.value("overlap-check") else { return .cached }
+        switch value {
+        case .string(let name):
+            guard let mode = Qcow2OverlapCheck(rawValue: name) else {
+                throw options.badValue("overlap-check", name, expected: "none, constant, cached or all")
+            }
+            return mode
+        case .object:
+            let flags = try OptionReader(value, context: options.context, prefix: "overlap-check.", syntax: options.syntax)
+            let template = try flags.choice("template", ["none", "constant", "cached", "all"]).flatMap(Qcow2OverlapCheck.init) ?? .cached
+            var any = false
+            for key in ["main-header", "active-l1", "active-l2", "refcount-table", "refcount-block", "snapshot-table",
+                        "inactive-l1", "inactive-l2", "bitmap-directory"] {
+                if try flags.bool(key) == true { any = true }
+            }
+            try flags.finish()
+            return any && template == .none ? .constant : template
+        default:
+            throw options.badValue("overlap-check", value.typeName, expected: "a mode or an object of flags")
+        }
+    }
+
+    /// The backing node: from the `backing` option (a reference, an inline definition, or null / ""
+    /// for none), else from the image header, opened read-only.
+    private static func openBacking(
+        _ options: OptionReader, context: OpenContext, header: Qcow2Header, file: BlockNode
+    ) throws(OptionError) -> BlockNode? {
+        if let value = options.value("backing") {
+            switch value {
+            case .null, .string(""):
+                return nil
+            default:
+                return try context.child("backing", of: options)
+            }
+        }
+        guard let name = header.backingFile, !name.isEmpty else { return nil }
+        var path = name
+        if !name.hasPrefix("/") && !name.contains("://") {
+            let imagePath = file.driver.filename
+            let directory = (imagePath as NSString).deletingLastPathComponent
+            path = directory.isEmpty ? name : directory + "/" + name
+        }
+        let format = header.backingFormat ?? probeFormat(path)
+        let definition: OptionValue = .object([
+            "driver": .string(format),
+            "read-only": .bool(true),
+            "file": .object(["driver": .string("file"), "filename": .string(path), "read-only": .bool(true)]),
+        ])
+        do {
+            return try context.graph.open(definition, context: "\(options.context) → backing '\(path)'", inheritReadOnly: true)
+        } catch {
+            throw OptionError(options.syntax == .qmp ? "Could not open backing file: \(error.message)" : error.message)
+        }
+    }
+
+    /// `qcow2` when the file starts with the qcow2 magic, else `raw`.
+    static func probeFormat(_ path: String) -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return "raw" }
+        defer { try? handle.close() }
+        let magic = (try? handle.read(upToCount: 4)) ?? Data()
+        return magic == Data([0x51, 0x46, 0x49, 0xfb]) ? "qcow2" : "raw"
+    }
+}

@@ -1,0 +1,305 @@
+"""The qcow2 driver against qemu-img and qemu-io: images QEMU writes read identically through a
+blockd export, images blockd writes pass `qemu-img check`, random operation sequences match a raw
+reference, and a SIGKILL at any moment loses nothing that a flush acknowledged."""
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import nbd
+import pytest
+
+from client_helpers import run
+from conftest import require
+
+
+def qemu_img(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    return run(["qemu-img", *args], ok=ok, timeout=120)
+
+
+def qemu_io_file(image: Path, *commands: str, fmt: str = "qcow2") -> None:
+    cmd = ["qemu-io", "-f", fmt]
+    for c in commands:
+        cmd += ["-c", c]
+    run(cmd + [str(image)], timeout=120)
+
+
+def check(image: Path) -> dict:
+    proc = qemu_img("check", "--output=json", str(image), ok=False)
+    assert proc.returncode in (0, 3), f"qemu-img check failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}"
+    report = json.loads(proc.stdout)
+    assert report.get("corruptions", 0) == 0, report
+    assert report.get("check-errors", 0) == 0, report
+    return report
+
+
+def export_args(image: Path, writable: bool, extra: str = "") -> list[str]:
+    ro = "" if writable else ",read-only=on"
+    return ["--blockdev", f"driver=file,node-name=f0,filename={image}{ro}",
+            "--blockdev", f"driver=qcow2,node-name=disk0,file=f0{ro}{extra}",
+            "--export", f"type=nbd,id=e0,node-name=disk0,name=disk0,writable={'on' if writable else 'off'}"]
+
+
+def fill_with_qemu_io(image: Path, size: int, seed: int) -> None:
+    rng = random.Random(seed)
+    commands = []
+    for _ in range(24):
+        length = rng.choice([512, 4096, 65536, 70000, 300000])
+        offset = rng.randrange(0, size - length)
+        commands.append(f"write -P {rng.randrange(1, 255)} {offset} {length}")
+    commands.append(f"write -z {size // 3} 200000")
+    qemu_io_file(image, *commands)
+
+
+CREATE_OPTIONS = [
+    "compat=0.10,cluster_size=65536",
+    "compat=1.1,cluster_size=512",
+    "compat=1.1,cluster_size=4096,refcount_bits=1",
+    "compat=1.1,cluster_size=65536,refcount_bits=8,lazy_refcounts=on",
+    "compat=1.1,cluster_size=2097152,refcount_bits=64",
+    "compat=1.1,cluster_size=16384,preallocation=metadata",
+    "compat=1.1,cluster_size=65536,preallocation=full",
+]
+
+
+@pytest.mark.parametrize("options", CREATE_OPTIONS)
+def test_images_qemu_writes_read_identically(start_blockd, tmp_path, options):
+    require("qemu-img", "qemu-io")
+    image = tmp_path / "disk.qcow2"
+    size = 8 << 20
+    qemu_img("create", "-f", "qcow2", "-o", options, str(image), str(size))
+    fill_with_qemu_io(image, size, seed=hash(options) & 0xffff)
+    daemon = start_blockd(args=export_args(image, writable=False))
+    assert qemu_img("compare", "-f", "qcow2", str(image), daemon.uri()).returncode == 0
+    info = json.loads(subprocess.check_output(["nbdinfo", "--json", daemon.uri()]))
+    assert info["exports"][0]["export-size"] == size
+
+
+def test_compressed_images_read_identically(start_blockd, tmp_path):
+    require("qemu-img")
+    raw = tmp_path / "src.raw"
+    data = bytearray(os.urandom(1 << 20)) + b"\0" * (1 << 20) + (b"blockd compresses " * 60000)[: 2 << 20]
+    raw.write_bytes(bytes(data))
+    image = tmp_path / "c.qcow2"
+    qemu_img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4096", str(raw), str(image))
+    m = json.loads(qemu_img("map", "--output=json", str(image)).stdout)
+    assert any(e["data"] and "offset" not in e for e in m), "qemu-img wrote compressed clusters"
+    daemon = start_blockd(args=export_args(image, writable=False))
+    assert qemu_img("compare", "-f", "raw", str(raw), daemon.uri()).returncode == 0
+
+
+def test_backing_chain_reads_through_layers(start_blockd, tmp_path):
+    require("qemu-img", "qemu-io")
+    base = tmp_path / "base.raw"
+    base.write_bytes(os.urandom(4 << 20))
+    mid = tmp_path / "mid.qcow2"
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", "-b", base.name, "-F", "raw", str(mid), "6M")
+    qemu_io_file(mid, "write -P 0x11 1M 100k", "write -z 2M 64k")
+    qemu_img("create", "-f", "qcow2", "-b", mid.name, "-F", "qcow2", str(top))
+    qemu_io_file(top, "write -P 0x22 1050k 10k", "write -P 0x33 5M 4k")
+    daemon = start_blockd(args=export_args(top, writable=False))
+    assert qemu_img("compare", "-f", "qcow2", str(top), daemon.uri()).returncode == 0
+    # Block status reports allocation: data of the top layer, and zeroes past the base's end.
+    h = nbd.NBD()
+    h.add_meta_context("base:allocation")
+    h.connect_uri(daemon.uri())
+    flags_at = {}
+    offset = 0
+    while offset < 6 << 20:
+        seen = []
+        h.block_status((6 << 20) - offset, offset, lambda ctx, off, entries, err: seen.extend(entries))
+        for length, flags in zip(seen[0::2], seen[1::2]):
+            flags_at[offset] = (length, flags)
+            offset += length
+    h.shutdown()
+
+    def flags(at):
+        return next(f for start, (length, f) in flags_at.items() if start <= at < start + length)
+    assert flags(0) == 0, "base data is data"
+    assert flags((4 << 20) + 100) == nbd.STATE_HOLE | nbd.STATE_ZERO, "past the base: unallocated zeroes"
+    assert flags(5 << 20) == 0, "data written in the top layer"
+    assert flags((2 << 20) + 10) & nbd.STATE_ZERO, "zero cluster of the middle layer"
+
+
+def test_writes_through_blockd_pass_qemu_img_check(start_blockd, tmp_path):
+    require("qemu-img")
+    image = tmp_path / "w.qcow2"
+    base = tmp_path / "base.raw"
+    base.write_bytes(os.urandom(2 << 20))
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", "-b", base.name, "-F", "raw", str(image), "4M")
+    daemon = start_blockd(args=export_args(image, writable=True))
+    h = nbd.NBD()
+    h.connect_uri(daemon.uri())
+    h.pwrite(b"\xaa" * 1000, 4000)          # straddles two clusters: copy-on-write of both from the base
+    h.pwrite(b"\xbb" * 70000, 3 << 20)     # past the base: the rest reads as zeroes
+    h.zero(8192, 1 << 20)
+    h.flush()
+    expected = bytearray(base.read_bytes() + b"\0" * (2 << 20))
+    expected[4000:5000] = b"\xaa" * 1000
+    expected[3 << 20:(3 << 20) + 70000] = b"\xbb" * 70000
+    expected[1 << 20:(1 << 20) + 8192] = b"\0" * 8192
+    assert h.pread(4 << 20, 0) == bytes(expected)
+    h.shutdown()
+    daemon.stop()
+    check(image)
+    reference = tmp_path / "expected.raw"
+    reference.write_bytes(bytes(expected))
+    assert qemu_img("compare", "-f", "raw", "-F", "qcow2", str(reference), str(image)).returncode == 0
+
+
+@pytest.mark.parametrize("cluster_size,refcount_bits", [(512, 16), (4096, 1), (65536, 16)])
+def test_random_operations_match_a_raw_reference(start_blockd, tmp_path, cluster_size, refcount_bits):
+    require("qemu-img")
+    size = 3 << 20
+    image = tmp_path / "r.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster_size},refcount_bits={refcount_bits}", str(image), str(size))
+    daemon = start_blockd(args=export_args(image, writable=True, extra=",discard=unmap"))
+    h = nbd.NBD()
+    h.connect_uri(daemon.uri())
+    reference = bytearray(size)
+    rng = random.Random(cluster_size * 7 + refcount_bits)
+    for step in range(400):
+        op = rng.choice(["write", "write", "write", "zero", "trim", "flush", "read"])
+        length = rng.choice([1, 511, 512, 4096, cluster_size - 1, cluster_size + 1, 3 * cluster_size, 100000])
+        offset = rng.randrange(0, size - length)
+        if op == "write":
+            payload = os.urandom(length)
+            h.pwrite(payload, offset)
+            reference[offset:offset + length] = payload
+        elif op == "zero":
+            h.zero(length, offset, nbd.CMD_FLAG_NO_HOLE if rng.random() < 0.5 else 0)
+            reference[offset:offset + length] = b"\0" * length
+        elif op == "trim":
+            h.trim(length, offset)
+            # Whole clusters are dropped and read as zeroes (no backing); partial ones keep their data.
+            first = -(-offset // cluster_size) * cluster_size
+            last = (offset + length) // cluster_size * cluster_size
+            if last > first:
+                reference[first:last] = b"\0" * (last - first)
+        elif op == "flush":
+            h.flush()
+        got = h.pread(length, offset)
+        assert got == bytes(reference[offset:offset + length]), f"step {step}: {op} {offset}+{length}"
+    assert h.pread(size, 0) == bytes(reference)
+    h.flush()
+    h.shutdown()
+    daemon.stop()
+    check(image)
+    ref = tmp_path / "ref.raw"
+    ref.write_bytes(bytes(reference))
+    assert qemu_img("compare", "-f", "raw", "-F", "qcow2", str(ref), str(image)).returncode == 0
+
+
+def test_sigkill_loses_nothing_flushed(start_blockd, tmp_path):
+    require("qemu-img")
+    size = 4 << 20
+    image = tmp_path / "k.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", str(image), str(size))
+    rng = random.Random(99)
+    for cycle in range(12):
+        daemon = start_blockd(args=export_args(image, writable=True), check_exit=False)
+        h = nbd.NBD()
+        h.connect_uri(daemon.uri())
+        flushed: dict[int, bytes] = {}
+        pending: dict[int, bytes] = {}
+        deadline = time.monotonic() + rng.uniform(0.05, 0.4)
+        try:
+            while time.monotonic() < deadline:
+                block = rng.randrange(0, size // 8192)
+                payload = os.urandom(8192)
+                h.pwrite(payload, block * 8192)
+                pending[block] = payload
+                if rng.random() < 0.2:
+                    h.flush()
+                    flushed.update(pending)
+                    pending.clear()
+        finally:
+            daemon.proc.send_signal(signal.SIGKILL)
+            daemon.proc.wait()
+        report = check(image)
+        assert report.get("corruptions", 0) == 0
+        verify = start_blockd(args=export_args(image, writable=False))
+        r = nbd.NBD()
+        r.connect_uri(verify.uri())
+        for block, payload in flushed.items():
+            if block in pending:
+                continue  # rewritten after the last flush: either version may survive
+            assert r.pread(8192, block * 8192) == payload, f"cycle {cycle}: flushed block {block} lost"
+        r.shutdown()
+        verify.stop()
+
+
+def test_resize_grows_the_image(start_blockd, tmp_path):
+    require("qemu-img")
+    image = tmp_path / "g.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=512", str(image), "1M")
+    qmp = tmp_path / "qmp.sock"
+    daemon = start_blockd(args=export_args(image, writable=True) + [
+        "--chardev", f"socket,id=m0,path={qmp},server=on,wait=off", "--monitor", "chardev=m0"])
+    from test_resize import ctl, size_of
+    deadline = time.monotonic() + 5
+    while not qmp.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ctl(qmp, "block_resize", "node-name=disk0", f"size={64 << 20}").returncode == 0
+    assert size_of(daemon.uri()) == 64 << 20
+    h = nbd.NBD()
+    h.connect_uri(daemon.uri())
+    h.pwrite(b"\x5a" * 4096, (64 << 20) - 4096)
+    h.flush()
+    h.shutdown()
+    daemon.stop()
+    check(image)
+    info = json.loads(qemu_img("info", "--output=json", str(image)).stdout)
+    assert info["virtual-size"] == 64 << 20
+    assert subprocess.check_output(["qemu-io", "-f", "qcow2", "-c", f"read -P 0x5a {(64 << 20) - 4096} 4096", str(image)])
+
+
+CORRUPTIONS = {
+    "bad-magic": (0, b"XXXX"),
+    "version-9": (4, (9).to_bytes(4, "big")),
+    "cluster-bits-30": (20, (30).to_bytes(4, "big")),
+    "l1-past-eof": (40, (1 << 40).to_bytes(8, "big")),
+    "refcount-table-unaligned": (48, (65536 + 7).to_bytes(8, "big")),
+    "l1-size-huge": (36, (0xffffffff).to_bytes(4, "big")),
+    "unknown-incompatible-feature": (72, (1 << 40).to_bytes(8, "big")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CORRUPTIONS))
+def test_corrupt_headers_are_refused_clearly(tmp_path, name):
+    require("qemu-img")
+    from conftest import blockd_binary
+    image = tmp_path / "bad.qcow2"
+    qemu_img("create", "-f", "qcow2", str(image), "1M")
+    offset, payload = CORRUPTIONS[name]
+    with open(image, "r+b") as f:
+        f.seek(offset)
+        f.write(payload)
+    proc = subprocess.run([blockd_binary(), *export_args(image, writable=False),
+                           "--nbd-server", f"addr.type=unix,addr.path={tmp_path}/s.sock"],
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode != 0 and proc.returncode < 128, f"crashed or hung: {proc.returncode}"
+    assert "qcow2" in proc.stderr or "bad.qcow2" in proc.stderr, proc.stderr
+
+
+def test_bad_l2_offset_fails_reads_cleanly(start_blockd, tmp_path):
+    require("qemu-img", "qemu-io")
+    image = tmp_path / "l2.qcow2"
+    qemu_img("create", "-f", "qcow2", str(image), "1M")
+    qemu_io_file(image, "write -P 1 0 4k")
+    header = image.read_bytes()[:72]
+    l1_offset = int.from_bytes(header[40:48], "big")
+    with open(image, "r+b") as f:
+        f.seek(l1_offset)
+        f.write(((1 << 63) | (1 << 45)).to_bytes(8, "big"))  # L2 table far past the end of the file
+    daemon = start_blockd(args=export_args(image, writable=False))
+    h = nbd.NBD()
+    h.connect_uri(daemon.uri())
+    with pytest.raises(nbd.Error):
+        h.pread(4096, 0)
+    assert h.get_size() == 1 << 20, "the connection survives the failed read"
+    h.shutdown()
