@@ -25,6 +25,11 @@ public enum Qcow2Opener {
         let l1: [UInt64]
         let refcountTable: [UInt64]
         do throws(BlockError) {
+            if !readOnly, try readHeader(file).isDirty {
+                // Left dirty with lazy refcounts: recount before use, as the format requires.
+                let report = try Qcow2Check.run(file: file, repair: .all)
+                Log.info("qcow2 '\(file.driver.filename)': repaired refcounts of a dirty image (\(report.leaksFixed) leaks, \(report.corruptionsFixed) errors fixed)")
+            }
             header = try readHeader(file)
             l1 = Qcow2Bytes.words(try readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8))
             refcountTable = Qcow2Bytes.words(try readBytes(
@@ -34,9 +39,6 @@ public enum Qcow2Opener {
         }
         if header.isCorrupt && !readOnly {
             throw fail("qcow2 image '\(file.driver.filename)' is marked corrupt; it can only be opened read-only (repair it with 'blockimg check -r all')")
-        }
-        if header.isDirty && !readOnly {
-            throw fail("qcow2 image '\(file.driver.filename)' has unflushed lazy refcounts; repair it with 'blockimg check -r all' first")
         }
         let cacheSize = try options.size("cache-size")
         let l2Bytes = try options.size("l2-cache-size")
@@ -79,7 +81,8 @@ public enum Qcow2Opener {
     }
 
     /// Reads the header cluster of an image.
-    static func readHeader(_ file: BlockNode) throws(BlockError) -> Qcow2Header {
+    /// Reads and validates the header of the image in `file`.
+    public static func readHeader(_ file: BlockNode) throws(BlockError) -> Qcow2Header {
         let probe = try readBytes(file, at: 0, count: Int(min(file.length, 4096)))
         guard probe.count >= 24 else { throw .invalid("image is too short to be qcow2") }
         let clusterBits = probe.withUnsafeBytes { Qcow2Bytes.u32($0, 20) }
