@@ -53,7 +53,7 @@ class Blockd:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"blockd exited with {self.proc.returncode}:\n{self.log_text()}")
-            if sock.exists() and (port is None or _port_open(port)):
+            if sock.exists() and _unix_open(sock) and (port is None or _port_open(port)):
                 return
             time.sleep(0.02)
         self.stop()
@@ -83,6 +83,17 @@ class Blockd:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+def _unix_open(path: Path) -> bool:
+    """True once the socket accepts connections (it exists between bind and listen too)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            s.connect(str(path))
+            return True
+    except OSError:
+        return False
 
 
 def _port_open(port: int) -> bool:

@@ -103,6 +103,19 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
         lock.lock()
+        if let entry = try? meta.l2Entry(offset >> clusterBits), case .data(let host, _) = meta.state(of: entry),
+           (offset & UInt64(clusterSize - 1)) + UInt64(buffer.count) <= UInt64(clusterSize) {
+            // One data cluster: the common case, without building runs.
+            activeIO.add(1, ordering: .relaxed)
+            lock.unlock()
+            defer { activeIO.subtract(1, ordering: .relaxed) }
+            let position = host + (offset & UInt64(clusterSize - 1))
+            guard position + UInt64(buffer.count) <= file.length else {
+                throw .io("qcow2: data cluster at \(host) lies past the end of the image file")
+            }
+            try file.read(into: buffer, at: position)
+            return
+        }
         let runs: [Segment]
         do {
             runs = try segments(at: offset, length: buffer.count)
@@ -162,6 +175,52 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
             try output.withMutableBytes { (target) throws(BlockError) in try Qcow2Compression.inflate(source, into: target) }
         }
         return output
+    }
+
+    /// Where a guest range lies when it is one contiguous run of data in the file (`.file`) or wholly
+    /// unallocated within the backing node (`.backing`); nil otherwise.
+    private enum Placement { case file(UInt64), backing }
+
+    private func placement(_ offset: UInt64, _ count: Int) -> Placement? {
+        let mask = UInt64(clusterSize - 1)
+        let end = offset + UInt64(count)
+        var position = offset
+        var first: Placement?
+        var expected: UInt64 = 0
+        lock.lock()
+        defer { lock.unlock() }
+        while position < end {
+            guard let entry = try? meta.l2Entry(position >> clusterBits) else { return nil }
+            let chunk = min(end - position, UInt64(clusterSize) - (position & mask))
+            switch meta.state(of: entry) {
+            case .data(let host, _):
+                let hostPosition = host + (position & mask)
+                if case .backing? = first { return nil }
+                if first != nil && hostPosition != expected { return nil }
+                if first == nil { first = .file(hostPosition) }
+                expected = hostPosition + chunk
+            case .unallocated:
+                if case .file? = first { return nil }
+                first = .backing
+            default:
+                return nil
+            }
+            position += chunk
+        }
+        return first
+    }
+
+    public func mappedBytes(at offset: UInt64, length count: Int) -> UnsafeRawPointer? {
+        switch placement(offset, count) {
+        case .file(let host)?:
+            guard host + UInt64(count) <= file.length else { return nil }
+            return file.mappedBytes(at: host, length: count)
+        case .backing?:
+            guard let backing, offset + UInt64(count) <= backing.length else { return nil }
+            return backing.mappedBytes(at: offset, length: count)
+        case nil:
+            return nil
+        }
     }
 
     // MARK: - Writes
