@@ -30,6 +30,12 @@ public struct Extent: Sendable, Equatable {
         Extent(length: length, zero: true, hole: true, depth: nil)
     }
 
+    /// A hole in a protocol node's file: reads as zeroes, yet belongs to this layer (allocation depth 1,
+    /// as QEMU counts protocol layers).
+    public static func fileHole(_ length: UInt64) -> Extent {
+        Extent(length: length, zero: true, hole: true, depth: 0)
+    }
+
     /// True when two extents can be reported as one.
     public func sameState(as other: Extent) -> Bool {
         zero == other.zero && hole == other.hole && depth == other.depth

@@ -4,11 +4,14 @@ import NBDProtocol
 public enum MetaContext: UInt32, Sendable, CaseIterable {
     /// `base:allocation`: holes and zeroes.
     case baseAllocation = 1
+    /// `qemu:allocation-depth`: in which layer of the backing chain each range is allocated.
+    case allocationDepth = 2
 
     /// The context's name on the wire.
     public var name: String {
         switch self {
         case .baseAllocation: return "base:allocation"
+        case .allocationDepth: return "qemu:allocation-depth"
         }
     }
 

@@ -533,6 +533,9 @@ final class Transmission {
             if extent.hole { flags.insert(.hole) }
             if extent.zero { flags.insert(.zero) }
             return flags.rawValue
+        case .allocationDepth:
+            // 0: unallocated anywhere; 1: this layer; n: the (n-1)th backing layer.
+            return extent.depth.map { UInt32($0 + 1) } ?? 0
         }
     }
 }

@@ -303,3 +303,38 @@ def test_bad_l2_offset_fails_reads_cleanly(start_blockd, tmp_path):
         h.pread(4096, 0)
     assert h.get_size() == 1 << 20, "the connection survives the failed read"
     h.shutdown()
+
+
+def _depth_map(uri: str) -> list[tuple[int, int, int]]:
+    out = subprocess.check_output(["nbdinfo", "--map=qemu:allocation-depth", "--json", uri], text=True, timeout=30)
+    merged: list[tuple[int, int, int]] = []
+    for e in json.loads(out):
+        if merged and merged[-1][2] == e["type"] and merged[-1][0] + merged[-1][1] == e["offset"]:
+            merged[-1] = (merged[-1][0], merged[-1][1] + e["length"], e["type"])
+        else:
+            merged.append((e["offset"], e["length"], e["type"]))
+    return merged
+
+
+def test_allocation_depth_matches_qemu_nbd(start_blockd, tmp_path):
+    require("qemu-img", "qemu-io", "qemu-nbd", "nbdinfo")
+    base = tmp_path / "base.qcow2"
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-f", "qcow2", str(base), "4M")
+    qemu_io_file(base, "write -P 1 0 1M", "write -z 3M 64k")
+    qemu_img("create", "-f", "qcow2", "-b", base.name, "-F", "qcow2", str(top))
+    qemu_io_file(top, "write -P 2 512k 128k", "write -P 3 2M 64k")
+    daemon = start_blockd(args=export_args(top, writable=False))
+    ours = _depth_map(daemon.uri())
+    sock = tmp_path / "qemu-nbd.sock"
+    reference = subprocess.Popen(["qemu-nbd", "-r", "-A", "-f", "qcow2", "-k", str(sock), "-x", "disk0", str(top)])
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        theirs = _depth_map(f"nbd+unix:///disk0?socket={sock}")
+    finally:
+        reference.terminate()
+        reference.wait()
+    assert ours == theirs
+    assert {t for _, _, t in ours} == {0, 1, 2}

@@ -174,11 +174,11 @@ public final class FileDriver: BlockDriver {
         let data = lseek(fd, off_t(offset), 3 /* SEEK_DATA */)
         if data < 0 {
             // ENXIO: no data from here to the end of the file.
-            if errno == ENXIO { return [.hole(length)] }
+            if errno == ENXIO { return [.fileHole(length)] }
             return [.data(length, hostOffset: offset)]
         }
         if UInt64(data) > offset {
-            return [.hole(min(UInt64(data), end) - offset)]
+            return [.fileHole(min(UInt64(data), end) - offset)]
         }
         let hole = lseek(fd, off_t(offset), 4 /* SEEK_HOLE */)
         guard hole > 0 else { return [.data(length, hostOffset: offset)] }
