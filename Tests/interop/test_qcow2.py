@@ -338,3 +338,30 @@ def test_allocation_depth_matches_qemu_nbd(start_blockd, tmp_path):
         reference.wait()
     assert ours == theirs
     assert {t for _, _, t in ours} == {0, 1, 2}
+
+
+def test_writes_to_a_snapshotted_image_copy_on_write(start_blockd, tmp_path):
+    require("qemu-img", "qemu-io")
+    image = tmp_path / "snap.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", "cluster_size=4096", str(image), "2M")
+    qemu_io_file(image, "write -P 0x41 0 1M")
+    qemu_img("snapshot", "-c", "s1", str(image))
+    daemon = start_blockd(args=export_args(image, writable=True, extra=",discard=unmap"))
+    h = nbd.NBD()
+    h.connect_uri(daemon.uri())
+    h.pwrite(b"\x42" * 6000, 1000)        # partial shared clusters: copied, then overwritten
+    h.zero(65536, 65536)
+    h.trim(65536, 131072)
+    h.flush()
+    expected = bytearray(b"\x41" * (1 << 20) + b"\0" * (1 << 20))
+    expected[1000:7000] = b"\x42" * 6000
+    expected[65536:131072] = b"\0" * 65536
+    expected[131072:196608] = b"\0" * 65536
+    assert h.pread(2 << 20, 0) == bytes(expected)
+    h.shutdown()
+    daemon.stop()
+    report = check(image)
+    assert report.get("leaks", 0) == 0, report
+    saved = tmp_path / "s1.raw"
+    qemu_img("convert", "-l", "snapshot.name=s1", "-O", "raw", str(image), str(saved))
+    assert saved.read_bytes()[: 1 << 20] == b"\x41" * (1 << 20), "the snapshot keeps its contents"

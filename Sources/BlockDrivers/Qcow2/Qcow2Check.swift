@@ -191,7 +191,7 @@ public enum Qcow2Check {
         try meta.writeDirtyRefcounts()
         try file.flush()
         if mode == .all {
-            try fixCopiedFlags(meta: meta, header: header)
+            try fixCopiedFlags(meta: meta)
             if header.isDirty {
                 var fixed = header
                 fixed.incompatibleFeatures &= ~Qcow2Header.dirtyBit
@@ -203,8 +203,9 @@ public enum Qcow2Check {
         try meta.writeBackAll(canFree: false)
     }
 
-    private static func fixCopiedFlags(meta: Qcow2Metadata, header: Qcow2Header) throws(BlockError) {
-        let bits = UInt64(header.clusterBits)
+    /// Sets the COPIED flag of the active L1 and L2 entries exactly where the refcount is one.
+    static func fixCopiedFlags(meta: Qcow2Metadata) throws(BlockError) {
+        let bits = UInt64(meta.clusterBits)
         for (l1Index, entry) in meta.l1.enumerated() {
             let l2Offset = entry & Qcow2Metadata.offsetMask
             guard l2Offset != 0 else { continue }
