@@ -28,6 +28,8 @@ final class Qcow2Metadata {
     var passDiscard: Bool
     /// Set when a write would have hit metadata: the image is read-only from then on.
     var corrupt = false
+    /// End of the last compressed cluster written, where the next one may be packed.
+    var compressedCursor: UInt64?
 
     init(file: BlockNode, header: Qcow2Header, l1: [UInt64], refcountTable: [UInt64],
          l2CacheClusters: Int, refcountCacheClusters: Int, overlapCheck: Qcow2OverlapCheck, passDiscard: Bool) {
