@@ -27,6 +27,8 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     let clusterBits: UInt64
     let clusterSize: Int
     let readOnly: Bool
+    /// The `cache-clean-interval` timer; guarded by being set once before the node is shared.
+    private var cleaner: DispatchSourceTimer?
 
     init(file: BlockNode, backing: BlockNode?, meta: Qcow2Metadata, readOnly: Bool, discard: Bool) {
         self.file = file
@@ -528,7 +530,24 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         size.store(newLength, ordering: .relaxed)
     }
 
+    /// Drops clean cached tables every `seconds` (`cache-clean-interval`; 0 never), to give memory back when idle.
+    func startCacheCleaning(every seconds: UInt64) {
+        guard seconds > 0 else { return }
+        let timer = DispatchSource.makeTimerSource(queue: .global(qos: .utility))
+        timer.schedule(deadline: .now() + .seconds(Int(seconds)), repeating: .seconds(Int(seconds)))
+        timer.setEventHandler { [weak self] in
+            guard let self else { return }
+            self.lock.lock()
+            self.meta.l2Cache.dropClean()
+            self.meta.refcountCache.dropClean()
+            self.lock.unlock()
+        }
+        cleaner = timer
+        timer.resume()
+    }
+
     public func close() {
+        cleaner?.cancel()
         guard !readOnly else { return }
         lock.lock()
         defer { lock.unlock() }

@@ -44,7 +44,7 @@ public enum Qcow2Opener {
         let l2Bytes = try options.size("l2-cache-size")
         let refcountBytes = try options.size("refcount-cache-size")
         _ = try options.size("l2-cache-entry-size")
-        _ = try options.unsigned("cache-clean-interval")
+        let cleanInterval = try options.unsigned("cache-clean-interval") ?? 600
         _ = try options.bool("lazy-refcounts")
         let passRequest = try options.bool("pass-discard-request") ?? context.common.discardUnmap
         _ = try options.bool("pass-discard-snapshot")
@@ -75,6 +75,7 @@ public enum Qcow2Opener {
             }
         }
         let driver = Qcow2Driver(file: file, backing: backing, meta: meta, readOnly: readOnly, discard: context.common.discardUnmap)
+        driver.startCacheCleaning(every: cleanInterval)
         var children: [(role: String, node: BlockNode)] = [("file", file)]
         if let backing { children.append(("backing", backing)) }
         return OpenedDriver(driver: driver, children: children)
