@@ -12,6 +12,8 @@ public struct CommonNodeOptions: Sendable {
     public var discardUnmap = false
     /// `aio`: `threads` or `native`.
     public var aio = "threads"
+    /// `detect-zeroes`: the node's setting when it opens; `BlockNode.setDetectZeroes` changes it live.
+    public var detectZeroes = DetectZeroes.off
 
     /// The defaults: writeback cache, flushes honoured, discards ignored, `aio=threads`.
     public init() {}
@@ -79,6 +81,8 @@ public struct DriverEntry: Sendable {
 /// The live graph: every node by name, and the drivers that can be opened.
 public final class BlockGraph: Sendable {
     private let openers: [String: DriverEntry]
+    /// Where the graph's nodes (and drivers, through `OpenContext.graph`) send their events.
+    public let events = BlockEventSink()
     /// Option names every node takes (BlockdevOptionsBase).
     public static let commonKeys: Set<String> = [
         "driver", "node-name", "read-only", "auto-read-only", "force-share", "cache", "discard", "aio", "detect-zeroes",
@@ -173,7 +177,8 @@ public final class BlockGraph: Sendable {
             if parent == nil { removeDefined(by: name) }
             throw error
         }
-        let node = BlockNode(name: name, driver: opened.driver, children: opened.children, readOnly: common.readOnly, common: common)
+        let node = BlockNode(
+            name: name, driver: opened.driver, children: opened.children, readOnly: common.readOnly, common: common, events: events)
         let inserted = nodes.withLock { table -> Bool in
             guard table[name] == nil else { return false }
             table[name] = node
@@ -242,8 +247,11 @@ public final class BlockGraph: Sendable {
         }
         common.discardUnmap = try options.choice("discard", ["ignore", "off", "unmap", "on"]).map { $0 == "unmap" || $0 == "on" } ?? false
         common.aio = try options.choice("aio", ["threads", "native", "io_uring"]) ?? "threads"
-        if let detect = try options.choice("detect-zeroes", ["off", "on", "unmap"]), detect != "off" {
-            throw OptionError("\(options.context): detect-zeroes=\(detect) is not supported yet")
+        if let detect = try options.choice("detect-zeroes", DetectZeroes.allCases.map(\.name)) {
+            common.detectZeroes = DetectZeroes(name: detect)!
+            if let problem = common.detectZeroes.problem(discardUnmap: common.discardUnmap) {
+                throw OptionError(options.syntax == .qmp ? problem : "\(options.context): \(problem)")
+            }
         }
         return common
     }
