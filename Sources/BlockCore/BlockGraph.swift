@@ -45,6 +45,25 @@ public struct OpenContext {
     /// Resolves a child given as a node-name reference or as an inline definition.
     public func child(_ key: String, of options: OptionReader) throws(OptionError) -> BlockNode? {
         guard let value = options.value(key) else { return nil }
+        return try child(value, named: key, of: options)
+    }
+
+    /// Resolves every child of a list (`children` of quorum), named `key[0]`, `key[1]`, ... in
+    /// messages; an absent key is an empty list.
+    public func children(_ key: String, of options: OptionReader) throws(OptionError) -> [BlockNode] {
+        guard let value = options.value(key) else { return [] }
+        guard case .array(let items) = value else {
+            if options.syntax == .qmp { throw OptionError("Invalid parameter type for '\(key)', expected: array") }
+            throw OptionError("\(options.context): parameter '\(key)' expects a list (\(key).0=...), got a \(value.typeName)")
+        }
+        var nodes: [BlockNode] = []
+        for (index, item) in items.enumerated() {
+            nodes.append(try child(item, named: options.syntax == .qmp ? "\(key)[\(index)]" : "\(key).\(index)", of: options))
+        }
+        return nodes
+    }
+
+    private func child(_ value: OptionValue, named key: String, of options: OptionReader) throws(OptionError) -> BlockNode {
         switch value {
         case .string(let reference):
             guard let node = graph.node(named: reference) else {
