@@ -3,6 +3,8 @@ BLOCK_WRITE_THRESHOLD must arrive exactly once, for the first write that reaches
 threshold, with the node's name, the bytes past it and the threshold; query-named-block-nodes shows
 the threshold live and 0 once it fired. Also the same on the protocol node under the raw node, with
 write-zeroes, with qemu-io, and against qemu-storage-daemon's answer for the same sequence."""
+import subprocess
+
 import pytest
 
 from client_helpers import qemu_io
@@ -120,3 +122,32 @@ def test_same_event_as_qemu_storage_daemon(launcher, tmp_path):
             results.append([e["data"] for e in q.no_event(0.5) if e["event"] == "BLOCK_WRITE_THRESHOLD"])
             h.shutdown()
     assert results[0] == results[1] == [{"node-name": "disk0", "amount-exceeded": 8192, "write-threshold": 1 * MiB}]
+
+
+def test_qcow2_threshold_on_its_file_node_sees_host_offsets(launcher, tmp_path):
+    """Thin provisioning of a qcow2 image: the threshold is set on the file node, whose offsets are
+    where clusters land in the image file, whatever guest offset the client writes."""
+    require("qemu-img")
+    image = tmp_path / "thin.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", str(image), "1G"], check=True)
+    sock = tmp_path / "nbd.sock"
+    daemon = launcher.blockd(
+        "--blockdev", f"driver=file,node-name=f0,filename={image}",
+        "--blockdev", "driver=qcow2,node-name=disk0,file=f0",
+        "--nbd-server", f"addr.type=unix,addr.path={sock}",
+        "--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on")
+    q = daemon.qmp()
+    h = connect(f"nbd+unix:///disk0?socket={sock}")
+    start = image.stat().st_size
+    threshold = start + 4 * 64 * KiB
+    q.execute("block-set-write-threshold", {"node-name": "f0", "write-threshold": threshold})
+    # Guest offsets far apart, each a new cluster appended to the image file.
+    for n in range(8):
+        h.pwrite(bytes([n + 1]) * 64 * KiB, n * 100 * MiB)
+    events = [e["data"] for e in q.no_event(0.5) if e["event"] == "BLOCK_WRITE_THRESHOLD"]
+    assert len(events) == 1, events
+    assert events[0]["node-name"] == "f0" and events[0]["write-threshold"] == threshold
+    assert 0 < events[0]["amount-exceeded"] <= 2 * 64 * KiB
+    assert thresholds(q)["f0"] == 0
+    assert [h.pread(1, n * 100 * MiB) for n in range(8)] == [bytes([n + 1]) for n in range(8)]
+    h.shutdown()
