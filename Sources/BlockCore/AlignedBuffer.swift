@@ -48,16 +48,31 @@ public enum ZeroBlock {
 }
 
 extension UnsafeRawBufferPointer {
-    /// True when every byte is zero; fast on the common non-zero case (checks the first word first).
+    /// True when every byte is zero (the detect-zeroes check). Cheap on the common non-zero payload:
+    /// the first and last words are looked at first, then 256-byte blocks whose words are OR-ed
+    /// together (a loop the compiler vectorises), stopping at the first block that is not zero.
     public var isAllZero: Bool {
         guard let base = baseAddress else { return true }
-        var index = 0
-        let words = count / 8
-        while index < words {
-            if base.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self) != 0 { return false }
-            index += 1
+        let count = self.count
+        guard count >= 16 else {
+            for index in 0..<count where base.load(fromByteOffset: index, as: UInt8.self) != 0 { return false }
+            return true
         }
-        for tail in (words * 8)..<count where base.load(fromByteOffset: tail, as: UInt8.self) != 0 { return false }
+        if base.loadUnaligned(as: UInt64.self) | base.loadUnaligned(fromByteOffset: count - 8, as: UInt64.self) != 0 {
+            return false
+        }
+        var index = 0
+        while index + 256 <= count {
+            var bits: UInt64 = 0
+            for word in 0..<32 { bits |= base.loadUnaligned(fromByteOffset: index + word * 8, as: UInt64.self) }
+            if bits != 0 { return false }
+            index += 256
+        }
+        while index + 8 <= count {
+            if base.loadUnaligned(fromByteOffset: index, as: UInt64.self) != 0 { return false }
+            index += 8
+        }
+        // The last `count - index` (< 8) bytes lie inside the last word, already checked.
         return true
     }
 }

@@ -26,6 +26,15 @@ public struct DriverFeatures: Sendable {
     public var maxTransfer: Int = 32 << 20
     /// The driver reports allocation (not everything as data).
     public var blockStatus = false
+    /// The driver acts on `debugEvent` (blkdebug); the node calls it only when this is set, so
+    /// raising an event on any other node costs one branch. A driver that copies its child's
+    /// features must not copy this.
+    public var debugEvents = false
+    /// A write threshold set on this node is measured on its `file` child instead, in the child's
+    /// offsets (a format whose guest offsets are not where the data lands, such as qcow2: thin
+    /// provisioning watches the host offset). The event still names this node. Not to be copied
+    /// from a child either.
+    public var writeThresholdOnFile = false
 
     /// Creates the default features: emulated FUA, no fast zero, no discard.
     public init() {}
@@ -90,6 +99,9 @@ public protocol BlockDriver: AnyObject, Sendable {
     func directTarget(at offset: UInt64, length: Int) -> DirectTarget?
     /// Changes the size to `length` bytes (growing adds zeroes).
     func resize(to length: UInt64) throws(BlockError)
+    /// Reacts to a blkdebug event raised on this node (see `BlockNode.debugEvent`); called only when
+    /// `features.debugEvents` is set. Must not block for long: it runs inside the I/O path.
+    func debugEvent(_ event: BlkdebugEvent)
     /// Releases the driver's resources; no call follows.
     func close()
 }
@@ -119,6 +131,8 @@ extension BlockDriver {
     public func resize(to length: UInt64) throws(BlockError) {
         throw .notSupported("\(driverName) nodes cannot be resized")
     }
+    /// Default: events mean nothing to this driver.
+    public func debugEvent(_ event: BlkdebugEvent) {}
     /// Default: nothing to release.
     public func close() {}
 }

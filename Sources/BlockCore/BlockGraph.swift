@@ -12,6 +12,8 @@ public struct CommonNodeOptions: Sendable {
     public var discardUnmap = false
     /// `aio`: `threads` or `native`.
     public var aio = "threads"
+    /// `detect-zeroes`: the node's setting when it opens; `BlockNode.setDetectZeroes` changes it live.
+    public var detectZeroes = DetectZeroes.off
 
     /// The defaults: writeback cache, flushes honoured, discards ignored, `aio=threads`.
     public init() {}
@@ -43,6 +45,25 @@ public struct OpenContext {
     /// Resolves a child given as a node-name reference or as an inline definition.
     public func child(_ key: String, of options: OptionReader) throws(OptionError) -> BlockNode? {
         guard let value = options.value(key) else { return nil }
+        return try child(value, named: key, of: options)
+    }
+
+    /// Resolves every child of a list (`children` of quorum), named `key[0]`, `key[1]`, ... in
+    /// messages; an absent key is an empty list.
+    public func children(_ key: String, of options: OptionReader) throws(OptionError) -> [BlockNode] {
+        guard let value = options.value(key) else { return [] }
+        guard case .array(let items) = value else {
+            if options.syntax == .qmp { throw OptionError("Invalid parameter type for '\(key)', expected: array") }
+            throw OptionError("\(options.context): parameter '\(key)' expects a list (\(key).0=...), got a \(value.typeName)")
+        }
+        var nodes: [BlockNode] = []
+        for (index, item) in items.enumerated() {
+            nodes.append(try child(item, named: options.syntax == .qmp ? "\(key)[\(index)]" : "\(key).\(index)", of: options))
+        }
+        return nodes
+    }
+
+    private func child(_ value: OptionValue, named key: String, of options: OptionReader) throws(OptionError) -> BlockNode {
         switch value {
         case .string(let reference):
             guard let node = graph.node(named: reference) else {
@@ -79,6 +100,8 @@ public struct DriverEntry: Sendable {
 /// The live graph: every node by name, and the drivers that can be opened.
 public final class BlockGraph: Sendable {
     private let openers: [String: DriverEntry]
+    /// Where the graph's nodes (and drivers, through `OpenContext.graph`) send their events.
+    public let events = BlockEventSink()
     /// Option names every node takes (BlockdevOptionsBase).
     public static let commonKeys: Set<String> = [
         "driver", "node-name", "read-only", "auto-read-only", "force-share", "cache", "discard", "aio", "detect-zeroes",
@@ -173,7 +196,8 @@ public final class BlockGraph: Sendable {
             if parent == nil { removeDefined(by: name) }
             throw error
         }
-        let node = BlockNode(name: name, driver: opened.driver, children: opened.children, readOnly: common.readOnly, common: common)
+        let node = BlockNode(
+            name: name, driver: opened.driver, children: opened.children, readOnly: common.readOnly, common: common, events: events)
         let inserted = nodes.withLock { table -> Bool in
             guard table[name] == nil else { return false }
             table[name] = node
@@ -242,8 +266,11 @@ public final class BlockGraph: Sendable {
         }
         common.discardUnmap = try options.choice("discard", ["ignore", "off", "unmap", "on"]).map { $0 == "unmap" || $0 == "on" } ?? false
         common.aio = try options.choice("aio", ["threads", "native", "io_uring"]) ?? "threads"
-        if let detect = try options.choice("detect-zeroes", ["off", "on", "unmap"]), detect != "off" {
-            throw OptionError("\(options.context): detect-zeroes=\(detect) is not supported yet")
+        if let detect = try options.choice("detect-zeroes", DetectZeroes.allCases.map(\.name)) {
+            common.detectZeroes = DetectZeroes(name: detect)!
+            if let problem = common.detectZeroes.problem(discardUnmap: common.discardUnmap) {
+                throw OptionError(options.syntax == .qmp ? problem : "\(options.context): \(problem)")
+            }
         }
         return common
     }

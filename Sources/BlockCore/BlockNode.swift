@@ -3,8 +3,9 @@ import Glibc
 #endif
 import Synchronization
 
-/// A node of the block graph: a driver instance with a name, its children, and the core's emulation
-/// of what the driver does not do itself (FUA, zero-writes, alignment).
+/// A node of the block graph: a driver instance with a name, its children, the core's emulation
+/// of what the driver does not do itself (FUA, zero-writes, alignment), and the live policies of
+/// the node (write threshold, detect-zeroes, blkdebug events; see BlockNode+Policies.swift).
 public final class BlockNode: Sendable {
     /// The node's name (`node-name`).
     public let name: String
@@ -18,6 +19,22 @@ public final class BlockNode: Sendable {
     public let common: CommonNodeOptions
     private let alignmentLock: ReadWriteLock?
     private let highestWrite = Atomic<UInt64>(0)
+    /// Where the node's events go.
+    let events: BlockEventSink
+    /// The live policies that are on (`PolicyBits`). Zero keeps every write on the plain path:
+    /// a policy that is off costs this one load and branch.
+    let policyBits: Atomic<UInt8>
+    /// The write threshold measured on this node, 0 when none.
+    let thresholdBytes = Atomic<UInt64>(0)
+    /// The node named in the threshold event (this one, or the format node that delegated to it);
+    /// the lock also orders changes of `policyBits`.
+    let policyLock = Mutex<String>("")
+    /// `DetectZeroes` as its raw value.
+    let detectZeroesMode: Atomic<UInt8>
+    /// The driver takes blkdebug events.
+    let takesDebugEvents: Bool
+    /// The `file` child when it takes blkdebug events (flush events are raised on it), else nil.
+    let debugFile: BlockNode?
 
     /// The end of the furthest write so far (`wr_highest_offset` of the node).
     public var highestWriteOffset: UInt64 { highestWrite.load(ordering: .relaxed) }
@@ -25,7 +42,7 @@ public final class BlockNode: Sendable {
     /// Creates a node over an opened driver.
     public init(
         name: String, driver: any BlockDriver, children: [(role: String, node: BlockNode)] = [], readOnly: Bool,
-        common: CommonNodeOptions = CommonNodeOptions()
+        common: CommonNodeOptions = CommonNodeOptions(), events: BlockEventSink = BlockEventSink()
     ) {
         self.name = name
         self.common = common
@@ -33,6 +50,13 @@ public final class BlockNode: Sendable {
         self.children = children
         self.readOnly = readOnly
         self.alignmentLock = driver.features.alignment > 1 ? ReadWriteLock() : nil
+        self.events = events
+        self.takesDebugEvents = driver.features.debugEvents
+        self.debugFile = children.first { $0.role == "file" && $0.node.takesDebugEvents }?.node
+        self.detectZeroesMode = Atomic(common.detectZeroes.rawValue)
+        var bits: UInt8 = driver.features.debugEvents ? PolicyBits.debugEvents : 0
+        if common.detectZeroes != .off { bits |= PolicyBits.detectZeroes }
+        self.policyBits = Atomic(bits)
     }
 
     /// The node's size in bytes.
@@ -59,10 +83,19 @@ public final class BlockNode: Sendable {
     }
 
     /// Where a request for this range, with its data at `buffer`, can be sent straight to a file,
-    /// or nil when it must go through `read`/`write` (no such path, or it needs bouncing).
+    /// or nil when it must go through `read`/`write` (no such path, it needs bouncing, or a live
+    /// policy must see the write).
     @inline(__always)
     public func directTarget(at offset: UInt64, length count: Int, buffer: UnsafeRawPointer) -> DirectTarget? {
         if alignmentLock != nil && !isAligned(offset, count, buffer) { return nil }
+        return directTarget(at: offset, length: count)
+    }
+
+    /// The direct path of a range for a parent that already checked the alignment (which it shares
+    /// with this node), or nil.
+    @inline(__always)
+    public func directTarget(at offset: UInt64, length count: Int) -> DirectTarget? {
+        if policyBits.load(ordering: .relaxed) != 0 { return nil }
         return driver.directTarget(at: offset, length: count)
     }
 
@@ -70,18 +103,28 @@ public final class BlockNode: Sendable {
     @inline(__always)
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
         assert(!readOnly && offset + UInt64(buffer.count) <= length)
+        if policyBits.load(ordering: .relaxed) != 0 {
+            try writeWithPolicies(buffer, at: offset, fua: fua)
+        } else {
+            try writeData(buffer, at: offset, fua: fua, events: false)
+        }
+    }
+
+    /// The write itself, policies applied: alignment emulation, the driver, the highest offset.
+    @inline(__always)
+    func writeData(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool, events: Bool) throws(BlockError) {
         if let lock = alignmentLock {
             if isAligned(offset, buffer.count, buffer.baseAddress) {
                 lock.lockShared()
                 defer { lock.unlock() }
-                try driverWrite(buffer, at: offset, fua: fua)
+                try driverWrite(buffer, at: offset, fua: fua, events: events)
             } else {
                 lock.lockExclusive()
                 defer { lock.unlock() }
-                try readModifyWrite(buffer, at: offset, fua: fua)
+                try readModifyWrite(buffer, at: offset, fua: fua, events: events)
             }
         } else {
-            try driverWrite(buffer, at: offset, fua: fua)
+            try driverWrite(buffer, at: offset, fua: fua, events: events)
         }
         highestWrite.max(offset + UInt64(buffer.count), ordering: .relaxed)
     }
@@ -89,20 +132,33 @@ public final class BlockNode: Sendable {
     /// Makes a range read as zeroes; with `.fastOnly`, fails with `ENOTSUP` unless the driver can do it cheaply.
     public func writeZeroes(at offset: UInt64, length count: UInt64, flags: ZeroFlags) throws(BlockError) {
         assert(!readOnly && offset + count <= length)
+        let bits = policyBits.load(ordering: .relaxed)
+        if bits & PolicyBits.threshold != 0 { checkWriteThreshold(offset, count) }
+        try zeroData(at: offset, length: count, flags: flags, events: bits & PolicyBits.debugEvents != 0)
+    }
+
+    /// The zero-write itself: the driver's when it has a fast one, else zero buffers written.
+    func zeroData(at offset: UInt64, length count: UInt64, flags: ZeroFlags, events: Bool) throws(BlockError) {
         defer { highestWrite.max(offset + count, ordering: .relaxed) }
         let features = driver.features
         if features.fastZero && isAligned(offset, Int(clamping: count), nil) {
             var driverFlags = flags
             if features.fua == .emulated { driverFlags.remove(.fua) }
-            try driver.writeZeroes(at: offset, length: count, flags: driverFlags)
-            if flags.contains(.fua) && features.fua == .emulated { try driver.flush() }
-            return
+            if events { debugEvent(.pwritevZero) }
+            defer { if events { debugEvent(.pwritevDone) } }
+            do throws(BlockError) {
+                try driver.writeZeroes(at: offset, length: count, flags: driverFlags)
+                if flags.contains(.fua) && features.fua == .emulated { try driver.flush() }
+                return
+            } catch where error.errno == ENOTSUP && !flags.contains(.fastOnly) {
+                // This range or file system has no fast way: write zero buffers below.
+            }
         }
         if flags.contains(.fastOnly) { throw .notSupported("\(name): no fast zero-write") }
         var done: UInt64 = 0
         while done < count {
             let chunk = Int(min(count - done, UInt64(ZeroBlock.size)))
-            try write(UnsafeRawBufferPointer(rebasing: ZeroBlock.bytes[0..<chunk]), at: offset + done, fua: false)
+            try writeData(UnsafeRawBufferPointer(rebasing: ZeroBlock.bytes[0..<chunk]), at: offset + done, fua: false, events: events)
             done += UInt64(chunk)
         }
         if flags.contains(.fua) { try flush() }
@@ -122,7 +178,12 @@ public final class BlockNode: Sendable {
 
     /// Makes every completed write durable.
     public func flush() throws(BlockError) {
-        guard !readOnly, driver.features.needsFlush else { return }
+        guard !readOnly else { return }
+        if let debugFile {
+            debugFile.debugEvent(.flushToOs)
+            debugFile.debugEvent(.flushToDisk)
+        }
+        guard driver.features.needsFlush else { return }
         try driver.flush()
     }
 
@@ -148,8 +209,12 @@ public final class BlockNode: Sendable {
 
     // MARK: - Emulation
 
+    /// An aligned write handed to the driver (QEMU's `bdrv_aligned_pwritev`, where `pwritev` and
+    /// `pwritev_done` are raised when `events`).
     @inline(__always)
-    private func driverWrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
+    private func driverWrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool, events: Bool) throws(BlockError) {
+        if events { debugEvent(.pwritev) }
+        defer { if events { debugEvent(.pwritevDone) } }
         if fua && driver.features.fua == .emulated {
             try driver.write(buffer, at: offset, fua: false)
             try driver.flush()
@@ -179,13 +244,29 @@ public final class BlockNode: Sendable {
         buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: bounce.bytes[Int(offset - span.start)..<Int(offset - span.start) + buffer.count]))
     }
 
-    private func readModifyWrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
+    /// An unaligned write: the partial blocks at the head and the tail are read, the payload is
+    /// copied between them, and the aligned whole is written.
+    private func readModifyWrite(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool, events: Bool) throws(BlockError) {
+        let align = driver.features.alignment
         let span = alignedSpan(offset, buffer.count)
         let bounce = AlignedBuffer(capacity: span.count)
         let whole = UnsafeMutableRawBufferPointer(rebasing: bounce.bytes[0..<span.count])
-        try driver.read(into: whole, at: span.start)
-        UnsafeMutableRawBufferPointer(rebasing: whole[Int(offset - span.start)...]).copyMemory(from: buffer)
-        try driverWrite(UnsafeRawBufferPointer(whole), at: span.start, fua: fua)
+        let head = Int(offset - span.start)
+        let tail = span.count - head - buffer.count
+        if head > 0 {
+            if events { debugEvent(.pwritevRmwHead) }
+            try driver.read(into: UnsafeMutableRawBufferPointer(rebasing: whole[0..<align]), at: span.start)
+            if events { debugEvent(.pwritevRmwAfterHead) }
+        }
+        // The tail block is read unless it is the head block, already read.
+        if tail > 0 && !(head > 0 && span.count == align) {
+            if events { debugEvent(.pwritevRmwTail) }
+            let last = span.count - align
+            try driver.read(into: UnsafeMutableRawBufferPointer(rebasing: whole[last..<span.count]), at: span.start + UInt64(last))
+            if events { debugEvent(.pwritevRmwAfterTail) }
+        }
+        UnsafeMutableRawBufferPointer(rebasing: whole[head..<head + buffer.count]).copyMemory(from: buffer)
+        try driverWrite(UnsafeRawBufferPointer(whole), at: span.start, fua: fua, events: events)
     }
 }
 

@@ -12,6 +12,10 @@ public enum Drivers {
             "host_cdrom": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "host_cdrom")),
             "raw": DriverEntry(keys: ["file", "offset", "size"], open: RawDriver.opener),
             "qcow2": DriverEntry(keys: Qcow2Opener.keys, open: Qcow2Opener.opener),
+            "blkdebug": DriverEntry(keys: ["image", "config", "align", "inject-error", "set-state"], open: BlkdebugDriver.opener),
+            "blkverify": DriverEntry(keys: ["test", "raw"], open: BlkverifyDriver.opener),
+            "quorum": DriverEntry(
+                keys: ["children", "vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern"], open: QuorumDriver.opener),
             "null-co": DriverEntry(keys: null, open: NullDriver.opener(for: "null-co")),
             "null-aio": DriverEntry(keys: null, open: NullDriver.opener(for: "null-aio")),
         ]

@@ -97,6 +97,36 @@ public final class OptionReader {
         }
     }
 
+    /// A signed integer member, plain or as JSON.
+    public func integer(_ key: String) throws(OptionError) -> Int64? {
+        guard let value = value(key) else { return nil }
+        switch value {
+        case .integer(let number): return number
+        case .string(let text) where syntax == .commandLine:
+            guard let number = Int64(text) else {
+                throw OptionError("\(context): parameter '\(prefix)\(key)' expects an integer, got '\(text)'")
+            }
+            return number
+        default: throw typeError(key, "an integer", value)
+        }
+    }
+
+    /// A list of objects, each read with a reader of its own (`key[0].` in QMP messages, `key.0.`
+    /// on the command line, where `key.0.x=...` spells the list). An absent key is an empty list.
+    public func objects(_ key: String) throws(OptionError) -> [OptionReader] {
+        guard let value = value(key) else { return [] }
+        guard case .array(let items) = value else {
+            if syntax == .qmp { throw OptionError("Invalid parameter type for '\(prefix)\(key)', expected: array") }
+            throw OptionError("\(context): parameter '\(prefix)\(key)' expects a list (\(key).0.NAME=...), got a \(value.typeName)")
+        }
+        var readers: [OptionReader] = []
+        for (index, item) in items.enumerated() {
+            let path = syntax == .qmp ? "\(prefix)\(key)[\(index)]." : "\(prefix)\(key).\(index)."
+            readers.append(try OptionReader(item, context: context, prefix: path, syntax: syntax))
+        }
+        return readers
+    }
+
     /// A size member: an integer with an optional k/M/G/T/P/E suffix (powers of 1024).
     public func size(_ key: String) throws(OptionError) -> UInt64? {
         guard let value = value(key) else { return nil }
@@ -117,6 +147,18 @@ public final class OptionReader {
         guard allowed.contains(text) else {
             throw badValue(key, text, expected: "one of \(allowed.joined(separator: ", "))")
         }
+        return text
+    }
+
+    /// A required signed integer member.
+    public func requiredInteger(_ key: String) throws(OptionError) -> Int64 {
+        guard let number = try integer(key) else { throw missing(key) }
+        return number
+    }
+
+    /// A required member with one of a fixed set of names.
+    public func requiredChoice(_ key: String, _ allowed: [String]) throws(OptionError) -> String {
+        guard let text = try choice(key, allowed) else { throw missing(key) }
         return text
     }
 

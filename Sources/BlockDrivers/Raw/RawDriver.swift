@@ -13,7 +13,10 @@ public final class RawDriver: BlockDriver {
         self.child = child
         self.start = offset
         self.windowSize = size
-        self.features = child.features
+        var features = child.features
+        features.debugEvents = false
+        features.writeThresholdOnFile = false
+        self.features = features
     }
 
     public var length: UInt64 {
@@ -24,10 +27,12 @@ public final class RawDriver: BlockDriver {
     public var allocatedSize: UInt64? { child.driver.allocatedSize }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        child.debugEvent(.readAio)
         try child.read(into: buffer, at: start + offset)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
+        child.debugEvent(.writeAio)
         try child.write(buffer, at: start + offset, fua: fua)
     }
 
@@ -48,7 +53,7 @@ public final class RawDriver: BlockDriver {
     }
 
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? {
-        child.driver.directTarget(at: start + offset, length: length)
+        child.directTarget(at: start + offset, length: length)
     }
 
     public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? {

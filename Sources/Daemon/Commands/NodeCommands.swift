@@ -159,8 +159,8 @@ extension Daemon {
         return BlockDeviceInfo(
             file: node.driver.filename, nodeName: node.name.hasPrefix("#") ? nil : node.name, ro: node.readOnly,
             drv: node.driver.driverName, backingFileDepth: 0, encrypted: false, encryptionKeyMissing: false,
-            detectZeroes: .off, bps: 0, bpsRd: 0, bpsWr: 0, iops: 0, iopsRd: 0, iopsWr: 0, image: image,
+            detectZeroes: BlockdevDetectZeroesOptions(rawValue: node.detectZeroes.name) ?? .off, bps: 0, bpsRd: 0, bpsWr: 0, iops: 0, iopsRd: 0, iopsWr: 0, image: image,
             cache: BlockdevCacheInfo(writeback: true, direct: node.common.cacheDirect, noFlush: node.common.cacheNoFlush),
-            writeThreshold: 0)
+            writeThreshold: Int64(clamping: node.writeThreshold))
     }
 }

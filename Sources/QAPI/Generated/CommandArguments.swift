@@ -974,6 +974,77 @@ public struct BlockExportDelArguments: QAPIValue, Equatable {
     }
 }
 
+/// The arguments of 'x-blockd-set-detect-zeroes'.
+public struct XBlockdSetDetectZeroesArguments: QAPIValue, Equatable {
+    /// The node
+    public var nodeName: String
+    /// The new setting; "unmap" needs a node opened with "discard": "unmap"
+    public var detectZeroes: BlockdevDetectZeroesOptions
+
+    /// Creates a value from its members.
+    public init(nodeName: String, detectZeroes: BlockdevDetectZeroesOptions) {
+        self.nodeName = nodeName
+        self.detectZeroes = detectZeroes
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.nodeName = try object.required("node-name")
+        self.detectZeroes = try object.required("detect-zeroes")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["node-name"] = nodeName.json
+        object["detect-zeroes"] = detectZeroes.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'x-blockd-blkdebug-set-rules'.
+public struct XBlockdBlkdebugSetRulesArguments: QAPIValue, Equatable {
+    /// The blkdebug node
+    public var nodeName: String
+    /// The errors to inject; none when absent
+    public var injectError: [BlkdebugInjectErrorOptions]?
+    /// The state changes to make; none when absent
+    public var setState: [BlkdebugSetStateOptions]?
+    /// The state to switch to now; the state is kept when absent (a node starts in state 1)
+    public var state: Int64?
+
+    /// Creates a value from its members.
+    public init(
+        nodeName: String,
+        injectError: [BlkdebugInjectErrorOptions]? = nil,
+        setState: [BlkdebugSetStateOptions]? = nil,
+        state: Int64? = nil
+    ) {
+        self.nodeName = nodeName
+        self.injectError = injectError
+        self.setState = setState
+        self.state = state
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.nodeName = try object.required("node-name")
+        self.injectError = try object.optional("inject-error")
+        self.setState = try object.optional("set-state")
+        self.state = try object.optional("state")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["node-name"] = nodeName.json
+        if let injectError { object["inject-error"] = injectError.json }
+        if let setState { object["set-state"] = setState.json }
+        if let state { object["state"] = state.json }
+        return .object(object)
+    }
+}
+
 /// The arguments of 'nbd-server-start'.
 public struct NbdServerStartArguments: QAPIValue, Equatable {
     /// Where to listen: a `SocketAddress` in the QEMU 2.6 shape ({ "type": "inet", "data": {

@@ -347,6 +347,27 @@ public enum QueryBlockExportsCommand: QAPICommand {
     public typealias Result = [BlockExportInfo]
 }
 
+/// Changes the detect-zeroes setting of a node while it is in use. Connected NBD clients stay
+/// connected; every write that starts after the command returns sees the new setting. blockd offers
+/// this command rather than a modern-style blockdev-reopen, which would have to restate every
+/// option of the node. query-named-block-nodes and query-block show the setting as it is now.
+public enum XBlockdSetDetectZeroesCommand: QAPICommand {
+    public static let name = "x-blockd-set-detect-zeroes"
+    public typealias Arguments = XBlockdSetDetectZeroesArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// Replaces the rules of a blkdebug node while it is in use. Every rule the node had goes, those of
+/// its config file included, and nothing stays armed; the given rules take effect for the next
+/// event raised on the node. Connected NBD clients stay connected. An error injected into a request
+/// reaches an NBD client as the NBD error of its errno (EIO, ENOSPC, EPERM, EINVAL, ENOMEM,
+/// EOVERFLOW, ESHUTDOWN, ENOTSUP; EIO for any other).
+public enum XBlockdBlkdebugSetRulesCommand: QAPICommand {
+    public static let name = "x-blockd-blkdebug-set-rules"
+    public typealias Arguments = XBlockdBlkdebugSetRulesArguments
+    public typealias Result = QAPIEmpty
+}
+
 /// Starts the NBD server. Exports are added afterwards with nbd-server-add or block-export-add.
 public enum NbdServerStartCommand: QAPICommand {
     public static let name = "nbd-server-start"
@@ -422,6 +443,8 @@ public enum QAPICommands {
         BlockExportAddCommand.self,
         BlockExportDelCommand.self,
         QueryBlockExportsCommand.self,
+        XBlockdSetDetectZeroesCommand.self,
+        XBlockdBlkdebugSetRulesCommand.self,
         NbdServerStartCommand.self,
         NbdServerAddCommand.self,
         NbdServerRemoveCommand.self,

@@ -767,6 +767,40 @@ public enum QAPIDocumentation {
             returnsDoc: "one BlockExportInfo per export"
         ),
         CommandDoc(
+            name: "x-blockd-set-detect-zeroes",
+            summary: "Changes the detect-zeroes setting of a node while it is in use.",
+            text: "Changes the detect-zeroes setting of a node while it is in use. Connected NBD clients stay connected; every write that starts after the command returns sees the new setting. blockd offers this command rather than a modern-style blockdev-reopen, which would have to restate every option of the node. query-named-block-nodes and query-block show the setting as it is now.\n\nArguments:\n  node-name (str): the node\n  detect-zeroes (BlockdevDetectZeroesOptions): the new setting; \"unmap\" needs a node opened with \"discard\": \"unmap\"\n\nErrors: GenericError when no node has that name or when \"unmap\" is asked of a node that does not unmap.\n\nExample:\n  -> { \"execute\": \"x-blockd-set-detect-zeroes\",\n       \"arguments\": { \"node-name\": \"disk0\", \"detect-zeroes\": \"unmap\" } }\n  <- { \"return\": {} }",
+            arguments: [
+                ArgumentDoc(name: "node-name", type: "str", optional: false,
+                            doc: "the node"),
+                ArgumentDoc(name: "detect-zeroes", type: "BlockdevDetectZeroesOptions", optional: false,
+                            doc: "the new setting; \"unmap\" needs a node opened with \"discard\": \"unmap\""),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "x-blockd-blkdebug-set-rules",
+            summary: "Replaces the rules of a blkdebug node while it is in use.",
+            text: "Replaces the rules of a blkdebug node while it is in use. Every rule the node had goes, those of its config file included, and nothing stays armed; the given rules take effect for the next event raised on the node. Connected NBD clients stay connected. An error injected into a request reaches an NBD client as the NBD error of its errno (EIO, ENOSPC, EPERM, EINVAL, ENOMEM, EOVERFLOW, ESHUTDOWN, ENOTSUP; EIO for any other).\n\nArguments:\n  node-name (str): the blkdebug node\n  inject-error ([BlkdebugInjectErrorOptions], optional): the errors to inject; none when absent\n  set-state ([BlkdebugSetStateOptions], optional): the state changes to make; none when absent\n  state (int, optional): the state to switch to now; the state is kept when absent (a node starts in state 1)\n\nErrors: GenericError when no node has that name or when it is not a blkdebug node.\n\nExample:\n  -> { \"execute\": \"x-blockd-blkdebug-set-rules\",\n       \"arguments\": { \"node-name\": \"dbg0\",\n                      \"inject-error\": [ { \"event\": \"read_aio\",\n                                          \"once\": true } ] } }\n  <- { \"return\": {} }",
+            arguments: [
+                ArgumentDoc(name: "node-name", type: "str", optional: false,
+                            doc: "the blkdebug node"),
+                ArgumentDoc(name: "inject-error", type: "[BlkdebugInjectErrorOptions]", optional: true,
+                            doc: "the errors to inject; none when absent"),
+                ArgumentDoc(name: "set-state", type: "[BlkdebugSetStateOptions]", optional: true,
+                            doc: "the state changes to make; none when absent"),
+                ArgumentDoc(name: "state", type: "int", optional: true,
+                            doc: "the state to switch to now; the state is kept when absent (a node starts in state 1)"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
             name: "nbd-server-start",
             summary: "Starts the NBD server.",
             text: "Starts the NBD server. Exports are added afterwards with nbd-server-add or block-export-add.\n\nArguments:\n  addr (any): where to listen: a SocketAddress in the QEMU 2.6 shape ({ \"type\": \"inet\", \"data\": { \"host\": ..., \"port\": ... } }) or in the newer flat shape ({ \"type\": \"inet\", \"host\": ..., \"port\": ... })\n  tls-creds (str, optional): the TLS credentials object to secure connections with; plain connections are refused when it is set\n  tls-authz (str, optional): the authorization object that decides which TLS client identities may connect\n  max-connections (uint32, optional): the most clients at once; 0 (the default) for no limit\n\nErrors: GenericError when the server already runs or the address cannot be used.\n\nExample:\n  -> { \"execute\": \"nbd-server-start\",\n       \"arguments\": { \"addr\": { \"type\": \"inet\",\n                                \"data\": { \"host\": \"::\",\n                                          \"port\": \"10809\" } } } }\n  <- { \"return\": {} }",
@@ -975,6 +1009,36 @@ public enum QAPIDocumentation {
             members: [
                 ArgumentDoc(name: "id", type: "str", optional: false,
                             doc: "the export's identifier"),
+            ]
+        ),
+        EventDoc(
+            name: "QUORUM_FAILURE",
+            summary: "Sent when a quorum node cannot reach its vote threshold for a request: too few children answered alike, and the request fails.",
+            text: "Sent when a quorum node cannot reach its vote threshold for a request: too few children answered alike, and the request fails.\n\nArguments:\n  reference (str): the name of the quorum node\n  sector-num (int): the first 512-byte sector of the request\n  sectors-count (int): the length of the request in 512-byte sectors",
+            members: [
+                ArgumentDoc(name: "reference", type: "str", optional: false,
+                            doc: "the name of the quorum node"),
+                ArgumentDoc(name: "sector-num", type: "int", optional: false,
+                            doc: "the first 512-byte sector of the request"),
+                ArgumentDoc(name: "sectors-count", type: "int", optional: false,
+                            doc: "the length of the request in 512-byte sectors"),
+            ]
+        ),
+        EventDoc(
+            name: "QUORUM_REPORT_BAD",
+            summary: "Sent when a child of a quorum node fails a request or returns data the other children outvote.",
+            text: "Sent when a child of a quorum node fails a request or returns data the other children outvote.\n\nArguments:\n  type (QuorumOpType): the operation\n  error (str, optional): the error message of the child; absent when the child answered but was outvoted\n  node-name (str): the name of the child\n  sector-num (int): the first 512-byte sector of the request\n  sectors-count (int): the length of the request in 512-byte sectors",
+            members: [
+                ArgumentDoc(name: "type", type: "QuorumOpType", optional: false,
+                            doc: "the operation"),
+                ArgumentDoc(name: "error", type: "str", optional: true,
+                            doc: "the error message of the child; absent when the child answered but was outvoted"),
+                ArgumentDoc(name: "node-name", type: "str", optional: false,
+                            doc: "the name of the child"),
+                ArgumentDoc(name: "sector-num", type: "int", optional: false,
+                            doc: "the first 512-byte sector of the request"),
+                ArgumentDoc(name: "sectors-count", type: "int", optional: false,
+                            doc: "the length of the request in 512-byte sectors"),
             ]
         ),
     ]

@@ -411,6 +411,93 @@ public struct BlockExportDeletedEvent: QAPIEvent, Equatable {
     }
 }
 
+/// Sent when a quorum node cannot reach its vote threshold for a request: too few children answered
+/// alike, and the request fails.
+public struct QuorumFailureEvent: QAPIEvent, Equatable {
+    public static let name = "QUORUM_FAILURE"
+
+    /// The name of the quorum node
+    public var reference: String
+    /// The first 512-byte sector of the request
+    public var sectorNum: Int64
+    /// The length of the request in 512-byte sectors
+    public var sectorsCount: Int64
+
+    /// Creates a value from its members.
+    public init(reference: String, sectorNum: Int64, sectorsCount: Int64) {
+        self.reference = reference
+        self.sectorNum = sectorNum
+        self.sectorsCount = sectorsCount
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.reference = try object.required("reference")
+        self.sectorNum = try object.required("sector-num")
+        self.sectorsCount = try object.required("sectors-count")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["reference"] = reference.json
+        object["sector-num"] = sectorNum.json
+        object["sectors-count"] = sectorsCount.json
+        return .object(object)
+    }
+}
+
+/// Sent when a child of a quorum node fails a request or returns data the other children outvote.
+public struct QuorumReportBadEvent: QAPIEvent, Equatable {
+    public static let name = "QUORUM_REPORT_BAD"
+
+    /// The operation
+    public var type: QuorumOpType
+    /// The error message of the child; absent when the child answered but was outvoted
+    public var error: String?
+    /// The name of the child
+    public var nodeName: String
+    /// The first 512-byte sector of the request
+    public var sectorNum: Int64
+    /// The length of the request in 512-byte sectors
+    public var sectorsCount: Int64
+
+    /// Creates a value from its members.
+    public init(
+        type: QuorumOpType,
+        error: String? = nil,
+        nodeName: String,
+        sectorNum: Int64,
+        sectorsCount: Int64
+    ) {
+        self.type = type
+        self.error = error
+        self.nodeName = nodeName
+        self.sectorNum = sectorNum
+        self.sectorsCount = sectorsCount
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.type = try object.required("type")
+        self.error = try object.optional("error")
+        self.nodeName = try object.required("node-name")
+        self.sectorNum = try object.required("sector-num")
+        self.sectorsCount = try object.required("sectors-count")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["type"] = type.json
+        if let error { object["error"] = error.json }
+        object["node-name"] = nodeName.json
+        object["sector-num"] = sectorNum.json
+        object["sectors-count"] = sectorsCount.json
+        return .object(object)
+    }
+}
+
 /// Every event of the schema, in schema order.
 public enum QAPIEvents {
     /// The event types, for listing names and decoding received events.
@@ -426,5 +513,7 @@ public enum QAPIEvents {
         BlockJobReadyEvent.self,
         BlockWriteThresholdEvent.self,
         BlockExportDeletedEvent.self,
+        QuorumFailureEvent.self,
+        QuorumReportBadEvent.self,
     ]
 }

@@ -908,13 +908,16 @@ public struct BlkdebugInjectErrorOptions: QAPIValue, Equatable {
     public var event: BlkdebugEvent
     /// The blkdebug state in which the rule applies; any state when absent
     public var state: Int64?
-    /// The error number to fail with; EIO when absent
+    /// The error number to fail with; EIO when absent; 0 arms the rule without failing anything
     public var errno: Int64?
-    /// The sector a request must touch for the rule to apply; any sector when absent
+    /// The 512-byte sector a request must touch for the rule to apply; any sector when absent (only
+    /// such rules fail flushes)
     public var sector: Int64?
     /// Whether the rule fires only once; false when absent
     public var once: Bool?
-    /// Whether the request fails at once rather than after it has run; false when absent
+    /// Whether QEMU fails the request from the call that submits it rather than from its
+    /// completion; blockd completes every request in the call that submits it, so either way the
+    /// request fails without reaching the image; false when absent
     public var immediately: Bool?
 
     /// Creates a value from its members.
@@ -994,13 +997,20 @@ public struct BlkdebugSetStateOptions: QAPIValue, Equatable {
 
 // MARK: - BlockdevOptionsBlkdebug
 
-/// Options of the blkdebug driver.
+/// Options of the blkdebug driver, a filter that fails requests as its rules say. Drivers raise
+/// BlkdebugEvent values on their children; a set-state rule of an event changes the node's state (1
+/// when opened), an inject-error rule of an event arms itself, and the next request an armed rule
+/// covers fails without reaching `image`. x-blockd-blkdebug-set-rules replaces the rules while the
+/// node is in use.
 public struct BlockdevOptionsBlkdebug: QAPIValue, Equatable {
     /// The node whose requests are observed
     public var image: BlockdevRef
-    /// A configuration file with further rules
+    /// A configuration file with further rules, read before `inject-error` and `set-state`: QEMU's
+    /// format, groups "[inject-error]" and "[set-state]" with one 'key = "value"' line per member
+    /// of the rule
     public var config: String?
-    /// The alignment requests must have, in bytes
+    /// The alignment requests must have, in bytes (a power of two); unaligned ones are emulated by
+    /// read-modify-write, which raises the pwritev_rmw events
     public var align: Int64?
     /// Errors to inject
     public var injectError: [BlkdebugInjectErrorOptions]?

@@ -1,0 +1,117 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCore
+import Synchronization
+
+/// The `blkdebug` filter: passes every request to its `image` child, and fails requests as its
+/// rules say. Events raised on the node (`BlockNode.debugEvent`, by the parent driver or by the
+/// generic write path) drive a state machine (`BlkdebugMachine`) that arms `inject-error` rules;
+/// the next read, write, zero-write, discard or flush an armed rule covers fails with its errno,
+/// without reaching the child. Rules come from the options, from a `config` file, and can be
+/// replaced while the node is in use (`replaceRules`).
+public final class BlkdebugDriver: BlockDriver {
+    public let driverName = "blkdebug"
+    public let features: DriverFeatures
+    private let child: BlockNode
+    private let machine: Mutex<BlkdebugMachine>
+
+    /// Creates a filter over `child` with `rules`; `align` (a power of two, or 0) raises the
+    /// alignment requests must have, so that the node emulates unaligned ones.
+    public init(child: BlockNode, rules: BlkdebugRuleSet, align: Int) {
+        self.child = child
+        self.machine = Mutex(BlkdebugMachine(rules: rules))
+        var features = child.features
+        features.alignment = max(features.alignment, align)
+        features.debugEvents = true
+        features.writeThresholdOnFile = false
+        self.features = features
+    }
+
+    public var length: UInt64 { child.length }
+    public var filename: String { child.driver.filename }
+    public var allocatedSize: UInt64? { child.driver.allocatedSize }
+
+    /// The state of the rule machine (1 when opened).
+    public var state: Int64 { machine.withLock { $0.state } }
+
+    /// Replaces every rule, the config file's included; nothing stays armed. The state is kept, or
+    /// set to `state` when given. Requests in flight finish under the old rules.
+    public func replaceRules(_ rules: BlkdebugRuleSet, state: Int64? = nil) {
+        machine.withLock { $0.replace(rules, state: state) }
+    }
+
+    public func debugEvent(_ event: BlkdebugEvent) {
+        machine.withLock { $0.raise(event) }
+    }
+
+    /// Throws the injected error when an armed rule covers the request.
+    private func check(_ what: String, at offset: UInt64, length: UInt64?) throws(BlockError) {
+        guard let code = machine.withLock({ $0.failure(offset: offset, length: length) }) else { return }
+        throw BlockError(errno: code, "blkdebug: injected error on \(what) at \(offset): \(String(cString: strerror(code)))")
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+        try check("read", at: offset, length: UInt64(buffer.count))
+        try child.read(into: buffer, at: offset)
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
+        try check("write", at: offset, length: UInt64(buffer.count))
+        try child.write(buffer, at: offset, fua: fua)
+    }
+
+    public func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockError) {
+        try check("zero-write", at: offset, length: length)
+        try child.writeZeroes(at: offset, length: length, flags: flags)
+    }
+
+    public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {
+        try check("discard", at: offset, length: length)
+        try child.discard(at: offset, length: length)
+    }
+
+    public func flush() throws(BlockError) {
+        try check("flush", at: 0, length: nil)
+        try child.flush()
+    }
+
+    public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
+        try child.blockStatus(at: offset, length: length)
+    }
+
+    public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {
+        try child.prefetch(at: offset, length: length)
+    }
+
+    public func resize(to newLength: UInt64) throws(BlockError) {
+        try child.resize(to: newLength)
+    }
+
+    /// Opens `blkdebug` nodes: `image` (required), `config`, `align`, `inject-error`, `set-state`.
+    public static let opener: DriverOpener = { options, context throws(OptionError) in
+        guard let image = try context.child("image", of: options) else {
+            throw options.syntax == .qmp ? OptionError("A block device must be specified for \"image\"")
+                : OptionError("\(options.context): parameter 'image' is missing")
+        }
+        guard !(image.readOnly && !context.common.readOnly) else {
+            throw OptionError("\(options.context): child '\(image.name)' is read-only; add read-only=on")
+        }
+        let align = try options.size("align") ?? 0
+        guard align == 0 || (align.nonzeroBitCount == 1 && align <= 1 << 20) else {
+            throw options.syntax == .qmp ? OptionError("Cannot meet constraints with align \(align)")
+                : OptionError("\(options.context): parameter 'align' must be a power of two up to 1M, got \(align)")
+        }
+        var rules = BlkdebugRuleSet()
+        if let path = try options.string("config") {
+            do throws(OptionError) {
+                rules = try BlkdebugConfig.read(path: path)
+            } catch {
+                throw options.syntax == .qmp ? error : OptionError("\(options.context): \(error.message)")
+            }
+        }
+        rules.append(try BlkdebugRuleSet(options: options))
+        let driver = BlkdebugDriver(child: image, rules: rules, align: Int(align))
+        return OpenedDriver(driver: driver, children: [("file", image)])
+    }
+}
