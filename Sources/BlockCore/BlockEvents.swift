@@ -15,6 +15,9 @@ public enum BlockEvent: Sendable, Equatable {
     case quorumFailure(reference: String, sector: UInt64, sectors: UInt64)
     /// A quorum child failed or returned data the majority disagrees with (`QUORUM_REPORT_BAD`).
     case quorumReportBad(operation: QuorumOperation, error: String?, nodeName: String, sector: UInt64, sectors: UInt64)
+    /// A format driver found its image's metadata damaged (`BLOCK_IMAGE_CORRUPTED`); `fatal` when the
+    /// image is now marked corrupt.
+    case imageCorrupted(nodeName: String, message: String, offset: UInt64?, size: UInt64?, fatal: Bool)
 }
 
 /// Where a graph's nodes send their events. The daemon installs a handler; until it does (and in

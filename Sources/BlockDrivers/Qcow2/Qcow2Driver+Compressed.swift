@@ -22,6 +22,7 @@ extension Qcow2Driver {
         }
         guard !meta.corrupt else { throw .io("qcow2: the image is marked corrupt; writes are refused") }
         let start = try placeCompressed(packed.count)
+        file.debugEvent(.writeCompressed)
         try meta.writeBytes(packed, at: start)
         let offsetBits = 62 - (meta.clusterBits - 8)
         let sectors = (start + UInt64(packed.count) - 1) / 512 - start / 512

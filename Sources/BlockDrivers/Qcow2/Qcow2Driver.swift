@@ -46,6 +46,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         features.blockStatus = true
         features.multiConnSafe = true
         features.maxTransfer = 32 << 20
+        features.writeThresholdOnFile = true
         self.features = features
     }
 
@@ -115,6 +116,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
             guard position + UInt64(buffer.count) <= file.length else {
                 throw .io("qcow2: data cluster at \(host) lies past the end of the image file")
             }
+            file.debugEvent(.readAio)
             try file.read(into: buffer, at: position)
             return
         }
@@ -140,6 +142,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
             guard host + UInt64(run.length) <= file.length else {
                 throw .io("qcow2: data cluster at \(host) lies past the end of the image file")
             }
+            file.debugEvent(.readAio)
             try file.read(into: target, at: host)
         case .zero:
             target.initializeMemory(as: UInt8.self, repeating: 0)
@@ -158,6 +161,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
             target.initializeMemory(as: UInt8.self, repeating: 0)
             return
         }
+        file.debugEvent(.readBackingAio)
         let available = Int(min(UInt64(target.count), backing.length - offset))
         try backing.read(into: UnsafeMutableRawBufferPointer(rebasing: target[0..<available]), at: offset)
         if available < target.count {
@@ -170,6 +174,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         let range = meta.compressedRange(descriptor)
         let end = min(range.upperBound, file.length)
         guard range.lowerBound < end else { throw .io("qcow2: compressed cluster at \(range.lowerBound) lies past the end of the file") }
+        file.debugEvent(.readCompressed)
         var input = [UInt8](repeating: 0, count: Int(end - range.lowerBound))
         try input.withMutableBytes { (raw) throws(BlockError) in try file.read(into: raw, at: range.lowerBound) }
         var output = [UInt8](repeating: 0, count: clusterSize)
@@ -272,6 +277,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         let mask = UInt64(clusterSize - 1)
         while done < buffer.count {
             let position = offset + UInt64(done)
+            file.debugEvent(.writeAio)
             let host = (entries[index] & Qcow2Metadata.offsetMask) + (position & mask)
             var count = min(buffer.count - done, clusterSize - Int(position & mask))
             index += 1
@@ -354,13 +360,16 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
             let host = hostStart + UInt64(hosts.count) * UInt64(clusterSize)
             hosts.append(host)
             if payload.count == clusterSize {
+                file.debugEvent(.writeAio)
                 try file.write(payload, at: host, fua: false)
                 continue
             }
             if scratch.isEmpty { scratch = [UInt8](repeating: 0, count: clusterSize) }
+            file.debugEvent(.cowRead)
             try scratch.withMutableBytes { (whole) throws(BlockError) in
                 try readRun(Segment(offset: clusterStart, length: clusterSize, state: oldState(entries[index])), into: whole)
                 UnsafeMutableRawBufferPointer(rebasing: whole[Int(from - clusterStart)...]).copyMemory(from: payload)
+                file.debugEvent(.cowWrite)
                 try file.write(UnsafeRawBufferPointer(whole), at: host, fua: false)
             }
         }

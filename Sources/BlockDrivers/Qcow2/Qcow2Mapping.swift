@@ -49,8 +49,10 @@ extension Qcow2Metadata {
         }
         let bytes = oldOffset == 0 ? [UInt8](repeating: 0, count: clusterSize)
             : try table(l2Cache, at: oldOffset, what: "L2 table").bytes
+        if oldOffset != 0 { file.debugEvent(.l2AllocCowRead) }
         let newOffset = try allocate(1)
         try checkOverlap(newOffset, count: 1)
+        file.debugEvent(.l2AllocWrite)
         try writeBytes(bytes, at: newOffset)
         let fresh = Qcow2CachedTable(bytes: bytes)
         if let evicted = l2Cache.insert(newOffset, fresh), evicted.table.dirty {
@@ -104,6 +106,9 @@ extension Qcow2Metadata {
                 || (overlapCheck == .all || overlapCheck == .cached) && (l2Cache.contains(clusterOffset) || refcountCache.contains(clusterOffset)) {
                 corrupt = true
                 try? markCorrupt()
+                let message = "Preventing invalid allocation of L2 table or data at offset \(clusterOffset) (overlaps metadata)"
+                events?.send(.imageCorrupted(nodeName: nodeName, message: message, offset: clusterOffset,
+                                             size: UInt64(clusterSize), fatal: true))
                 throw .io("qcow2: allocation at \(clusterOffset) would overwrite metadata; image marked corrupt")
             }
         }
@@ -127,10 +132,12 @@ extension Qcow2Metadata {
         try writeDirtyRefcounts()
         try file.flush()
         for (offset, table) in l2Cache.dirtyTables {
+            file.debugEvent(.l2Update)
             try writeBytes(table.bytes, at: offset)
             table.dirty = false
         }
         if l1Dirty {
+            file.debugEvent(.l1Update)
             var bytes = Qcow2Bytes.bytes(l1)
             bytes += [UInt8](repeating: 0, count: (8 - bytes.count % 8) % 8)
             try writeBytes(bytes, at: header.l1TableOffset)
@@ -141,6 +148,7 @@ extension Qcow2Metadata {
         let frees = pendingFrees
         pendingFrees = []
         for cluster in frees {
+            file.debugEvent(.clusterFree)
             let count = try refcount(cluster)
             guard count > 0 else {
                 Log.error("qcow2: refcount of cluster \(cluster) is already 0 on release")

@@ -30,6 +30,9 @@ final class Qcow2Metadata {
     var corrupt = false
     /// End of the last compressed cluster written, where the next one may be packed.
     var compressedCursor: UInt64?
+    /// Where BLOCK_IMAGE_CORRUPTED goes, and the node it names.
+    var events: BlockEventSink?
+    var nodeName = ""
 
     init(file: BlockNode, header: Qcow2Header, l1: [UInt64], refcountTable: [UInt64],
          l2CacheClusters: Int, refcountCacheClusters: Int, overlapCheck: Qcow2OverlapCheck, passDiscard: Bool) {
@@ -78,6 +81,7 @@ final class Qcow2Metadata {
 
     func table(_ cache: Qcow2TableCache, at offset: UInt64, what: String) throws(BlockError) -> Qcow2CachedTable {
         if let table = cache.cached(offset) { return table }
+        file.debugEvent(cache === l2Cache ? .l2Load : .refblockLoad)
         let table = Qcow2CachedTable(bytes: try readCluster(at: offset, what: what))
         if let evicted = cache.insert(offset, table), evicted.table.dirty {
             try writeBack(evicted.table, at: evicted.offset, isL2: cache === l2Cache)
@@ -91,12 +95,14 @@ final class Qcow2Metadata {
             try writeDirtyRefcounts()
             try file.flush()
         }
+        file.debugEvent(isL2 ? .l2Update : .refblockUpdate)
         try writeBytes(table.bytes, at: offset)
         table.dirty = false
     }
 
     func writeDirtyRefcounts() throws(BlockError) {
         for (offset, table) in refcountCache.dirtyTables {
+            file.debugEvent(.refblockUpdate)
             try writeBytes(table.bytes, at: offset)
             table.dirty = false
         }
@@ -167,6 +173,7 @@ final class Qcow2Metadata {
     private func createRefcountBlock(_ index: Int) throws(BlockError) -> UInt64 {
         let first = UInt64(index) * UInt64(refcountEntries)
         let offset = first << UInt64(clusterBits)
+        file.debugEvent(.refblockAlloc)
         let block = Qcow2CachedTable(bytes: [UInt8](repeating: 0, count: clusterSize))
         setRefcountValue(block, 0, 1)
         try writeBytes(block.bytes, at: offset)
@@ -190,6 +197,7 @@ final class Qcow2Metadata {
 
     /// Moves the refcount table to a larger place at the end of the file.
     private func growRefcountTable(toCover index: Int) throws(BlockError) {
+        file.debugEvent(.reftableGrow)
         var entries = max(refcountTable.count * 2, index + 1)
         let start = try endCluster()
         var clusters: UInt64
@@ -256,6 +264,7 @@ final class Qcow2Metadata {
         repeat {
             start = try findFreeRun(count)
         } while try ensureRefcountBlocks(start..<(start + UInt64(count)))
+        file.debugEvent(.clusterAlloc)
         for index in 0..<UInt64(count) { try setRefcount(start + index, 1) }
         if start == freeHint { freeHint = start + UInt64(count) }
         let offset = start << UInt64(clusterBits)
@@ -314,14 +323,17 @@ extension Qcow2Metadata {
         let needed = Int((size + coverage - 1) / coverage)
         guard needed > l1.count else { return }
         let clusters = (needed * 8 + clusterSize - 1) / clusterSize
+        file.debugEvent(.l1GrowAllocTable)
         let newOffset = try allocate(clusters)
         try checkOverlap(newOffset, count: clusters)
         let newL1 = l1 + [UInt64](repeating: 0, count: needed - l1.count)
         var bytes = Qcow2Bytes.bytes(newL1)
         bytes += [UInt8](repeating: 0, count: clusters * clusterSize - bytes.count)
         try writeDirtyRefcounts()
+        file.debugEvent(.l1GrowWriteTable)
         try writeBytes(bytes, at: newOffset)
         try file.flush()
+        file.debugEvent(.l1GrowActivateTable)
         var fields = [UInt8](repeating: 0, count: 12)
         fields.withUnsafeMutableBytes { raw in
             Qcow2Bytes.put(UInt32(needed), raw, 0)

@@ -31,6 +31,7 @@ public enum Qcow2Opener {
                 Log.info("qcow2 '\(file.driver.filename)': repaired refcounts of a dirty image (\(report.leaksFixed) leaks, \(report.corruptionsFixed) errors fixed)")
             }
             header = try readHeader(file)
+            file.debugEvent(.reftableLoad)
             l1 = Qcow2Bytes.words(try readBytes(file, at: header.l1TableOffset, count: Int(header.l1Size) * 8))
             refcountTable = Qcow2Bytes.words(try readBytes(
                 file, at: header.refcountTableOffset, count: Int(header.refcountTableClusters) << Int(header.clusterBits)))
@@ -64,6 +65,8 @@ public enum Qcow2Opener {
             file: file, header: header, l1: l1, refcountTable: refcountTable,
             l2CacheClusters: Int(l2Cache / clusterSize), refcountCacheClusters: Int(refcountCache / clusterSize),
             overlapCheck: overlap, passDiscard: passRequest)
+        meta.events = context.graph.events
+        meta.nodeName = context.nodeName
         if !readOnly && header.autoclearFeatures != 0 {
             // Bitmaps and other autoclear extensions are not kept in step: clear their bits, as the format asks.
             meta.header.autoclearFeatures = 0
