@@ -146,6 +146,28 @@ final class NegotiationTests: XCTestCase {
         XCTAssertTrue(run(&without, .exportName, Array("missing".utf8)).closed)
     }
 
+    func testExportWithoutMediumIsRefusedButListed() throws {
+        let backend = BlockBackend(id: "cd0", medium: nil)
+        try table.add(NBDExport(id: "e2", name: "empty", description: nil, backend: backend, writable: true))
+        var machine = Negotiation(exports: table)
+        XCTAssertEqual(run(&machine, .list).replies.map(replyType), [2, 2, 2, 1])
+        for option in [NBDOption.info, .go] {
+            let result = run(&machine, option, InfoRequest(exportName: "empty", requests: []).encode())
+            XCTAssertEqual(result.replies.map(replyType), [OptionReplyType.errUnknown.rawValue])
+            XCTAssertTrue(String(decoding: result.replies[0][20...], as: UTF8.self).hasSuffix("has no medium (the tray is open or the medium was removed)"))
+            XCTAssertNil(result.session)
+        }
+        XCTAssertTrue(run(&machine, .exportName, Array("empty".utf8)).closed)
+        // With a medium inserted (tray closed) the same export is served.
+        backend.moveTray(open: true)
+        try backend.insertMedium(BlockNode(name: "n1", driver: NullDriver(driverName: "null-co", length: 8192, latencyNanoseconds: 0, readZeroes: true), readOnly: true))
+        backend.moveTray(open: false)
+        let go = run(&machine, .go, InfoRequest(exportName: "empty", requests: []).encode())
+        XCTAssertEqual(go.session?.export.id, "e2")
+        XCTAssertEqual(Array(go.replies[0][22..<30]), [0, 0, 0, 0, 0, 0, 0x20, 0], "the medium's size")
+        XCTAssertTrue(go.session!.flags.contains(.readOnly), "a read-only medium makes a writable export read-only")
+    }
+
     func testAbortAcknowledgesAndCloses() {
         var machine = Negotiation(exports: table)
         let result = run(&machine, .abort)

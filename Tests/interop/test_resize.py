@@ -1,5 +1,5 @@
-"""block_resize on a live export: the file changes size, a reconnecting client sees the new size,
-a client that stays connected keeps working inside the old range."""
+"""block_resize on a live export (of a node or of a 2.6 device): the file changes size, a reconnecting
+client sees the new size, a client that stays connected keeps working inside the old range."""
 import json
 import subprocess
 import time
@@ -8,6 +8,7 @@ import nbd
 import pytest
 
 from conftest import make_image, require
+from qmp_client import launcher  # noqa: F401
 from test_blockctl import blockctl_binary
 
 
@@ -69,3 +70,31 @@ def test_shrink_and_errors(resizable):
     assert missing.returncode == 1 and "DeviceNotFound" in missing.stderr
     both = ctl(qmp, "block_resize", "size=4096")
     assert both.returncode == 1 and "Exactly one of 'device' and 'node-name'" in both.stderr
+
+
+def test_block_resize_of_a_device_is_seen_by_a_reconnecting_client(launcher, tmp_path):
+    """block_resize names a 2.6-form device: its medium grows, nbdinfo and libnbd see it on reconnecting,
+    and a client that stayed connected keeps the size it was told (NBD cannot tell it of the change)."""
+    from qmp_client import MiB
+    require("nbdinfo")
+    image = make_image(tmp_path / "disk.img", 4 * MiB, b"random")
+    sock = tmp_path / "nbd.sock"
+    q = launcher.blockd("--nbd-server", f"addr.type=unix,addr.path={sock}").qmp()
+    q.execute("blockdev-add", options={"driver": "raw", "id": "dev0", "node-name": "r0",
+                                       "file": {"driver": "file", "filename": str(image)}})
+    q.execute("nbd-server-add", device="dev0", writable=True)
+    uri = f"nbd+unix:///dev0?socket={sock}"
+    connected = nbd.NBD()
+    connected.connect_uri(uri)
+    q.execute("block_resize", device="dev0", size=12 * MiB)
+    assert image.stat().st_size == 12 * MiB
+    assert size_of(uri) == 12 * MiB
+    assert connected.get_size() == 4 * MiB
+    fresh = nbd.NBD()
+    fresh.connect_uri(uri)
+    assert fresh.get_size() == 12 * MiB and fresh.pread(4096, 8 * MiB) == b"\0" * 4096
+    fresh.shutdown()
+    connected.shutdown()
+    info = [d for d in q.execute("query-block") if d["device"] == "dev0"][0]
+    assert info["inserted"]["image"]["virtual-size"] == 12 * MiB
+

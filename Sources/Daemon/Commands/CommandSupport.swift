@@ -28,5 +28,6 @@ extension Daemon {
         registerNodeCommands(on: table)
         registerQueryCommands(on: table)
         registerExportCommands(on: table)
+        registerMediumCommands(on: table)
     }
 }

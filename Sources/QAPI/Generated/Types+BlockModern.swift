@@ -6,6 +6,12 @@ import JSON
 // MARK: - blockdev-del
 
 
+// MARK: - blockdev-remove-medium
+
+
+// MARK: - blockdev-insert-medium
+
+
 // MARK: - BlockExportType
 
 /// The kinds of export.
