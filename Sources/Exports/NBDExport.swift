@@ -15,13 +15,15 @@ public final class NBDExport: Sendable {
     public let backend: BlockBackend
     /// True when clients may write.
     public let writable: Bool
+    /// True when clients may change the size with `NBD_CMD_RESIZE` (experimental `x-resize`).
+    public let resizable: Bool
 
     /// Largest read or write payload accepted (`NBD_INFO_BLOCK_SIZE` maximum).
     public static let maxPayload = 32 << 20
 
     /// Creates an export of a device; `writable` needs a writable medium (when one is inserted).
     public init(
-        id: String, name: String, description: String?, backend: BlockBackend, writable: Bool
+        id: String, name: String, description: String?, backend: BlockBackend, writable: Bool, resizable: Bool = false
     ) throws(OptionError) {
         if writable, let node = backend.medium, node.readOnly {
             throw OptionError("export '\(id)': node '\(node.name)' is read-only; it cannot be exported with writable=on")
@@ -31,6 +33,7 @@ public final class NBDExport: Sendable {
         self.description = description
         self.backend = backend
         self.writable = writable
+        self.resizable = resizable
     }
 
     /// Creates an export of a node, with an anonymous device of its own.
@@ -53,6 +56,7 @@ public final class NBDExport: Sendable {
         if writable && !medium.readOnly {
             flags.formUnion([.sendTrim, .sendWriteZeroes])
             if features.fastZero { flags.insert(.sendFastZero) }
+            if resizable { flags.insert(.sendResize) }
         } else {
             flags.insert(.readOnly)
         }

@@ -392,7 +392,12 @@ final class Transmission {
             complete(header) { () throws(BlockError) in try node.writeZeroes(at: header.offset, length: header.length, flags: flags) }
         case .blockStatus:
             blockStatus(header)
-        case .write, .resize:
+        case .resize:
+            complete(header) { () throws(BlockError) in
+                try node.resize(to: header.offset)
+                Log.info("\(peer): resized node '\(node.name)' of export '\(session.export.name)' to \(header.offset) bytes (NBD_CMD_RESIZE)")
+            }
+        case .write:
             preconditionFailure("validated away")
         }
         return false
@@ -437,10 +442,16 @@ final class Transmission {
             writes = true
         case .flush, .cache, .disconnect: allowed = [.fua]
         case .blockStatus: allowed = [.fua, .reqOne]
-        case .resize: return NBDError.invalid.rawValue
+        case .resize:
+            // Experimental RESIZE extension: only once NBD_FLAG_SEND_RESIZE was advertised; the new size
+            // is the offset, the length must be zero.
+            guard session.flags.contains(.sendResize) else { return NBDError.invalid.rawValue }
+            allowed = [.fua]
+            writes = true
         }
         guard allowed.isSuperset(of: flags) else { return NBDError.invalid.rawValue }
         if writes && (!session.export.writable || medium?.node.readOnly == true) { return NBDError.notPermitted.rawValue }
+        if command == .resize { return header.length == 0 ? 0 : NBDError.invalid.rawValue }
         // Without a medium nothing more can be checked: the request fails with EIO when it runs.
         guard medium != nil, command != .flush, command != .disconnect else { return 0 }
         let size = node.length

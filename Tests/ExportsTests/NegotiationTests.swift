@@ -168,6 +168,17 @@ final class NegotiationTests: XCTestCase {
         XCTAssertTrue(go.session!.flags.contains(.readOnly), "a read-only medium makes a writable export read-only")
     }
 
+    func testResizeFlagNeedsXResizeAndAWritableExport() throws {
+        let node = BlockNode(name: "n2", driver: NullDriver(driverName: "null-co", length: 1 << 20, latencyNanoseconds: 0, readZeroes: true), readOnly: false)
+        try table.add(NBDExport(id: "e3", name: "resizable", description: nil, backend: BlockBackend(id: nil, medium: node), writable: true, resizable: true))
+        try table.add(NBDExport(id: "e4", name: "resizable-ro", description: nil, backend: BlockBackend(id: nil, medium: node), writable: false, resizable: true))
+        var machine = Negotiation(exports: table)
+        func flags(_ name: String) -> TransmissionFlags { run(&machine, .go, InfoRequest(exportName: name, requests: []).encode()).session!.flags }
+        XCTAssertTrue(flags("resizable").contains(.sendResize))
+        XCTAssertFalse(flags("resizable-ro").contains(.sendResize))
+        XCTAssertFalse(flags("disk0").contains(.sendResize))
+    }
+
     func testAbortAcknowledgesAndCloses() {
         var machine = Negotiation(exports: table)
         let result = run(&machine, .abort)

@@ -93,7 +93,8 @@ extension Daemon {
         }
         do throws(OptionError) {
             try server.exports.add(try NBDExport(
-                id: spec.id, name: spec.name, description: spec.description, backend: backend, writable: spec.writable))
+                id: spec.id, name: spec.name, description: spec.description, backend: backend, writable: spec.writable,
+                resizable: spec.resizable))
         } catch {
             throw error.qmp
         }
