@@ -36,16 +36,6 @@ public final class NBDExport: Sendable {
         self.resizable = resizable
     }
 
-    /// Creates an export of a node, with an anonymous device of its own.
-    public convenience init(
-        id: String, name: String, description: String?, node: BlockNode, writable: Bool, stats: BlockStats = BlockStats()
-    ) throws(OptionError) {
-        try self.init(id: id, name: name, description: description, backend: BlockBackend(id: nil, medium: node, stats: stats), writable: writable)
-    }
-
-    /// I/O accounting of every client of this export (the device's).
-    public var stats: BlockStats { backend.stats }
-
     /// The node requests reach now: nil while the device has no medium or its tray is open.
     public var medium: BlockNode? { backend.current().medium?.node }
 

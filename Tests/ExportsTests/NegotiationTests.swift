@@ -11,8 +11,8 @@ final class NegotiationTests: XCTestCase {
     override func setUp() {
         table = ExportTable()
         let node = BlockNode(name: "n0", driver: NullDriver(driverName: "null-co", length: 1 << 20, latencyNanoseconds: 0, readZeroes: true), readOnly: false)
-        try! table.add(NBDExport(id: "e0", name: "disk0", description: "first disk", node: node, writable: true))
-        try! table.add(NBDExport(id: "e1", name: "ro", description: nil, node: node, writable: false))
+        try! table.add(NBDExport(id: "e0", name: "disk0", description: "first disk", backend: BlockBackend(id: nil, medium: node), writable: true))
+        try! table.add(NBDExport(id: "e1", name: "ro", description: nil, backend: BlockBackend(id: nil, medium: node), writable: false))
     }
 
     /// The bytes of every `.send` action, and whether the session ended or entered transmission.

@@ -121,13 +121,14 @@ extension Daemon {
         } catch {
             throw error.qmp
         }
-        openedMedia.insert(node.name)
         let change: (old: BlockBackend.Medium?, trayWasOpen: Bool)
         do {
             change = try backend.changeMedium(to: node)
         } catch {
-            throw Daemon.mediumError(error, name)  // not reached: removability was checked above
+            try? graph.remove(node.name)
+            throw Daemon.mediumError(error, name)
         }
+        openedMedia.insert(node.name)
         Log.info("device '\(name)': medium changed to '\(arguments.filename)' (\(driver)\(readOnly ? ", read-only" : ""))")
         if let old = change.old { retire(old) }
         if !change.trayWasOpen { monitor?.emit(DeviceTrayMovedEvent(device: name, id: name, trayOpen: true)) }
