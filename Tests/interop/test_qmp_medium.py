@@ -279,3 +279,57 @@ def test_hot_swap_with_qemu_io_and_nbdcopy(env):
     assert copy.read_bytes() == pattern.read_bytes()
     assert os.path.getsize(copy) == 1 * MiB
     assert json.loads(json.dumps(env.block()))["inserted"]["file"] == str(pattern)
+
+
+@pytest.mark.parametrize("aio", ["threads", "native"])
+def test_swapping_back_and_forth_under_load(launcher, tmp_path, aio):
+    """Two clients read without pause while the medium is changed 30 times: every read
+    returns the bytes of one image or the other (never an error: a change is one step), and the nodes
+    blockd opened and ejected are closed only after the clients moved on (no crash, no EBADF)."""
+    import random
+    import threading
+    import time
+    size = 4 * MiB
+    a = make_image(tmp_path / "a.img", size, b"random")
+    b = make_image(tmp_path / "b.img", size, b"random")
+    images = {str(a): a.read_bytes(), str(b): b.read_bytes()}
+    sock = tmp_path / "nbd.sock"
+    q = launcher.blockd("--nbd-server", f"addr.type=unix,addr.path={sock}").qmp()
+    q.execute("blockdev-add", options={"driver": "raw", "id": "cd0", "node-name": "a",
+                                       "file": {"driver": "file", "filename": str(a), "aio": aio}})
+    q.execute("nbd-server-add", device="cd0", writable=True)
+    stop = threading.Event()
+    problems: list[str] = []
+    counts = [0, 0]
+
+    def reader(index: int) -> None:
+        h = nbd.NBD()
+        h.connect_uri(f"nbd+unix:///cd0?socket={sock}")
+        rng = random.Random(index)
+        while not stop.is_set():
+            offset = rng.randrange(0, size // 4096 - 64) * 4096
+            length = rng.choice([4096, 64 * KiB, 256 * KiB])
+            try:
+                data = h.pread(length, offset)
+            except nbd.Error as error:
+                problems.append(f"read at {offset}: {error}")
+                break
+            if all(data != image[offset:offset + length] for image in images.values()):
+                problems.append(f"read at {offset}+{length} matches neither image")
+                break
+            counts[index] += 1
+        h.shutdown()
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for round_ in range(30):
+        target = b if round_ % 2 == 0 else a
+        q.execute("blockdev-change-medium", id="cd0", filename=str(target))
+        time.sleep(0.005)
+    stop.set()
+    for t in threads:
+        t.join(20)
+    assert not problems, problems
+    assert min(counts) >= 30, counts
+    assert [d for d in q.execute("query-block") if d["device"] == "cd0"][0]["inserted"]["file"] == str(a)
