@@ -218,23 +218,32 @@ public final class BlockGraph: Sendable {
 
     /// Removes a top-level node and the nodes defined inline inside it; fails when another node uses it.
     public func remove(_ name: String) throws(OptionError) {
+        for node in try detach(name) { node.driver.close() }
+    }
+
+    /// Takes a top-level node and the nodes defined inline inside it out of the graph without closing
+    /// them (the caller closes them once nothing uses them); fails when another node uses it.
+    public func detach(_ name: String) throws(OptionError) -> [BlockNode] {
         guard let node = node(named: name) else { throw OptionError("no node named '\(name)'") }
         let inline = Set(definedBy.withLock { table in table.filter { $0.value == name }.map(\.key) })
         let users = parents(of: node).filter { !inline.contains($0.name) }
         if let user = users.first { throw OptionError("node '\(name)' is used by node '\(user.name)'") }
-        removeDefined(by: name)
-        node.driver.close()
+        let removed = detachDefined(by: name)
         nodes.withLock { _ = $0.removeValue(forKey: name) }
+        return removed + [node]
     }
 
     private func removeDefined(by top: String) {
+        for node in detachDefined(by: top) { node.driver.close() }
+    }
+
+    private func detachDefined(by top: String) -> [BlockNode] {
         let inline = definedBy.withLock { table -> [String] in
             let names = table.filter { $0.value == top }.map(\.key)
             for name in names { table.removeValue(forKey: name) }
             return names
         }
-        let removed = nodes.withLock { table in inline.compactMap { table.removeValue(forKey: $0) } }
-        for node in removed { node.driver.close() }
+        return nodes.withLock { table in inline.compactMap { table.removeValue(forKey: $0) } }
     }
 
     /// Closes every node; used at shutdown.

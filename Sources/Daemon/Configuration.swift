@@ -24,6 +24,8 @@ public struct ExportSpec: Sendable, Equatable {
     public var description: String?
     /// `writable`.
     public var writable: Bool
+    /// `x-resize`: clients may resize the medium with `NBD_CMD_RESIZE` (experimental RESIZE extension).
+    public var resizable = false
 }
 
 /// One `--chardev socket`: a listening socket a monitor can use.
@@ -228,6 +230,7 @@ public struct DaemonConfiguration: Sendable {
         let name = try reader.string("name") ?? nodeName
         let description = try reader.string("description")
         let writable = try reader.bool("writable") ?? false
+        let resizable = try reader.bool("x-resize") ?? false
         _ = try reader.bool("writethrough")
         _ = try reader.string("iothread")
         _ = try reader.bool("fixed-iothread")
@@ -239,7 +242,7 @@ public struct DaemonConfiguration: Sendable {
         }
         try reader.finish()
         guard name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
-        return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable)
+        return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable, resizable: resizable)
     }
 }
 

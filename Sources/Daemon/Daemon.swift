@@ -14,12 +14,6 @@ import Sockets
 /// The running daemon: the graph, the NBD server, the QMP monitor, and the changes a reload or a
 /// monitor command makes to them. Control-plane changes are serialised by `controlLock`.
 public final class Daemon: @unchecked Sendable {
-    /// A device (BlockBackend) created by the 2.6 form of `blockdev-add` with an `id`.
-    struct Device {
-        let node: BlockNode
-        let stats: BlockCore.BlockStats
-    }
-
     /// The block graph.
     public let graph = BlockGraph(drivers: Drivers.all)
     /// The NBD server.
@@ -28,8 +22,10 @@ public final class Daemon: @unchecked Sendable {
     private let activation: SocketActivation?
     /// Serialises monitor commands and reloads.
     let controlLock = NSLock()
-    /// Devices by id.
-    var devices: [String: Device] = [:]
+    /// Devices created by the 2.6 form of `blockdev-add` with an `id`, by id.
+    var devices: [String: BlockBackend] = [:]
+    /// Nodes that blockdev-change-medium opened: closed when they are taken out of their device.
+    var openedMedia: Set<String> = []
     /// The QMP monitor, when `--monitor` asked for one.
     private(set) var monitor: QMPServer?
 

@@ -3,7 +3,7 @@ import Sockets
 import NBDProtocol
 import Synchronization
 
-/// One export of the NBD server: a name clients ask for, and the node it serves.
+/// One export of the NBD server: a name clients ask for, and the device (BlockBackend) it serves.
 public final class NBDExport: Sendable {
     /// The export's id (`--export id=`).
     public let id: String
@@ -11,41 +11,42 @@ public final class NBDExport: Sendable {
     public let name: String
     /// Text shown by `NBD_OPT_LIST` and `NBD_INFO_DESCRIPTION`.
     public let description: String?
-    /// The node served.
-    public let node: BlockNode
+    /// The device served: its medium, tray and statistics.
+    public let backend: BlockBackend
     /// True when clients may write.
     public let writable: Bool
-    /// I/O accounting of every client of this export (query-blockstats).
-    public let stats: BlockStats
+    /// True when clients may change the size with `NBD_CMD_RESIZE` (experimental `x-resize`).
+    public let resizable: Bool
 
     /// Largest read or write payload accepted (`NBD_INFO_BLOCK_SIZE` maximum).
     public static let maxPayload = 32 << 20
 
-    /// Creates an export; `writable` needs a writable node.
+    /// Creates an export of a device; `writable` needs a writable medium (when one is inserted).
     public init(
-        id: String, name: String, description: String?, node: BlockNode, writable: Bool, stats: BlockStats = BlockStats()
+        id: String, name: String, description: String?, backend: BlockBackend, writable: Bool, resizable: Bool = false
     ) throws(OptionError) {
-        guard !(writable && node.readOnly) else {
+        if writable, let node = backend.medium, node.readOnly {
             throw OptionError("export '\(id)': node '\(node.name)' is read-only; it cannot be exported with writable=on")
         }
         self.id = id
         self.name = name
         self.description = description
-        self.node = node
+        self.backend = backend
         self.writable = writable
-        self.stats = stats
+        self.resizable = resizable
     }
 
-    /// Size in bytes, as the node has it now.
-    public var size: UInt64 { node.length }
+    /// The node requests reach now: nil while the device has no medium or its tray is open.
+    public var medium: BlockNode? { backend.current().medium?.node }
 
-    /// The transmission flags for a connection that negotiated `style`.
-    public func transmissionFlags(style: ReplyStyle) -> TransmissionFlags {
-        let features = node.features
+    /// The transmission flags for a connection that negotiated `style`, with `medium` inserted.
+    public func transmissionFlags(style: ReplyStyle, medium: BlockNode) -> TransmissionFlags {
+        let features = medium.features
         var flags: TransmissionFlags = [.hasFlags, .sendFlush, .sendFUA, .sendCache]
-        if writable {
+        if writable && !medium.readOnly {
             flags.formUnion([.sendTrim, .sendWriteZeroes])
             if features.fastZero { flags.insert(.sendFastZero) }
+            if resizable { flags.insert(.sendResize) }
         } else {
             flags.insert(.readOnly)
         }
@@ -55,9 +56,9 @@ public final class NBDExport: Sendable {
         return flags
     }
 
-    /// The minimum, preferred and maximum block sizes advertised.
-    public var blockSizes: (minimum: UInt32, preferred: UInt32, maximum: UInt32) {
-        (1, UInt32(max(4096, node.features.alignment)), UInt32(NBDExport.maxPayload))
+    /// The minimum, preferred and maximum block sizes advertised for `medium`.
+    public static func blockSizes(_ medium: BlockNode) -> (minimum: UInt32, preferred: UInt32, maximum: UInt32) {
+        (1, UInt32(max(4096, medium.features.alignment)), UInt32(NBDExport.maxPayload))
     }
 }
 

@@ -86,12 +86,14 @@ public struct Negotiation {
         }
         switch option {
         case .exportName:
-            guard let name = String(validating: data, as: UTF8.self), let export = exports.export(named: name) else {
+            // Without a way to report an error, an unknown export or one without a medium ends the session.
+            guard let name = String(validating: data, as: UTF8.self), let export = exports.export(named: name),
+                  let medium = export.medium else {
                 return [.close]
             }
-            let flags = export.transmissionFlags(style: style)
+            let flags = export.transmissionFlags(style: style, medium: medium)
             var writer = ByteWriter()
-            writer.append(export.size)
+            writer.append(medium.length)
             writer.append(flags.rawValue)
             if !noZeroes { writer.append(bytes: [UInt8](repeating: 0, count: 124)) }
             return [.send(writer.bytes), .transmit(session(export, flags: flags))]
@@ -146,11 +148,14 @@ public struct Negotiation {
         guard let export = exports.export(named: request.exportName) else {
             return [reply(code, .errUnknown, "no export named '\(request.exportName)'")]
         }
-        let flags = export.transmissionFlags(style: style)
+        guard let medium = export.medium else {
+            return [reply(code, .errUnknown, "export '\(export.name)' has no medium (the tray is open or the medium was removed)")]
+        }
+        let flags = export.transmissionFlags(style: style, medium: medium)
         var actions: [Action] = []
         var info = ByteWriter()
         info.append(InfoType.export.rawValue)
-        info.append(export.size)
+        info.append(medium.length)
         info.append(flags.rawValue)
         actions.append(.send(OptionReply(option: code, type: .info, data: info.bytes).encode()))
         if request.requests.contains(InfoType.name.rawValue) {
@@ -166,7 +171,7 @@ public struct Negotiation {
             actions.append(.send(OptionReply(option: code, type: .info, data: text.bytes).encode()))
         }
         var sizes = ByteWriter()
-        let blockSizes = export.blockSizes
+        let blockSizes = NBDExport.blockSizes(medium)
         sizes.append(InfoType.blockSize.rawValue)
         sizes.append(blockSizes.minimum)
         sizes.append(blockSizes.preferred)

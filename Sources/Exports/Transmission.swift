@@ -32,7 +32,11 @@ final class Transmission {
     let io: SocketIO
     let peer: String
     let session: NegotiatedSession
-    let node: BlockNode
+    /// The device served; its medium is looked up again after every tray or medium change.
+    let backend: BlockBackend
+    /// The medium requests go to (nil: none inserted, or the tray is open), as of `generation`.
+    var medium: BlockBackend.Medium?
+    var generation: UInt64
     let stats: BlockStats
     /// Set by `replyFailure` while a request runs, for its accounting.
     var requestFailed = false
@@ -71,14 +75,32 @@ final class Transmission {
         self.peer = peer
         self.engineFactory = engineFactory
         self.session = session
-        self.node = session.export.node
-        self.stats = session.export.stats
+        self.backend = session.export.backend
+        (self.medium, self.generation) = backend.current()
+        self.stats = backend.stats
         self.style = session.style
         self.headerSize = session.style == .extended ? RequestHeader.extendedSize : RequestHeader.compactSize
         external.reserveCapacity(Transmission.maxExternal)
     }
 
     deinit { vectors.deallocate() }
+
+    /// The medium's node; only used once a request has checked that there is a medium.
+    @inline(__always)
+    var node: BlockNode { medium.unsafelyUnwrapped.node }
+
+    /// Picks up a tray or medium change before a request: one atomic load when nothing changed.
+    @inline(__always)
+    func followMedium() {
+        if backend.generation != generation { switchMedium() }
+    }
+
+    /// Sends what is queued for the old medium (mapped data and engine I/O included), then takes the new one.
+    @inline(never)
+    func switchMedium() {
+        flushOutput()
+        (medium, generation) = backend.current()
+    }
 
     /// Serves requests until the client disconnects or breaks the protocol.
     func run() -> Ending {
@@ -251,6 +273,7 @@ final class Transmission {
 
     /// Executes one request; returns an ending when the connection must stop.
     func handle(_ header: RequestHeader) -> Ending? {
+        followMedium()
         let isWrite = header.type == NBDCommand.write.rawValue
         if isWrite {
             if header.length > UInt64(NBDExport.maxPayload) {
@@ -273,13 +296,18 @@ final class Transmission {
                 return nil
             }
             let started = stats.start(.write)
-            if queueWrite(header, payload, started: started) { return nil }
             requestFailed = false
-            do {
-                try node.write(payload, at: header.offset, fua: header.commandFlags.contains(.fua))
-                replyStatus(header, error: 0)
-            } catch {
-                replyFailure(header, error)
+            if medium == nil {
+                replyNoMedium(header)
+            } else if queueWrite(header, payload, started: started) {
+                return nil
+            } else {
+                do {
+                    try node.write(payload, at: header.offset, fua: header.commandFlags.contains(.fua))
+                    replyStatus(header, error: 0)
+                } catch {
+                    replyFailure(header, error)
+                }
             }
             stats.done(.write, started: started, bytes: header.length, offset: header.offset, failed: requestFailed)
             return nil
@@ -338,6 +366,10 @@ final class Transmission {
 
     /// Runs a validated command other than WRITE; true when it was handed to the batch engine.
     func execute(_ header: RequestHeader, started: UInt64) -> Bool {
+        guard medium != nil else {
+            replyNoMedium(header)
+            return false
+        }
         switch header.command! {
         case .read:
             return read(header, started: started)
@@ -360,10 +392,21 @@ final class Transmission {
             complete(header) { () throws(BlockError) in try node.writeZeroes(at: header.offset, length: header.length, flags: flags) }
         case .blockStatus:
             blockStatus(header)
-        case .write, .resize:
+        case .resize:
+            complete(header) { () throws(BlockError) in
+                try node.resize(to: header.offset)
+                Log.info("\(peer): resized node '\(node.name)' of export '\(session.export.name)' to \(header.offset) bytes (NBD_CMD_RESIZE)")
+            }
+        case .write:
             preconditionFailure("validated away")
         }
         return false
+    }
+
+    /// Fails a request because the device has no medium (removed, or the tray is open): EIO, as QEMU's ENOMEDIUM reaches a guest.
+    func replyNoMedium(_ header: RequestHeader) {
+        requestFailed = true
+        replyStatus(header, error: NBDError.io.rawValue)
     }
 
     /// Replies with the wire form of a storage error, and logs it with the node and the request.
@@ -399,11 +442,18 @@ final class Transmission {
             writes = true
         case .flush, .cache, .disconnect: allowed = [.fua]
         case .blockStatus: allowed = [.fua, .reqOne]
-        case .resize: return NBDError.invalid.rawValue
+        case .resize:
+            // Experimental RESIZE extension: only once NBD_FLAG_SEND_RESIZE was advertised; the new size
+            // is the offset, the length must be zero.
+            guard session.flags.contains(.sendResize) else { return NBDError.invalid.rawValue }
+            allowed = [.fua]
+            writes = true
         }
         guard allowed.isSuperset(of: flags) else { return NBDError.invalid.rawValue }
-        if writes && !session.export.writable { return NBDError.notPermitted.rawValue }
-        if command == .flush || command == .disconnect { return 0 }
+        if writes && (!session.export.writable || medium?.node.readOnly == true) { return NBDError.notPermitted.rawValue }
+        if command == .resize { return header.length == 0 ? 0 : NBDError.invalid.rawValue }
+        // Without a medium nothing more can be checked: the request fails with EIO when it runs.
+        guard medium != nil, command != .flush, command != .disconnect else { return 0 }
         let size = node.length
         let (end, overflow) = header.offset.addingReportingOverflow(header.length)
         if overflow || end > size {

@@ -11,8 +11,8 @@ final class NegotiationTests: XCTestCase {
     override func setUp() {
         table = ExportTable()
         let node = BlockNode(name: "n0", driver: NullDriver(driverName: "null-co", length: 1 << 20, latencyNanoseconds: 0, readZeroes: true), readOnly: false)
-        try! table.add(NBDExport(id: "e0", name: "disk0", description: "first disk", node: node, writable: true))
-        try! table.add(NBDExport(id: "e1", name: "ro", description: nil, node: node, writable: false))
+        try! table.add(NBDExport(id: "e0", name: "disk0", description: "first disk", backend: BlockBackend(id: nil, medium: node), writable: true))
+        try! table.add(NBDExport(id: "e1", name: "ro", description: nil, backend: BlockBackend(id: nil, medium: node), writable: false))
     }
 
     /// The bytes of every `.send` action, and whether the session ended or entered transmission.
@@ -144,6 +144,39 @@ final class NegotiationTests: XCTestCase {
         _ = without.receiveClientFlags(3)
         XCTAssertEqual(run(&without, .exportName, Array("disk0".utf8)).replies.first?.count, 10)
         XCTAssertTrue(run(&without, .exportName, Array("missing".utf8)).closed)
+    }
+
+    func testExportWithoutMediumIsRefusedButListed() throws {
+        let backend = BlockBackend(id: "cd0", medium: nil)
+        try table.add(NBDExport(id: "e2", name: "empty", description: nil, backend: backend, writable: true))
+        var machine = Negotiation(exports: table)
+        XCTAssertEqual(run(&machine, .list).replies.map(replyType), [2, 2, 2, 1])
+        for option in [NBDOption.info, .go] {
+            let result = run(&machine, option, InfoRequest(exportName: "empty", requests: []).encode())
+            XCTAssertEqual(result.replies.map(replyType), [OptionReplyType.errUnknown.rawValue])
+            XCTAssertTrue(String(decoding: result.replies[0][20...], as: UTF8.self).hasSuffix("has no medium (the tray is open or the medium was removed)"))
+            XCTAssertNil(result.session)
+        }
+        XCTAssertTrue(run(&machine, .exportName, Array("empty".utf8)).closed)
+        // With a medium inserted (tray closed) the same export is served.
+        backend.moveTray(open: true)
+        try backend.insertMedium(BlockNode(name: "n1", driver: NullDriver(driverName: "null-co", length: 8192, latencyNanoseconds: 0, readZeroes: true), readOnly: true))
+        backend.moveTray(open: false)
+        let go = run(&machine, .go, InfoRequest(exportName: "empty", requests: []).encode())
+        XCTAssertEqual(go.session?.export.id, "e2")
+        XCTAssertEqual(Array(go.replies[0][22..<30]), [0, 0, 0, 0, 0, 0, 0x20, 0], "the medium's size")
+        XCTAssertTrue(go.session!.flags.contains(.readOnly), "a read-only medium makes a writable export read-only")
+    }
+
+    func testResizeFlagNeedsXResizeAndAWritableExport() throws {
+        let node = BlockNode(name: "n2", driver: NullDriver(driverName: "null-co", length: 1 << 20, latencyNanoseconds: 0, readZeroes: true), readOnly: false)
+        try table.add(NBDExport(id: "e3", name: "resizable", description: nil, backend: BlockBackend(id: nil, medium: node), writable: true, resizable: true))
+        try table.add(NBDExport(id: "e4", name: "resizable-ro", description: nil, backend: BlockBackend(id: nil, medium: node), writable: false, resizable: true))
+        var machine = Negotiation(exports: table)
+        func flags(_ name: String) -> TransmissionFlags { run(&machine, .go, InfoRequest(exportName: name, requests: []).encode()).session!.flags }
+        XCTAssertTrue(flags("resizable").contains(.sendResize))
+        XCTAssertFalse(flags("resizable-ro").contains(.sendResize))
+        XCTAssertFalse(flags("disk0").contains(.sendResize))
     }
 
     func testAbortAcknowledgesAndCloses() {

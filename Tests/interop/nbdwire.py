@@ -98,6 +98,7 @@ CMD_TRIM = 4
 CMD_CACHE = 5
 CMD_WRITE_ZEROES = 6
 CMD_BLOCK_STATUS = 7
+CMD_RESIZE = 8                         # experimental RESIZE extension (blockd: --export ...,x-resize=on)
 
 CMD_FLAG_FUA = 1 << 0
 CMD_FLAG_NO_HOLE = 1 << 1

@@ -444,8 +444,8 @@ def test_meta_context_negotiation(env):
     assert c.opt_structured_reply().type == REP_ACK
 
     listed = c.opt_list_meta_context("disk0", [])      # no query: every context
-    assert [r.type for r in listed] == [REP_META_CONTEXT, REP_ACK]
-    assert listed[0].meta_context() == (0, "base:allocation")   # the id is reserved, SHOULD be 0
+    assert [r.type for r in listed] == [REP_META_CONTEXT, REP_META_CONTEXT, REP_ACK]
+    assert [r.meta_context() for r in listed[:-1]] == [(0, "base:allocation"), (0, "qemu:allocation-depth")]  # ids SHOULD be 0
     listed = c.opt_list_meta_context("disk0", ["base:"])  # the wildcard MUST be supported by LIST
     assert [r.meta_context()[1] for r in listed[:-1]] == ["base:allocation"] and listed[-1].type == REP_ACK
     # Unknown namespaces and leaf names MUST be ignored: a single NBD_REP_ACK.

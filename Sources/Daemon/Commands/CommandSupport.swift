@@ -29,5 +29,6 @@ extension Daemon {
         registerQueryCommands(on: table)
         registerExportCommands(on: table)
         registerPolicyCommands(on: table)
+        registerMediumCommands(on: table)
     }
 }

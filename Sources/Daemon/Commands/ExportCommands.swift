@@ -37,8 +37,8 @@ extension Daemon {
                 if arguments.bitmap != nil { throw .generic("Exporting dirty bitmaps is not supported yet") }
                 let name = arguments.name ?? arguments.device
                 try addExport(ExportSpec(
-                    id: name, nodeName: try nodeName(forDevice: arguments.device), name: name,
-                    description: arguments.description, writable: arguments.writable ?? false))
+                    id: name, nodeName: arguments.device, name: name, description: arguments.description,
+                    writable: arguments.writable ?? false))
                 return QAPIEmpty()
             }
         }
@@ -74,28 +74,31 @@ extension Daemon {
             }
         }
         table.register(QueryBlockExportsCommand.self) { [unowned self] _ throws(QAPIError) in
-            server.exports.all.map { BlockExportInfo(id: $0.id, type: .nbd, nodeName: $0.node.name, shuttingDown: false) }
+            server.exports.all.map {
+                BlockExportInfo(id: $0.id, type: .nbd, nodeName: $0.backend.medium?.name ?? "", shuttingDown: false)
+            }
         }
     }
 
-    /// The node behind a 2.6 device name, or a node name given as the device.
-    func nodeName(forDevice name: String) throws(QAPIError) -> String {
-        if let device = devices[name] { return device.node.name }
-        return try node(name).name
-    }
-
-    /// Adds an export, using a named device's statistics when its node has one.
+    /// Adds an export of a device (named by its id, or by the node it holds) or of a node no device
+    /// holds, which gets an anonymous device of its own.
     func addExport(_ spec: ExportSpec) throws(QAPIError) {
         guard server.exports.export(id: spec.id) == nil else { throw .generic("Block export id '\(spec.id)' is already in use") }
-        let node = try node(spec.nodeName)
-        let stats = devices.values.first { $0.node === node }?.stats ?? BlockCore.BlockStats()
+        let backend: BlockBackend
+        if let device = devices[spec.nodeName] {
+            backend = device
+        } else {
+            let node = try node(spec.nodeName)
+            backend = devices.values.first { $0.medium === node } ?? BlockBackend(id: nil, medium: node)
+        }
         do throws(OptionError) {
             try server.exports.add(try NBDExport(
-                id: spec.id, name: spec.name, description: spec.description, node: node, writable: spec.writable, stats: stats))
+                id: spec.id, name: spec.name, description: spec.description, backend: backend, writable: spec.writable,
+                resizable: spec.resizable))
         } catch {
             throw error.qmp
         }
-        Log.info("export '\(spec.name)' of node '\(node.name)' added over QMP")
+        Log.info("export '\(spec.name)' of \(backend.id.map { "device '\($0)'" } ?? "node '\(spec.nodeName)'") added")
     }
 
     /// Removes an export: in safe mode only when no client uses it; in hard mode its clients are disconnected.

@@ -42,7 +42,7 @@ extension Daemon {
                 } catch {
                     throw error.qmp
                 }
-                if let device { devices[device] = Device(node: node, stats: stats) }
+                if let device { devices[device] = BlockBackend(id: device, medium: node, stats: stats) }
                 return QAPIEmpty()
             }
         }
@@ -57,13 +57,13 @@ extension Daemon {
                 switch (arguments.id, arguments.nodeName) {
                 case (let id?, nil):
                     guard let device = devices[id] else { throw .deviceNotFound(id) }
-                    if let export = server.exports.all.first(where: { $0.node === device.node }) {
+                    if let export = server.exports.all.first(where: { $0.backend === device }) {
                         throw QAPIError(.deviceInUse, "Device '\(id)' is in use by export '\(export.id)'")
                     }
                     devices.removeValue(forKey: id)
-                    try deleteNode(device.node.name)
+                    if let medium = device.medium { try deleteNode(medium.name) }
                 case (nil, let name?):
-                    if let (id, _) = devices.first(where: { $0.value.node.name == name }) {
+                    if let (id, _) = devices.first(where: { $0.value.medium?.name == name }) {
                         throw .generic("Node '\(name)' is attached to device '\(id)'; delete the device instead")
                     }
                     try deleteNode(name)
@@ -78,13 +78,8 @@ extension Daemon {
                 let target: BlockNode
                 switch (arguments.device, arguments.nodeName) {
                 case (let device?, nil):
-                    if let named = devices[device] {
-                        target = named.node
-                    } else if let export = server.exports.export(id: device) {
-                        target = export.node
-                    } else {
-                        throw .deviceNotFound(device)
-                    }
+                    guard let medium = try backend(device).medium else { throw .generic("Device '\(device)' has no medium") }
+                    target = medium
                 case (nil, let name?):
                     target = try node(name)
                 default:
@@ -138,10 +133,10 @@ extension Daemon {
     /// Removes a node that nothing uses.
     func deleteNode(_ name: String) throws(QAPIError) {
         let node = try node(name)
-        if let export = server.exports.all.first(where: { $0.node === node }) {
+        if let export = server.exports.all.first(where: { $0.backend.medium === node }) {
             throw QAPIError(.deviceInUse, "Node '\(name)' is busy: it is exported as '\(export.id)'")
         }
-        if let (id, _) = devices.first(where: { $0.value.node === node }), !devices.isEmpty {
+        if let (id, _) = devices.first(where: { $0.value.medium === node }) {
             throw QAPIError(.deviceInUse, "Node '\(name)' is busy: it is the medium of device '\(id)'")
         }
         do throws(OptionError) {
@@ -149,6 +144,7 @@ extension Daemon {
         } catch {
             throw QAPIError(.deviceInUse, error.message)
         }
+        openedMedia.remove(name)
     }
 
     /// A node as BlockDeviceInfo describes it.

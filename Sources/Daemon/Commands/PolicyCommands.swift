@@ -69,7 +69,7 @@ extension Daemon {
                 type: QuorumOpType(rawValue: operation.rawValue)!, error: error, nodeName: node,
                 sectorNum: Int64(clamping: sector), sectorsCount: Int64(clamping: sectors)))
         case .imageCorrupted(let node, let message, let offset, let size, let fatal):
-            let device = devices.first { $0.value.node.name == node }?.key ?? ""
+            let device = devices.first { $0.value.medium?.name == node }?.key ?? ""
             monitor?.emit(BlockImageCorruptedEvent(
                 device: device, nodeName: node, msg: message, offset: offset.map { Int64(clamping: $0) },
                 size: size.map { Int64(clamping: $0) }, fatal: fatal))

@@ -8,8 +8,9 @@ extension Daemon {
     func registerQueryCommands(on table: QMPCommandTable) {
         table.register(QueryBlockCommand.self) { [unowned self] _ throws(QAPIError) in
             try locked { () throws(QAPIError) in allDevices().map { device in
-                BlockInfo(device: device.name, type: "unknown", removable: false, locked: false,
-                          inserted: blockDeviceInfo(device.node), ioStatus: .ok)
+                // Every device has a tray that no guest locks (the exports stand for the guest device).
+                BlockInfo(device: device.name, type: "unknown", removable: device.backend.isRemovable, locked: false,
+                          inserted: device.backend.medium.map(blockDeviceInfo), trayOpen: device.backend.isTrayOpen, ioStatus: .ok)
             } }
         }
         table.register(QueryBlockstatsCommand.self) { [unowned self] arguments throws(QAPIError) in
@@ -18,10 +19,11 @@ extension Daemon {
                     return graph.allNodes.filter { !$0.name.hasPrefix("#") }.map(nodeStatistics)
                 }
                 return allDevices().map { device in
-                    let children = nodeStatistics(device.node)
+                    let medium = device.backend.medium
+                    let children = medium.map(nodeStatistics)
                     return QAPI.BlockStats(
-                        device: device.name, nodeName: device.node.name, stats: Daemon.deviceStats(device.stats.snapshot()),
-                        parent: children.parent, backing: children.backing)
+                        device: device.name, nodeName: medium?.name, stats: Daemon.deviceStats(device.backend.stats.snapshot()),
+                        parent: children?.parent, backing: children?.backing)
                 }
             }
         }
@@ -43,20 +45,27 @@ extension Daemon {
             parent: file.map(nodeStatistics), backing: backing.map(nodeStatistics))
     }
 
-    /// A device as the query commands list it: a named one from blockdev-add, or an export's own.
+    /// A device as the query commands list it: a named one from blockdev-add, or an export's own,
+    /// named by the export's id.
     struct DeviceView {
         var name: String
-        var node: BlockNode
-        var stats: BlockCore.BlockStats
+        var backend: BlockBackend
     }
 
-    /// Every device: the named ones, then one per export whose node has no named device.
+    /// Every device: the named ones, then the anonymous one of each export of a node no device holds.
     func allDevices() -> [DeviceView] {
-        var views = devices.sorted { $0.key < $1.key }.map { DeviceView(name: $0.key, node: $0.value.node, stats: $0.value.stats) }
-        for export in server.exports.all where !devices.values.contains(where: { $0.node === export.node }) {
-            views.append(DeviceView(name: export.id, node: export.node, stats: export.stats))
+        var views = devices.sorted { $0.key < $1.key }.map { DeviceView(name: $0.key, backend: $0.value) }
+        for export in server.exports.all where export.backend.id == nil {
+            views.append(DeviceView(name: export.id, backend: export.backend))
         }
         return views
+    }
+
+    /// The device named `name`: one from blockdev-add, or the one the export with that id serves.
+    func backend(_ name: String) throws(QAPIError) -> BlockBackend {
+        if let device = devices[name] { return device }
+        if let export = server.exports.export(id: name) { return export.backend }
+        throw .deviceNotFound(name)
     }
 
     /// The counters of a device in BlockDeviceStats form.

@@ -751,28 +751,33 @@ public struct XBlockdevDelArguments: QAPIValue, Equatable {
 
 /// The arguments of 'blockdev-open-tray'.
 public struct BlockdevOpenTrayArguments: QAPIValue, Equatable {
-    /// The device
-    public var device: String
+    /// The device (QEMU 2.6)
+    public var device: String?
+    /// The device (the name later QEMU versions use)
+    public var id: String?
     /// When false (the default) a locked tray is only asked to eject and opens when the guest
     /// allows it; when true it opens regardless
     public var force: Bool?
 
     /// Creates a value from its members.
-    public init(device: String, force: Bool? = nil) {
+    public init(device: String? = nil, id: String? = nil, force: Bool? = nil) {
         self.device = device
+        self.id = id
         self.force = force
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
-        self.device = try object.required("device")
+        self.device = try object.optional("device")
+        self.id = try object.optional("id")
         self.force = try object.optional("force")
         try object.finish()
     }
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
-        object["device"] = device.json
+        if let device { object["device"] = device.json }
+        if let id { object["id"] = id.json }
         if let force { object["force"] = force.json }
         return .object(object)
     }
@@ -780,73 +785,88 @@ public struct BlockdevOpenTrayArguments: QAPIValue, Equatable {
 
 /// The arguments of 'blockdev-close-tray'.
 public struct BlockdevCloseTrayArguments: QAPIValue, Equatable {
-    /// The device
-    public var device: String
+    /// The device (QEMU 2.6)
+    public var device: String?
+    /// The device (the name later QEMU versions use)
+    public var id: String?
 
     /// Creates a value from its members.
-    public init(device: String) {
+    public init(device: String? = nil, id: String? = nil) {
         self.device = device
+        self.id = id
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
-        self.device = try object.required("device")
+        self.device = try object.optional("device")
+        self.id = try object.optional("id")
         try object.finish()
     }
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
-        object["device"] = device.json
+        if let device { object["device"] = device.json }
+        if let id { object["id"] = id.json }
         return .object(object)
     }
 }
 
 /// The arguments of 'x-blockdev-remove-medium'.
 public struct XBlockdevRemoveMediumArguments: QAPIValue, Equatable {
-    /// The device
-    public var device: String
+    /// The device (QEMU 2.6)
+    public var device: String?
+    /// The device (the name later QEMU versions use)
+    public var id: String?
 
     /// Creates a value from its members.
-    public init(device: String) {
+    public init(device: String? = nil, id: String? = nil) {
         self.device = device
+        self.id = id
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
-        self.device = try object.required("device")
+        self.device = try object.optional("device")
+        self.id = try object.optional("id")
         try object.finish()
     }
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
-        object["device"] = device.json
+        if let device { object["device"] = device.json }
+        if let id { object["id"] = id.json }
         return .object(object)
     }
 }
 
 /// The arguments of 'x-blockdev-insert-medium'.
 public struct XBlockdevInsertMediumArguments: QAPIValue, Equatable {
-    /// The device
-    public var device: String
+    /// The device (QEMU 2.6)
+    public var device: String?
+    /// The device (the name later QEMU versions use)
+    public var id: String?
     /// The node to insert
     public var nodeName: String
 
     /// Creates a value from its members.
-    public init(device: String, nodeName: String) {
+    public init(device: String? = nil, id: String? = nil, nodeName: String) {
         self.device = device
+        self.id = id
         self.nodeName = nodeName
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
-        self.device = try object.required("device")
+        self.device = try object.optional("device")
+        self.id = try object.optional("id")
         self.nodeName = try object.required("node-name")
         try object.finish()
     }
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
-        object["device"] = device.json
+        if let device { object["device"] = device.json }
+        if let id { object["id"] = id.json }
         object["node-name"] = nodeName.json
         return .object(object)
     }
@@ -854,42 +874,55 @@ public struct XBlockdevInsertMediumArguments: QAPIValue, Equatable {
 
 /// The arguments of 'blockdev-change-medium'.
 public struct BlockdevChangeMediumArguments: QAPIValue, Equatable {
-    /// The device
-    public var device: String
+    /// The device (QEMU 2.6)
+    public var device: String?
+    /// The device (the name later QEMU versions use)
+    public var id: String?
     /// The image to open
     public var filename: String
-    /// The image's format; probed when absent
+    /// The image's format driver ("raw" when absent; a protocol driver such as "file" or
+    /// "host_device" opens the file directly)
     public var format: String?
+    /// Accepted for compatibility; blockd's trays are never locked
+    public var force: Bool?
     /// How the read-only setting changes; "retain" when absent
     public var readOnlyMode: BlockdevChangeReadOnlyMode?
 
     /// Creates a value from its members.
     public init(
-        device: String,
+        device: String? = nil,
+        id: String? = nil,
         filename: String,
         format: String? = nil,
+        force: Bool? = nil,
         readOnlyMode: BlockdevChangeReadOnlyMode? = nil
     ) {
         self.device = device
+        self.id = id
         self.filename = filename
         self.format = format
+        self.force = force
         self.readOnlyMode = readOnlyMode
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
-        self.device = try object.required("device")
+        self.device = try object.optional("device")
+        self.id = try object.optional("id")
         self.filename = try object.required("filename")
         self.format = try object.optional("format")
+        self.force = try object.optional("force")
         self.readOnlyMode = try object.optional("read-only-mode")
         try object.finish()
     }
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
-        object["device"] = device.json
+        if let device { object["device"] = device.json }
+        if let id { object["id"] = id.json }
         object["filename"] = filename.json
         if let format { object["format"] = format.json }
+        if let force { object["force"] = force.json }
         if let readOnlyMode { object["read-only-mode"] = readOnlyMode.json }
         return .object(object)
     }
@@ -941,6 +974,57 @@ public struct BlockdevDelArguments: QAPIValue, Equatable {
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
+        object["node-name"] = nodeName.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'blockdev-remove-medium'.
+public struct BlockdevRemoveMediumArguments: QAPIValue, Equatable {
+    /// The device
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'blockdev-insert-medium'.
+public struct BlockdevInsertMediumArguments: QAPIValue, Equatable {
+    /// The device
+    public var id: String
+    /// The node to insert
+    public var nodeName: String
+
+    /// Creates a value from its members.
+    public init(id: String, nodeName: String) {
+        self.id = id
+        self.nodeName = nodeName
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        self.nodeName = try object.required("node-name")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
         object["node-name"] = nodeName.json
         return .object(object)
     }

@@ -269,31 +269,37 @@ public enum XBlockdevDelCommand: QAPICommand {
 }
 
 /// Opens a device's tray. A medium that is inserted stays attached to the device but can no longer
-/// be read by the guest until the tray closes. Opening an open tray does nothing.
+/// be read until the tray closes: requests of the clients of its exports fail with EIO, and new
+/// clients are refused. Opening an open tray does nothing. Name the device with exactly one of
+/// `device` and `id`; an export of a node that no device holds is a device named by the export's
+/// id.
 public enum BlockdevOpenTrayCommand: QAPICommand {
     public static let name = "blockdev-open-tray"
     public typealias Arguments = BlockdevOpenTrayArguments
     public typealias Result = QAPIEmpty
 }
 
-/// Closes a device's tray; a medium that is attached becomes readable again. Closing a closed tray
-/// does nothing.
+/// Closes a device's tray; a medium that is attached becomes readable again, by the clients that
+/// stayed connected as by new ones. Closing a closed tray does nothing. DEVICE_TRAY_MOVED is sent
+/// once it is closed.
 public enum BlockdevCloseTrayCommand: QAPICommand {
     public static let name = "blockdev-close-tray"
     public typealias Arguments = BlockdevCloseTrayArguments
     public typealias Result = QAPIEmpty
 }
 
-/// Takes the medium out of a device. The tray must be open, unless no guest device is attached.
-/// Removing from an empty open tray does nothing. Experimental.
+/// Takes the medium out of a device. The tray must be open. Removing from an empty open tray does
+/// nothing. The node stays in the graph (blockdev-del closes it); a node that
+/// blockdev-change-medium opened is closed. Experimental; blockdev-remove-medium is the later name.
 public enum XBlockdevRemoveMediumCommand: QAPICommand {
     public static let name = "x-blockdev-remove-medium"
     public typealias Arguments = XBlockdevRemoveMediumArguments
     public typealias Result = QAPIEmpty
 }
 
-/// Puts a node into a device as its medium. The tray must be open (unless no guest device is
-/// attached) and empty. Experimental.
+/// Puts a node into a device as its medium. The tray must be open and empty, and the node must not
+/// be used by anything else: not the medium of another device or export, not the child of another
+/// node. Experimental; blockdev-insert-medium is the later name.
 public enum XBlockdevInsertMediumCommand: QAPICommand {
     public static let name = "x-blockdev-insert-medium"
     public typealias Arguments = XBlockdevInsertMediumArguments
@@ -301,7 +307,11 @@ public enum XBlockdevInsertMediumCommand: QAPICommand {
 }
 
 /// Replaces the medium of a device with a newly opened image: open the tray, remove the old medium,
-/// insert the new one and close the tray, in one step.
+/// insert the new one and close the tray, in one step. Clients of the device's exports stay
+/// connected and read the new image from their next request on; the size and flags they were told
+/// at connection time are not updated (a client reconnects to learn them). The old medium is closed
+/// when blockd had opened it, and stays in the graph otherwise. A failure (the file cannot be
+/// opened) changes nothing.
 public enum BlockdevChangeMediumCommand: QAPICommand {
     public static let name = "blockdev-change-medium"
     public typealias Arguments = BlockdevChangeMediumArguments
@@ -321,6 +331,21 @@ public enum BlockSetWriteThresholdCommand: QAPICommand {
 public enum BlockdevDelCommand: QAPICommand {
     public static let name = "blockdev-del"
     public typealias Arguments = BlockdevDelArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// The later name of x-blockdev-remove-medium: takes the medium out of a device whose tray is open.
+public enum BlockdevRemoveMediumCommand: QAPICommand {
+    public static let name = "blockdev-remove-medium"
+    public typealias Arguments = BlockdevRemoveMediumArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// The later name of x-blockdev-insert-medium: puts a node into a device whose tray is open and
+/// empty.
+public enum BlockdevInsertMediumCommand: QAPICommand {
+    public static let name = "blockdev-insert-medium"
+    public typealias Arguments = BlockdevInsertMediumArguments
     public typealias Result = QAPIEmpty
 }
 
@@ -440,6 +465,8 @@ public enum QAPICommands {
         BlockdevChangeMediumCommand.self,
         BlockSetWriteThresholdCommand.self,
         BlockdevDelCommand.self,
+        BlockdevRemoveMediumCommand.self,
+        BlockdevInsertMediumCommand.self,
         BlockExportAddCommand.self,
         BlockExportDelCommand.self,
         QueryBlockExportsCommand.self,

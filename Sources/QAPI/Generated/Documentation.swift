@@ -616,10 +616,12 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "blockdev-open-tray",
             summary: "Opens a device's tray.",
-            text: "Opens a device's tray. A medium that is inserted stays attached to the device but can no longer be read by the guest until the tray closes. Opening an open tray does nothing.\n\nDEVICE_TRAY_MOVED is sent once the tray is open, except when the guest holds the tray locked and ignores the eject request (without 'force'), when no guest device is attached, or when the device has no real tray.\n\nArguments:\n  device (str): the device\n  force (bool, optional): when false (the default) a locked tray is only asked to eject and opens when the guest allows it; when true it opens regardless",
+            text: "Opens a device's tray. A medium that is inserted stays attached to the device but can no longer be read until the tray closes: requests of the clients of its exports fail with EIO, and new clients are refused. Opening an open tray does nothing. Name the device with exactly one of 'device' and 'id'; an export of a node that no device holds is a device named by the export's id.\n\nDEVICE_TRAY_MOVED is sent once the tray is open. blockd's devices have a tray that no guest locks, so 'force' changes nothing.\n\nArguments:\n  device (str, optional): the device (QEMU 2.6)\n  id (str, optional): the device (the name later QEMU versions use)\n  force (bool, optional): when false (the default) a locked tray is only asked to eject and opens when the guest allows it; when true it opens regardless\n\nErrors: DeviceNotFound when the device does not exist.\n\nExample:\n  -> { \"execute\": \"blockdev-open-tray\", \"arguments\": { \"id\": \"cd0\" } }\n  <- { \"return\": {} }\n  <- { \"event\": \"DEVICE_TRAY_MOVED\",\n       \"data\": { \"device\": \"cd0\", \"id\": \"cd0\", \"tray-open\": true },\n       \"timestamp\": { \"seconds\": 1700000000, \"microseconds\": 0 } }",
             arguments: [
-                ArgumentDoc(name: "device", type: "str", optional: false,
-                            doc: "the device"),
+                ArgumentDoc(name: "device", type: "str", optional: true,
+                            doc: "the device (QEMU 2.6)"),
+                ArgumentDoc(name: "id", type: "str", optional: true,
+                            doc: "the device (the name later QEMU versions use)"),
                 ArgumentDoc(name: "force", type: "bool", optional: true,
                             doc: "when false (the default) a locked tray is only asked to eject and opens when the guest allows it; when true it opens regardless"),
             ],
@@ -630,11 +632,13 @@ public enum QAPIDocumentation {
         ),
         CommandDoc(
             name: "blockdev-close-tray",
-            summary: "Closes a device's tray; a medium that is attached becomes readable again.",
-            text: "Closes a device's tray; a medium that is attached becomes readable again. Closing a closed tray does nothing.\n\nArguments:\n  device (str): the device",
+            summary: "Closes a device's tray; a medium that is attached becomes readable again, by the clients that stayed connected as by new ones.",
+            text: "Closes a device's tray; a medium that is attached becomes readable again, by the clients that stayed connected as by new ones. Closing a closed tray does nothing. DEVICE_TRAY_MOVED is sent once it is closed.\n\nArguments:\n  device (str, optional): the device (QEMU 2.6)\n  id (str, optional): the device (the name later QEMU versions use)",
             arguments: [
-                ArgumentDoc(name: "device", type: "str", optional: false,
-                            doc: "the device"),
+                ArgumentDoc(name: "device", type: "str", optional: true,
+                            doc: "the device (QEMU 2.6)"),
+                ArgumentDoc(name: "id", type: "str", optional: true,
+                            doc: "the device (the name later QEMU versions use)"),
             ],
             argumentsType: nil,
             acceptsOtherArguments: false,
@@ -644,10 +648,12 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "x-blockdev-remove-medium",
             summary: "Takes the medium out of a device.",
-            text: "Takes the medium out of a device. The tray must be open, unless no guest device is attached. Removing from an empty open tray does nothing. Experimental.\n\nArguments:\n  device (str): the device",
+            text: "Takes the medium out of a device. The tray must be open. Removing from an empty open tray does nothing. The node stays in the graph (blockdev-del closes it); a node that blockdev-change-medium opened is closed. Experimental; blockdev-remove-medium is the later name.\n\nArguments:\n  device (str, optional): the device (QEMU 2.6)\n  id (str, optional): the device (the name later QEMU versions use)\n\nErrors: GenericError when the tray is closed.",
             arguments: [
-                ArgumentDoc(name: "device", type: "str", optional: false,
-                            doc: "the device"),
+                ArgumentDoc(name: "device", type: "str", optional: true,
+                            doc: "the device (QEMU 2.6)"),
+                ArgumentDoc(name: "id", type: "str", optional: true,
+                            doc: "the device (the name later QEMU versions use)"),
             ],
             argumentsType: nil,
             acceptsOtherArguments: false,
@@ -657,10 +663,12 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "x-blockdev-insert-medium",
             summary: "Puts a node into a device as its medium.",
-            text: "Puts a node into a device as its medium. The tray must be open (unless no guest device is attached) and empty. Experimental.\n\nArguments:\n  device (str): the device\n  node-name (str): the node to insert",
+            text: "Puts a node into a device as its medium. The tray must be open and empty, and the node must not be used by anything else: not the medium of another device or export, not the child of another node. Experimental; blockdev-insert-medium is the later name.\n\nArguments:\n  device (str, optional): the device (QEMU 2.6)\n  id (str, optional): the device (the name later QEMU versions use)\n  node-name (str): the node to insert",
             arguments: [
-                ArgumentDoc(name: "device", type: "str", optional: false,
-                            doc: "the device"),
+                ArgumentDoc(name: "device", type: "str", optional: true,
+                            doc: "the device (QEMU 2.6)"),
+                ArgumentDoc(name: "id", type: "str", optional: true,
+                            doc: "the device (the name later QEMU versions use)"),
                 ArgumentDoc(name: "node-name", type: "str", optional: false,
                             doc: "the node to insert"),
             ],
@@ -672,14 +680,18 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "blockdev-change-medium",
             summary: "Replaces the medium of a device with a newly opened image: open the tray, remove the old medium, insert the new one and close the tray, in one step.",
-            text: "Replaces the medium of a device with a newly opened image: open the tray, remove the old medium, insert the new one and close the tray, in one step.\n\nArguments:\n  device (str): the device\n  filename (str): the image to open\n  format (str, optional): the image's format; probed when absent\n  read-only-mode (BlockdevChangeReadOnlyMode, optional): how the read-only setting changes; \"retain\" when absent",
+            text: "Replaces the medium of a device with a newly opened image: open the tray, remove the old medium, insert the new one and close the tray, in one step. Clients of the device's exports stay connected and read the new image from their next request on; the size and flags they were told at connection time are not updated (a client reconnects to learn them). The old medium is closed when blockd had opened it, and stays in the graph otherwise. A failure (the file cannot be opened) changes nothing.\n\nArguments:\n  device (str, optional): the device (QEMU 2.6)\n  id (str, optional): the device (the name later QEMU versions use)\n  filename (str): the image to open\n  format (str, optional): the image's format driver (\"raw\" when absent; a protocol driver such as \"file\" or \"host_device\" opens the file directly)\n  force (bool, optional): accepted for compatibility; blockd's trays are never locked\n  read-only-mode (BlockdevChangeReadOnlyMode, optional): how the read-only setting changes; \"retain\" when absent\n\nExample:\n  -> { \"execute\": \"blockdev-change-medium\",\n       \"arguments\": { \"id\": \"cd0\", \"filename\": \"/srv/images/b.img\",\n                      \"format\": \"raw\", \"read-only-mode\": \"read-only\" } }\n  <- { \"return\": {} }",
             arguments: [
-                ArgumentDoc(name: "device", type: "str", optional: false,
-                            doc: "the device"),
+                ArgumentDoc(name: "device", type: "str", optional: true,
+                            doc: "the device (QEMU 2.6)"),
+                ArgumentDoc(name: "id", type: "str", optional: true,
+                            doc: "the device (the name later QEMU versions use)"),
                 ArgumentDoc(name: "filename", type: "str", optional: false,
                             doc: "the image to open"),
                 ArgumentDoc(name: "format", type: "str", optional: true,
-                            doc: "the image's format; probed when absent"),
+                            doc: "the image's format driver (\"raw\" when absent; a protocol driver such as \"file\" or \"host_device\" opens the file directly)"),
+                ArgumentDoc(name: "force", type: "bool", optional: true,
+                            doc: "accepted for compatibility; blockd's trays are never locked"),
                 ArgumentDoc(name: "read-only-mode", type: "BlockdevChangeReadOnlyMode", optional: true,
                             doc: "how the read-only setting changes; \"retain\" when absent"),
             ],
@@ -710,6 +722,34 @@ public enum QAPIDocumentation {
             arguments: [
                 ArgumentDoc(name: "node-name", type: "str", optional: false,
                             doc: "the node to close"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "blockdev-remove-medium",
+            summary: "The later name of x-blockdev-remove-medium: takes the medium out of a device whose tray is open.",
+            text: "The later name of x-blockdev-remove-medium: takes the medium out of a device whose tray is open.\n\nArguments:\n  id (str): the device",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the device"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "blockdev-insert-medium",
+            summary: "The later name of x-blockdev-insert-medium: puts a node into a device whose tray is open and empty.",
+            text: "The later name of x-blockdev-insert-medium: puts a node into a device whose tray is open and empty.\n\nArguments:\n  id (str): the device\n  node-name (str): the node to insert",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the device"),
+                ArgumentDoc(name: "node-name", type: "str", optional: false,
+                            doc: "the node to insert"),
             ],
             argumentsType: nil,
             acceptsOtherArguments: false,
@@ -886,6 +926,19 @@ public enum QAPIDocumentation {
             summary: "Sent when the server has left the stopped run state.",
             text: "Sent when the server has left the stopped run state.",
             members: []
+        ),
+        EventDoc(
+            name: "DEVICE_TRAY_MOVED",
+            summary: "Sent when a device's tray opened or closed (blockdev-open-tray, blockdev-close-tray, blockdev-change-medium).",
+            text: "Sent when a device's tray opened or closed (blockdev-open-tray, blockdev-close-tray, blockdev-change-medium). QEMU 2.6 keeps this event in its event.json; 'id' is the member later versions added.\n\nArguments:\n  device (str): the device's name\n  id (str): the device's name again (in QEMU, the guest device's id)\n  tray-open (bool): true when the tray is now open, false when it closed",
+            members: [
+                ArgumentDoc(name: "device", type: "str", optional: false,
+                            doc: "the device's name"),
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the device's name again (in QEMU, the guest device's id)"),
+                ArgumentDoc(name: "tray-open", type: "bool", optional: false,
+                            doc: "true when the tray is now open, false when it closed"),
+            ]
         ),
         EventDoc(
             name: "BLOCK_IMAGE_CORRUPTED",

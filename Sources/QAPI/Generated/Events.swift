@@ -57,6 +57,43 @@ public struct ResumeEvent: QAPIEvent, Equatable {
     }
 }
 
+/// Sent when a device's tray opened or closed (blockdev-open-tray, blockdev-close-tray,
+/// blockdev-change-medium). QEMU 2.6 keeps this event in its event.json; `id` is the member later
+/// versions added.
+public struct DeviceTrayMovedEvent: QAPIEvent, Equatable {
+    public static let name = "DEVICE_TRAY_MOVED"
+
+    /// The device's name
+    public var device: String
+    /// The device's name again (in QEMU, the guest device's id)
+    public var id: String
+    /// True when the tray is now open, false when it closed
+    public var trayOpen: Bool
+
+    /// Creates a value from its members.
+    public init(device: String, id: String, trayOpen: Bool) {
+        self.device = device
+        self.id = id
+        self.trayOpen = trayOpen
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.device = try object.required("device")
+        self.id = try object.required("id")
+        self.trayOpen = try object.required("tray-open")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["device"] = device.json
+        object["id"] = id.json
+        object["tray-open"] = trayOpen.json
+        return .object(object)
+    }
+}
+
 /// Sent when an image is found to be corrupt.
 public struct BlockImageCorruptedEvent: QAPIEvent, Equatable {
     public static let name = "BLOCK_IMAGE_CORRUPTED"
@@ -505,6 +542,7 @@ public enum QAPIEvents {
         ShutdownEvent.self,
         StopEvent.self,
         ResumeEvent.self,
+        DeviceTrayMovedEvent.self,
         BlockImageCorruptedEvent.self,
         BlockIoErrorEvent.self,
         BlockJobCompletedEvent.self,

@@ -1195,6 +1195,9 @@ public enum BlockdevChangeReadOnlyMode: String, QAPIValue, CaseIterable, Sendabl
 // MARK: - blockdev-change-medium
 
 
+// MARK: - DEVICE_TRAY_MOVED
+
+
 // MARK: - BlockErrorAction
 
 /// What was done about a failed I/O request.

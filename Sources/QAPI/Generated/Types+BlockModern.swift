@@ -6,6 +6,12 @@ import JSON
 // MARK: - blockdev-del
 
 
+// MARK: - blockdev-remove-medium
+
+
+// MARK: - blockdev-insert-medium
+
+
 // MARK: - BlockExportType
 
 /// The kinds of export.
@@ -99,18 +105,25 @@ public struct BlockExportOptionsNbd: QAPIValue, Equatable {
     public var bitmaps: [String]?
     /// Whether to offer the "qemu:allocation-depth" metadata context; false when absent
     public var allocationDepth: Bool?
+    /// Whether clients of a writable export may change the size of its medium with NBD_CMD_RESIZE,
+    /// the command of the NBD protocol's experimental RESIZE extension (NBD_FLAG_SEND_RESIZE is
+    /// advertised, the new size is the request's offset, its length must be 0); false when absent.
+    /// Experimental, a blockd extension.
+    public var xResize: Bool?
 
     /// Creates a value from its members.
     public init(
         name: String? = nil,
         description: String? = nil,
         bitmaps: [String]? = nil,
-        allocationDepth: Bool? = nil
+        allocationDepth: Bool? = nil,
+        xResize: Bool? = nil
     ) {
         self.name = name
         self.description = description
         self.bitmaps = bitmaps
         self.allocationDepth = allocationDepth
+        self.xResize = xResize
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -119,6 +132,7 @@ public struct BlockExportOptionsNbd: QAPIValue, Equatable {
         self.description = try object.optional("description")
         self.bitmaps = try object.optional("bitmaps")
         self.allocationDepth = try object.optional("allocation-depth")
+        self.xResize = try object.optional("x-resize")
         try object.finish()
     }
 
@@ -128,6 +142,7 @@ public struct BlockExportOptionsNbd: QAPIValue, Equatable {
         if let description { object["description"] = description.json }
         if let bitmaps { object["bitmaps"] = bitmaps.json }
         if let allocationDepth { object["allocation-depth"] = allocationDepth.json }
+        if let xResize { object["x-resize"] = xResize.json }
         return .object(object)
     }
 }
