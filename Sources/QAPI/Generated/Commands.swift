@@ -290,7 +290,11 @@ public enum BlockdevCloseTrayCommand: QAPICommand {
 
 /// Takes the medium out of a device. The tray must be open. Removing from an empty open tray does
 /// nothing. The node stays in the graph (blockdev-del closes it); a node that
-/// blockdev-change-medium opened is closed. Experimental; blockdev-remove-medium is the later name.
+/// blockdev-change-medium opened is closed. While a device has no medium, the clients of its
+/// exports stay connected and every request fails with EIO; a new client is refused at NBD_OPT_GO /
+/// NBD_OPT_INFO with NBD_REP_ERR_UNKNOWN and the message "export 'NAME' has no medium (...)"
+/// (NBD_OPT_EXPORT_NAME ends the session), and NBD_OPT_LIST still lists the export. Experimental;
+/// blockdev-remove-medium is the later name.
 public enum XBlockdevRemoveMediumCommand: QAPICommand {
     public static let name = "x-blockdev-remove-medium"
     public typealias Arguments = XBlockdevRemoveMediumArguments

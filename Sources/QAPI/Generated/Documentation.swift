@@ -648,7 +648,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "x-blockdev-remove-medium",
             summary: "Takes the medium out of a device.",
-            text: "Takes the medium out of a device. The tray must be open. Removing from an empty open tray does nothing. The node stays in the graph (blockdev-del closes it); a node that blockdev-change-medium opened is closed. Experimental; blockdev-remove-medium is the later name.\n\nArguments:\n  device (str, optional): the device (QEMU 2.6)\n  id (str, optional): the device (the name later QEMU versions use)\n\nErrors: GenericError when the tray is closed.",
+            text: "Takes the medium out of a device. The tray must be open. Removing from an empty open tray does nothing. The node stays in the graph (blockdev-del closes it); a node that blockdev-change-medium opened is closed. While a device has no medium, the clients of its exports stay connected and every request fails with EIO; a new client is refused at NBD_OPT_GO / NBD_OPT_INFO with NBD_REP_ERR_UNKNOWN and the message \"export 'NAME' has no medium (...)\" (NBD_OPT_EXPORT_NAME ends the session), and NBD_OPT_LIST still lists the export. Experimental; blockdev-remove-medium is the later name.\n\nArguments:\n  device (str, optional): the device (QEMU 2.6)\n  id (str, optional): the device (the name later QEMU versions use)\n\nErrors: GenericError when the tray is closed.",
             arguments: [
                 ArgumentDoc(name: "device", type: "str", optional: true,
                             doc: "the device (QEMU 2.6)"),
