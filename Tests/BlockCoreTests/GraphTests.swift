@@ -85,7 +85,7 @@ final class GraphTests: XCTestCase {
         let data = [UInt8](repeating: 1, count: 1 << 20)
         try data.withUnsafeBytes { try node.write($0, at: 1 << 20, fua: false) }
         let first = try node.blockStatus(at: 0, length: 4 << 20)
-        XCTAssertEqual(first.first, .hole(1 << 20))
+        XCTAssertEqual(first.first, .fileHole(1 << 20))
         let second = try node.blockStatus(at: 1 << 20, length: 3 << 20)
         XCTAssertEqual(second.first?.hole, false)
         XCTAssertEqual(second.first?.length, 1 << 20)
