@@ -78,19 +78,46 @@ public struct MapCommand: Sendable {
                 let present = extent.depth != nil || layer.raw
                 var offset = extent.hostOffset
                 if layer.raw && depth == 0 && offset == nil { offset = position }
-                let entry = MapEntry(
-                    start: position, length: length, depth: depth, present: present, zero: extent.zero, data: !extent.hole,
-                    offset: (!extent.hole || layer.raw) ? offset : nil, filename: layer.file)
-                if let last = result.last, last.continues(with: entry) {
-                    result[result.count - 1].length += entry.length
-                } else {
-                    result.append(entry)
+                var pieces = [(length: length, offset: offset)]
+                if depth > 0 && !extent.hole && offset == nil {
+                    // Data from a backing layer: ask that layer where it keeps it.
+                    pieces = try hostOffsets(layer.node, at: position, length: length)
+                }
+                var start = position
+                for piece in pieces {
+                    let entry = MapEntry(
+                        start: start, length: piece.length, depth: depth, present: present, zero: extent.zero, data: !extent.hole,
+                        offset: (!extent.hole || layer.raw) ? piece.offset : nil, filename: layer.file)
+                    if let last = result.last, last.continues(with: entry) {
+                        result[result.count - 1].length += entry.length
+                    } else {
+                        result.append(entry)
+                    }
+                    start += piece.length
                 }
                 position += length
                 if position >= end { break }
             }
         }
         return result
+    }
+
+    /// The file offsets of a range that a layer holds as data.
+    private func hostOffsets(_ node: BlockNode, at offset: UInt64, length: UInt64) throws(ImageToolError) -> [(length: UInt64, offset: UInt64?)] {
+        var pieces: [(length: UInt64, offset: UInt64?)] = []
+        var position = offset
+        while position < offset + length {
+            let extents: [Extent]
+            do { extents = try node.blockStatus(at: position, length: offset + length - position) } catch { throw ImageToolError(error, path) }
+            guard !extents.isEmpty else { break }
+            for extent in extents where position < offset + length {
+                let count = min(extent.length, offset + length - position)
+                pieces.append((count, extent.hostOffset))
+                position += count
+            }
+        }
+        if position < offset + length { pieces.append((offset + length - position, nil)) }
+        return pieces
     }
 
     /// `--output=json`, laid out as qemu-img lays it out.

@@ -50,8 +50,13 @@ public struct MeasureCommand: Sendable {
         let cluster = UInt64(settings.clusterSize)
         virtualSize = (virtualSize + cluster - 1) / cluster * cluster
         let full = Self.preallocatedSize(virtualSize, cluster: cluster, refcountBits: UInt64(settings.refcountBits))
-        var data = virtualSize
-        if let dataBytes, settings.preallocation != .full, settings.preallocation != .falloc { data = try dataBytes(cluster) }
+        // Without a source, an empty image needs no data clusters; preallocation needs all of them.
+        var data: UInt64 = 0
+        if settings.preallocation == .full || settings.preallocation == .falloc {
+            data = virtualSize
+        } else if let dataBytes {
+            data = try dataBytes(cluster)
+        }
         let bitmaps: UInt64? = image?.format == "qcow2" && settings.version == 3 ? 0 : nil
         return (full - virtualSize + data, full, bitmaps)
     }
