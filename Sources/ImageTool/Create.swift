@@ -56,7 +56,9 @@ public struct CreateCommand: Sendable {
                 image.close()
             }
         }
-        guard let virtualSize else { throw ImageToolError("\(path): Image creation needs a size parameter") }
+        guard var virtualSize else { throw ImageToolError("\(path): Image creation needs a size parameter") }
+        // qemu-img rounds sizes up to whole 512-byte sectors.
+        virtualSize = (virtualSize + 511) / 512 * 512
         parsed.values["size"] = String(virtualSize)
         if format == "qcow2" {
             var settings = try parsed.qcow2(size: virtualSize)

@@ -84,7 +84,7 @@ public enum Qcow2Create {
         let l2Entries = cluster / 8
         let dataClusters = (options.size + cluster - 1) / cluster
         let l1Size = (dataClusters + l2Entries - 1) / l2Entries
-        let l1Clusters = max(1, (l1Size * 8 + cluster - 1) / cluster)
+        let l1Clusters = (l1Size * 8 + cluster - 1) / cluster
         let preallocated = options.preallocation != .off
         let l2Tables = preallocated ? l1Size : 0
         let payload = 1 + l1Clusters + l2Tables + (preallocated ? dataClusters : 0)
