@@ -10,7 +10,7 @@ struct BlockimgCommand: ParsableCommand {
         commandName: "blockimg",
         abstract: "Create, inspect, convert and resize raw and qcow2 disk images.",
         discussion: "Options and output follow qemu-img's, so that its users recognise them.",
-        subcommands: [Create.self, Info.self, Map.self, Convert.self, Compare.self, Resize.self, Measure.self])
+        subcommands: [Create.self, Info.self, Map.self, Convert.self, Compare.self, Commit.self, Rebase.self, Resize.self, Measure.self])
 }
 
 /// Runs a library call: prints its error as `blockimg: ...` and exits with the error's code.
@@ -145,6 +145,38 @@ struct Compare: ParsableCommand {
             let verdict = try CompareCommand(first: first, second: second, firstFormat: firstFormat, secondFormat: secondFormat, strict: strict).run()
             for line in verdict.output { print(line) }
             if verdict.exitCode != 0 { throw ImageToolError("", exitCode: verdict.exitCode) }
+        }
+    }
+}
+
+struct Commit: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write a qcow2 image's own data into its backing file.")
+    @Option(name: .customShort("f"), help: "Format (probed when absent).") var format: String?
+    @Flag(name: .customShort("d"), help: "Keep the image's contents (do not empty it).") var keep = false
+    @Flag(name: .customShort("q"), help: "Quiet: print nothing on success.") var quiet = false
+    @Argument(help: "The image file.") var filename: String
+
+    func run() throws {
+        try perform { () throws(ImageToolError) in
+            let line = try CommitCommand(path: filename, format: format, keep: keep).run()
+            if !quiet { print(line) }
+        }
+    }
+}
+
+struct Rebase: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Change a qcow2 image's backing file.",
+        discussion: "Safe mode (the default) first copies into the image every cluster that would read differently through the new backing file; -u only rewrites the header.")
+    @Option(name: .customShort("f"), help: "Format (probed when absent).") var format: String?
+    @Option(name: .customShort("b"), help: "The new backing file; \"\" for none.") var backing: String
+    @Option(name: .customShort("F"), help: "The new backing file's format.") var backingFormat: String?
+    @Flag(name: .customShort("u"), help: "Unsafe: rewrite the header only.") var unsafe = false
+    @Argument(help: "The image file.") var filename: String
+
+    func run() throws {
+        try perform { () throws(ImageToolError) in
+            try RebaseCommand(path: filename, format: format, backingFile: backing, backingFormat: backingFormat, unsafe: unsafe).run()
         }
     }
 }

@@ -364,3 +364,66 @@ def test_blockd_writes_to_a_blockimg_image_pass_check(start_blockd, tmp_path):
     qemu_check(image)
     assert qemu_img("compare", "-f", "raw", "-F", "qcow2", str(reference), str(image)).returncode == 0
     assert blockimg("compare", "-f", "raw", "-F", "qcow2", str(reference), str(image)).returncode == 0
+
+
+def chain_with_data(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """base.raw (random) under top.qcow2 (qemu-io wrote data and zeroes); and the flattened contents."""
+    require("qemu-img", "qemu-io")
+    base = random_raw(tmp_path / "base.raw", 4 << 20)
+    top = tmp_path / "top.qcow2"
+    blockimg("create", "-q", "-f", "qcow2", "-b", base.name, "-F", "raw", str(top))
+    run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x22 1M 100k", "-c", "write -z 3M 64k", str(top)])
+    flat = tmp_path / "flat.raw"
+    qemu_img("convert", "-O", "raw", str(top), str(flat))
+    return base, top, flat
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_commit(tmp_path, keep):
+    base, top, flat = chain_with_data(tmp_path)
+    out = blockimg("commit", *(["-d"] if keep else []), str(top)).stdout
+    assert out.strip() == "Image committed."
+    assert base.read_bytes() == flat.read_bytes()
+    qemu_check(top)
+    assert qemu_img("compare", str(top), str(flat)).returncode == 0
+    allocated = [e for e in json.loads(qemu_img("map", "--output=json", str(top)).stdout) if e["depth"] == 0 and e["present"]]
+    assert bool(allocated) == keep
+    assert_info_agrees(top)
+
+
+def test_commit_without_backing_fails(tmp_path):
+    image = tmp_path / "alone.qcow2"
+    blockimg("create", "-q", "-f", "qcow2", str(image), "1M")
+    proc = blockimg("commit", str(image), ok=False)
+    assert proc.returncode == 1 and "does not have a backing file" in proc.stderr
+
+
+def test_rebase_safe_keeps_contents(tmp_path):
+    _, top, flat = chain_with_data(tmp_path)
+    other = random_raw(tmp_path / "other.raw", 3 << 20)
+    blockimg("rebase", "-b", other.name, "-F", "raw", str(top))
+    qemu_check(top)
+    info = json.loads(qemu_img("info", "--output=json", str(top)).stdout)
+    assert info["backing-filename"] == other.name and info["backing-filename-format"] == "raw"
+    assert qemu_img("compare", str(top), str(flat)).returncode == 0
+    blockimg("rebase", "-b", "", str(top))
+    qemu_check(top)
+    assert "backing-filename" not in json.loads(qemu_img("info", "--output=json", str(top)).stdout)
+    assert qemu_img("compare", str(top), str(flat)).returncode == 0
+
+
+def test_rebase_unsafe_only_rewrites_the_header(tmp_path):
+    _, top, _ = chain_with_data(tmp_path)
+    other = random_raw(tmp_path / "other.raw", 4 << 20)
+    before = json.loads(qemu_img("map", "--output=json", "--max-length", "4M", str(top)).stdout)
+    blockimg("rebase", "-u", "-b", other.name, "-F", "raw", str(top))
+    qemu_check(top)
+    assert_info_agrees(top, chain=True)
+    after = json.loads(qemu_img("map", "--output=json", str(top)).stdout)
+    assert [e for e in after if e["depth"] == 0] == [e for e in before if e["depth"] == 0]
+    expected = bytearray(other.read_bytes())
+    expected[1 << 20:(1 << 20) + 102400] = b"\x22" * 102400
+    expected[3 << 20:(3 << 20) + 65536] = b"\0" * 65536
+    flat = tmp_path / "after.raw"
+    qemu_img("convert", "-O", "raw", str(top), str(flat))
+    assert flat.read_bytes() == bytes(expected)
