@@ -33,10 +33,10 @@ enum OutputFormat: String, ExpressibleByArgument {
 
 struct Create: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Create a new image.")
-    @Option(name: .customShort("f"), help: "Format: raw or qcow2.") var format = "raw"
-    @Option(name: .customShort("o"), help: "Format options: key=value[,key=value...], or 'help'.") var options: [String] = []
-    @Option(name: .customShort("b"), help: "Backing file (qcow2).") var backing: String?
-    @Option(name: .customShort("F"), help: "Backing file format.") var backingFormat: String?
+    @Option(name: .customShort("f"), help: ArgumentHelp("Format: raw or qcow2.", valueName: "fmt")) var format = "raw"
+    @Option(name: .customShort("o"), help: ArgumentHelp("Format options: key=value[,key=value...], or 'help'.", valueName: "options")) var options: [String] = []
+    @Option(name: .customShort("b"), help: ArgumentHelp("Backing file (qcow2).", valueName: "backing_file")) var backing: String?
+    @Option(name: .customShort("F"), help: ArgumentHelp("Backing file format.", valueName: "backing_fmt")) var backingFormat: String?
     @Flag(name: .customShort("u"), help: "Do not open the backing file (the size must be given).") var unsafe = false
     @Flag(name: .customShort("q"), help: "Quiet: print nothing on success.") var quiet = false
     @Argument(help: "The image file.") var filename: String
@@ -59,7 +59,7 @@ struct Create: ParsableCommand {
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show an image's format, sizes and format-specific details.")
-    @Option(name: .customShort("f"), help: "Format (probed when absent).") var format: String?
+    @Option(name: .customShort("f"), help: ArgumentHelp("Format (probed when absent).", valueName: "fmt")) var format: String?
     @Option(name: .customLong("output"), help: "human or json.") var output: OutputFormat = .human
     @Flag(name: .customLong("backing-chain"), help: "Show every image of the backing chain.") var backingChain = false
     @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility (blockimg takes no image locks).") var forceShare = false
@@ -75,11 +75,11 @@ struct Info: ParsableCommand {
 
 struct Map: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show how the image's guest ranges are stored.")
-    @Option(name: .customShort("f"), help: "Format (probed when absent).") var format: String?
+    @Option(name: .customShort("f"), help: ArgumentHelp("Format (probed when absent).", valueName: "fmt")) var format: String?
     @Option(name: .customLong("output"), help: "human or json.") var output: OutputFormat = .human
     @Option(name: .customLong("start-offset"), help: "First guest offset to map.") var startOffset: String = "0"
     @Option(name: .customLong("max-length"), help: "Bytes to map at most.") var maxLength: String?
-    @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility.") var forceShare = false
+    @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility (blockimg takes no image locks).") var forceShare = false
     @Argument(help: "The image file.") var filename: String
 
     func run() throws {
@@ -98,16 +98,16 @@ struct Map: ParsableCommand {
 
 struct Convert: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Copy an image into a new image of any supported format.")
-    @Option(name: .customShort("f"), help: "Source format (probed when absent).") var format: String?
-    @Option(name: .customShort("O"), help: "Target format: raw or qcow2.") var outputFormat = "raw"
-    @Option(name: .customShort("o"), help: "Target format options: key=value[,key=value...].") var options: [String] = []
-    @Option(name: .customShort("S"), help: "Zero runs at least this long stay unwritten (0: write everything).") var sparse = "4k"
-    @Option(name: .customShort("m"), help: "Parallel copies with -W (1 to 16).") var workers = 8
+    @Option(name: .customShort("f"), help: ArgumentHelp("Source format (probed when absent).", valueName: "fmt")) var format: String?
+    @Option(name: .customShort("O"), help: ArgumentHelp("Target format: raw or qcow2.", valueName: "output_fmt")) var outputFormat = "raw"
+    @Option(name: .customShort("o"), help: ArgumentHelp("Target format options: key=value[,key=value...].", valueName: "options")) var options: [String] = []
+    @Option(name: .customShort("S"), help: ArgumentHelp("Zero runs at least this long stay unwritten (0: write everything).", valueName: "sparse_size")) var sparse = "4k"
+    @Option(name: .customShort("m"), help: ArgumentHelp("Parallel copies with -W (1 to 16).", valueName: "num_coroutines")) var workers = 8
     @Flag(name: .customShort("W"), help: "Copy in parallel, writing out of order.") var outOfOrder = false
     @Flag(name: .customShort("n"), help: "Do not create the target; it must exist and be large enough.") var noCreate = false
     @Flag(name: .customShort("p"), help: "Show progress.") var progress = false
-    @Flag(name: .customShort("c"), help: "Compress the target (qcow2).") var compress = false
-    @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility.") var forceShare = false
+    @Flag(name: .customShort("c"), help: "Compress the target: not supported yet (the command fails).") var compress = false
+    @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility (blockimg takes no image locks).") var forceShare = false
     @Argument(help: "Source image, then target image.") var filenames: [String]
 
     func run() throws {
@@ -133,10 +133,10 @@ struct Compare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check whether two images read the same.",
         discussion: "Exit status: 0 identical, 1 different, 2 error.")
-    @Option(name: .customShort("f"), help: "First image's format.") var firstFormat: String?
-    @Option(name: .customShort("F"), help: "Second image's format.") var secondFormat: String?
+    @Option(name: .customShort("f"), help: ArgumentHelp("First image's format.", valueName: "fmt")) var firstFormat: String?
+    @Option(name: .customShort("F"), help: ArgumentHelp("Second image's format.", valueName: "fmt")) var secondFormat: String?
     @Flag(name: .customShort("s"), help: "Strict: images of different sizes differ.") var strict = false
-    @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility.") var forceShare = false
+    @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility (blockimg takes no image locks).") var forceShare = false
     @Argument(help: "The first image.") var first: String
     @Argument(help: "The second image.") var second: String
 
@@ -151,7 +151,7 @@ struct Compare: ParsableCommand {
 
 struct Commit: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Write a qcow2 image's own data into its backing file.")
-    @Option(name: .customShort("f"), help: "Format (probed when absent).") var format: String?
+    @Option(name: .customShort("f"), help: ArgumentHelp("Format (probed when absent).", valueName: "fmt")) var format: String?
     @Flag(name: .customShort("d"), help: "Keep the image's contents (do not empty it).") var keep = false
     @Flag(name: .customShort("q"), help: "Quiet: print nothing on success.") var quiet = false
     @Argument(help: "The image file.") var filename: String
@@ -168,9 +168,9 @@ struct Rebase: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Change a qcow2 image's backing file.",
         discussion: "Safe mode (the default) first copies into the image every cluster that would read differently through the new backing file; -u only rewrites the header.")
-    @Option(name: .customShort("f"), help: "Format (probed when absent).") var format: String?
-    @Option(name: .customShort("b"), help: "The new backing file; \"\" for none.") var backing: String
-    @Option(name: .customShort("F"), help: "The new backing file's format.") var backingFormat: String?
+    @Option(name: .customShort("f"), help: ArgumentHelp("Format (probed when absent).", valueName: "fmt")) var format: String?
+    @Option(name: .customShort("b"), help: ArgumentHelp("The new backing file; \"\" for none.", valueName: "backing_file")) var backing: String
+    @Option(name: .customShort("F"), help: ArgumentHelp("The new backing file's format.", valueName: "backing_fmt")) var backingFormat: String?
     @Flag(name: .customShort("u"), help: "Unsafe: rewrite the header only.") var unsafe = false
     @Argument(help: "The image file.") var filename: String
 
@@ -183,7 +183,7 @@ struct Rebase: ParsableCommand {
 
 struct Resize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Change an image's virtual size.")
-    @Option(name: .customShort("f"), help: "Format (probed when absent).") var format: String?
+    @Option(name: .customShort("f"), help: ArgumentHelp("Format (probed when absent).", valueName: "fmt")) var format: String?
     @Flag(name: .customLong("shrink"), help: "Allow making the image smaller.") var shrink = false
     @Argument(help: "The image file.") var filename: String
     @Argument(help: "New size, or +N / -N relative to the current size.") var size: String
@@ -195,9 +195,9 @@ struct Resize: ParsableCommand {
 
 struct Measure: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show the file size an image would need.")
-    @Option(name: .customShort("f"), help: "Source format (probed when absent).") var format: String?
-    @Option(name: .customShort("O"), help: "Target format: raw or qcow2.") var outputFormat = "raw"
-    @Option(name: .customShort("o"), help: "Target format options.") var options: [String] = []
+    @Option(name: .customShort("f"), help: ArgumentHelp("Source format (probed when absent).", valueName: "fmt")) var format: String?
+    @Option(name: .customShort("O"), help: ArgumentHelp("Target format: raw or qcow2.", valueName: "output_fmt")) var outputFormat = "raw"
+    @Option(name: .customShort("o"), help: ArgumentHelp("Target format options.", valueName: "options")) var options: [String] = []
     @Option(name: .customLong("size"), help: "Measure a new empty image of this size.") var size: String?
     @Option(name: .customLong("output"), help: "human or json.") var output: OutputFormat = .human
     @Argument(help: "The source image (or use --size).") var filename: String?
