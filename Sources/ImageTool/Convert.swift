@@ -26,11 +26,13 @@ public struct ConvertCommand: Sendable {
     public var outOfOrder: Bool
     /// `-m`: how many chunks are copied at once with `-W`.
     public var workers: Int
+    /// `-c`: write the target's clusters compressed (qcow2 only).
+    public var compress: Bool
 
     /// Describes a convert request.
     public init(
         source: String, target: String, sourceFormat: String?, targetFormat: String, options: [String],
-        sparseSize: UInt64 = 4096, noCreate: Bool = false, outOfOrder: Bool = false, workers: Int = 8
+        sparseSize: UInt64 = 4096, noCreate: Bool = false, outOfOrder: Bool = false, workers: Int = 8, compress: Bool = false
     ) {
         self.source = source
         self.target = target
@@ -41,6 +43,7 @@ public struct ConvertCommand: Sendable {
         self.noCreate = noCreate
         self.outOfOrder = outOfOrder
         self.workers = workers
+        self.compress = compress
     }
 
     static let chunk: UInt64 = 2 << 20
@@ -51,6 +54,9 @@ public struct ConvertCommand: Sendable {
         guard (1...16).contains(workers) else { throw ImageToolError("Invalid number of coroutines. Allowed number of coroutines is between 1 and 16") }
         guard sparseSize == 0 || sparseSize % 512 == 0 else {
             throw ImageToolError("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 2 MiB")
+        }
+        if compress && targetFormat != "qcow2" {
+            throw ImageToolError("Compression not supported for format '\(targetFormat)' (only qcow2)")
         }
         let input = try ImageFiles.open(source, format: sourceFormat, readOnly: true)
         defer { input.close() }
@@ -67,7 +73,9 @@ public struct ConvertCommand: Sendable {
         if noCreate && output.node.length < size {
             throw ImageToolError("Target image '\(target)' is smaller than the source (\(output.node.length) < \(size) bytes)")
         }
-        let copier = ChunkCopier(from: input.node, to: output.node, size: size, sparseSize: sparseSize, targetIsZero: !noCreate)
+        let compressor = compress ? output.node.driver as? Qcow2Driver : nil
+        let copier = ChunkCopier(
+            from: input.node, to: output.node, size: size, sparseSize: sparseSize, targetIsZero: !noCreate, compressor: compressor)
         let chunks = Int((size + Self.chunk - 1) / Self.chunk)
         let done = Atomic<Int>(0)
         let failure = Mutex<ImageToolError?>(nil)
@@ -105,8 +113,11 @@ struct ChunkCopier: Sendable {
     let sparseSize: UInt64
     /// True when the target reads as zeroes everywhere before the copy.
     let targetIsZero: Bool
+    /// With `-c`: the qcow2 target, written one compressed cluster at a time.
+    let compressor: Qcow2Driver?
 
     func copy(chunk start: UInt64, length: UInt64) throws(ImageToolError) {
+        if let compressor { return try copyCompressed(compressor, chunk: start, length: length) }
         let end = min(size, start + length)
         var position = start
         var buffer = [UInt8](repeating: 0, count: Int(end - start))
@@ -121,6 +132,32 @@ struct ChunkCopier: Sendable {
                 try copyData(at: position, count: count, buffer: &buffer)
             }
             position += count
+        }
+    }
+
+    /// Copies whole clusters, each compressed; clusters that read as zeroes are left out.
+    private func copyCompressed(_ target: Qcow2Driver, chunk start: UInt64, length: UInt64) throws(ImageToolError) {
+        let cluster = UInt64(target.header.clusterSize)
+        let end = min(size, start + length)
+        var buffer = [UInt8](repeating: 0, count: Int(cluster))
+        var position = start
+        do {
+            while position < end {
+                let inSource = Int(min(cluster, size - position))
+                let inTarget = Int(min(cluster, to.length - position))
+                try buffer.withMutableBlockBytes { (raw) throws(BlockError) in
+                    if inSource < raw.count { UnsafeMutableRawBufferPointer(rebasing: raw[inSource...]).initializeMemory(as: UInt8.self, repeating: 0) }
+                    try from.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<inSource]), at: position)
+                    if Self.allZero(raw, 0, inTarget) {
+                        if !targetIsZero { try Self.writeZeroes(to, at: position, count: UInt64(inTarget)) }
+                    } else {
+                        try target.writeCompressed(UnsafeRawBufferPointer(rebasing: raw[0..<inTarget]), at: position)
+                    }
+                }
+                position += cluster
+            }
+        } catch {
+            throw ImageToolError(error, "compressing at offset \(position)")
         }
     }
 

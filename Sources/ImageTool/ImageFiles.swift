@@ -59,6 +59,15 @@ public enum ImageFiles {
         }
     }
 
+    /// The format given with `-f` (checked), else the probed one.
+    public static func format(_ given: String?, of path: String) throws(ImageToolError) -> String {
+        if let given {
+            try checkFormat(given)
+            return given
+        }
+        return try probe(path)
+    }
+
     /// Opens an image; `withBacking: false` leaves a qcow2 image's backing file closed.
     public static func open(
         _ path: String, format: String?, readOnly: Bool, withBacking: Bool = true

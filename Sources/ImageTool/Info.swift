@@ -21,14 +21,25 @@ public struct InfoCommand: Sendable {
 
     /// The ImageInfo of the image (and of each backing image with `--backing-chain`), top first.
     public func infos() throws(ImageToolError) -> [JSONValue] {
-        var result: [JSONValue] = []
+        try described().map(\.info)
+    }
+
+    /// Each image's ImageInfo with its snapshot table as `info` prints it, top first.
+    private func described() throws(ImageToolError) -> [(info: JSONValue, snapshots: String?)] {
+        var result: [(info: JSONValue, snapshots: String?)] = []
         var next: (path: String, format: String?)? = (path, format)
         var seen: Set<String> = []
         while let (current, currentFormat) = next {
             guard seen.insert(current).inserted else { throw ImageToolError("Backing file '\(current)' creates a loop in the backing chain") }
             let image = try ImageFiles.open(current, format: currentFormat, readOnly: true, withBacking: false)
             defer { image.close() }
-            result.append(Self.info(of: image))
+            let snapshots = try SnapshotCommand.snapshots(of: image)
+            var info = Self.info(of: image)
+            if !snapshots.isEmpty, case .object(var members) = info {
+                members["snapshots"] = .array(snapshots.map(SnapshotCommand.info))
+                info = .object(members)
+            }
+            result.append((info, snapshots.isEmpty ? nil : SnapshotCommand.table(snapshots)))
             next = nil
             if backingChain, let header = image.qcow2Header, let backing = header.backingFile, !backing.isEmpty {
                 next = (ImageFiles.resolveBacking(backing, of: current), header.backingFormat)
@@ -45,7 +56,7 @@ public struct InfoCommand: Sendable {
 
     /// `--output=human`, as qemu-img prints it.
     public func human() throws(ImageToolError) -> String {
-        try infos().map(Self.humanText).joined(separator: "\n\n")
+        try described().map { Self.humanText($0.info, snapshots: $0.snapshots) }.joined(separator: "\n\n")
     }
 
     /// The ImageInfo of one opened image.
@@ -81,7 +92,7 @@ public struct InfoCommand: Sendable {
     }
 
     /// One ImageInfo as qemu-img's human output.
-    static func humanText(_ info: JSONValue) -> String {
+    static func humanText(_ info: JSONValue, snapshots: String?) -> String {
         func string(_ key: String) -> String? { if case .string(let text)? = info[key] { return text } else { return nil } }
         func integer(_ key: String) -> Int64? { if case .integer(let number)? = info[key] { return number } else { return nil } }
         let size = UInt64(integer("virtual-size") ?? 0)
@@ -97,6 +108,7 @@ public struct InfoCommand: Sendable {
             lines.append("backing file: \(backing)" + (full != nil && full != backing ? " (actual path: \(full!))" : ""))
             if let format = string("backing-filename-format") { lines.append("backing file format: \(format)") }
         }
+        if let snapshots { lines.append(snapshots) }
         if case .object(let specific)? = info["format-specific"], case .object(let data)? = specific["data"] {
             lines.append("Format specific information:")
             let order = ["compat", "compression-type", "lazy-refcounts", "refcount-bits", "corrupt", "extended-l2"]

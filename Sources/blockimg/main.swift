@@ -10,7 +10,7 @@ struct BlockimgCommand: ParsableCommand {
         commandName: "blockimg",
         abstract: "Create, inspect, convert and resize raw and qcow2 disk images.",
         discussion: "Options and output follow qemu-img's, so that its users recognise them.",
-        subcommands: [Create.self, Info.self, Map.self, Convert.self, Compare.self, Commit.self, Rebase.self, Resize.self, Measure.self])
+        subcommands: [Create.self, Info.self, Check.self, Map.self, Convert.self, Compare.self, Commit.self, Rebase.self, Resize.self, Snapshot.self, Measure.self])
 }
 
 /// Runs a library call: prints its error as `blockimg: ...` and exits with the error's code.
@@ -73,6 +73,66 @@ struct Info: ParsableCommand {
     }
 }
 
+struct Check: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check a qcow2 image's refcounts and tables; -r repairs them.",
+        discussion: "Exit status: 0 no errors, 1 the check failed, 2 corruptions, 3 leaked clusters only, 63 the format has no check.")
+    @Option(name: .customShort("f"), help: ArgumentHelp("Format (probed when absent).", valueName: "fmt")) var format: String?
+    @Option(name: .customLong("output"), help: "human or json.") var output: OutputFormat = .human
+    @Option(name: .customShort("r"), help: ArgumentHelp("Repair leaked clusters, or all refcount errors.", valueName: "leaks|all")) var repair: String?
+    @Flag(name: .customShort("q"), help: "Quiet: print nothing, report by exit status only.") var quiet = false
+    @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility (blockimg takes no image locks).") var forceShare = false
+    @Argument(help: "The image file.") var filename: String
+
+    func run() throws {
+        try perform { () throws(ImageToolError) in
+            let outcome = try CheckCommand(path: filename, format: format, repair: repair).run()
+            if !quiet {
+                var standardError = StandardError()
+                for message in outcome.report.messages { print(message, to: &standardError) }
+                if output == .json {
+                    print(CheckCommand.json(outcome, filename: filename))
+                } else {
+                    print(CheckCommand.human(outcome), terminator: "")
+                }
+            }
+            if outcome.exitCode != 0 { throw ImageToolError("", exitCode: outcome.exitCode) }
+        }
+    }
+}
+
+struct Snapshot: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List, create, apply or delete a qcow2 image's internal snapshots.")
+    @Option(name: .customShort("f"), help: ArgumentHelp("Format (probed when absent).", valueName: "fmt")) var format: String?
+    @Flag(name: .customShort("l"), help: "List the snapshots.") var list = false
+    @Option(name: .customShort("c"), help: ArgumentHelp("Create a snapshot of the current contents.", valueName: "snapshot")) var create: String?
+    @Option(name: .customShort("a"), help: ArgumentHelp("Revert the image to a snapshot.", valueName: "snapshot")) var apply: String?
+    @Option(name: .customShort("d"), help: ArgumentHelp("Delete a snapshot.", valueName: "snapshot")) var delete: String?
+    @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility (blockimg takes no image locks).") var forceShare = false
+    @Argument(help: "The image file.") var filename: String
+
+    func validate() throws {
+        let count = [list, create != nil, apply != nil, delete != nil].filter { $0 }.count
+        guard count == 1 else { throw ValidationError("give exactly one of -l, -c, -a, -d") }
+    }
+
+    func run() throws {
+        let action: SnapshotCommand.Action
+        if let create {
+            action = .create(create)
+        } else if let apply {
+            action = .apply(apply)
+        } else if let delete {
+            action = .delete(delete)
+        } else {
+            action = .list
+        }
+        try perform { () throws(ImageToolError) in
+            if let table = try SnapshotCommand(path: filename, format: format, action: action).run() { print(table) }
+        }
+    }
+}
+
 struct Map: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show how the image's guest ranges are stored.")
     @Option(name: .customShort("f"), help: ArgumentHelp("Format (probed when absent).", valueName: "fmt")) var format: String?
@@ -106,7 +166,7 @@ struct Convert: ParsableCommand {
     @Flag(name: .customShort("W"), help: "Copy in parallel, writing out of order.") var outOfOrder = false
     @Flag(name: .customShort("n"), help: "Do not create the target; it must exist and be large enough.") var noCreate = false
     @Flag(name: .customShort("p"), help: "Show progress.") var progress = false
-    @Flag(name: .customShort("c"), help: "Compress the target: not supported yet (the command fails).") var compress = false
+    @Flag(name: .customShort("c"), help: "Write the target's clusters compressed (zlib; qcow2 only).") var compress = false
     @Flag(name: .customShort("U"), help: "Accepted for qemu-img compatibility (blockimg takes no image locks).") var forceShare = false
     @Argument(help: "Source image, then target image.") var filenames: [String]
 
@@ -116,11 +176,10 @@ struct Convert: ParsableCommand {
 
     private func convert() throws(ImageToolError) {
         guard filenames.count == 2 else { throw ImageToolError("Expected one source and one target filename (got \(filenames.count) names)") }
-        if compress { throw ImageToolError("Compressed output (-c) is not supported yet: the qcow2 driver has no compressed-cluster write API") }
-        guard let sparseSize = Sizes.parse(sparse) else { throw ImageToolError("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 2 MiB") }
+            guard let sparseSize = Sizes.parse(sparse) else { throw ImageToolError("Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 2 MiB") }
         let command = ConvertCommand(
             source: filenames[0], target: filenames[1], sourceFormat: format, targetFormat: outputFormat, options: options,
-            sparseSize: sparseSize, noCreate: noCreate, outOfOrder: outOfOrder, workers: workers)
+            sparseSize: sparseSize, noCreate: noCreate, outOfOrder: outOfOrder, workers: workers, compress: compress)
         let show = progress
         if show { ProgressLine.show(0) }
         let report: @Sendable (Double) -> Void = { percent in ProgressLine.show(percent) }
