@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "blockd", targets: ["blockd"]),
         .executable(name: "blockctl", targets: ["blockctl"]),
+        .executable(name: "blockimg", targets: ["blockimg"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -23,6 +24,7 @@ let package = Package(
         .target(name: "BlockCore", dependencies: ["JSON", "CBlockShims"], swiftSettings: strict),
         .target(name: "BlockIO", dependencies: ["BlockCore", "CURing"], swiftSettings: strict),
         .target(name: "BlockDrivers", dependencies: ["BlockCore", "BlockIO", "CBlockShims", "CZlib"], swiftSettings: strict),
+        .target(name: "ImageTool", dependencies: ["BlockCore", "BlockDrivers", "JSON"], swiftSettings: strict),
         .target(name: "Sockets", dependencies: ["BlockCore", "CBlockShims"], swiftSettings: strict),
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "Sockets", "CBlockShims"], swiftSettings: strict),
         .target(name: "QMP", dependencies: ["JSON", "QAPI", "BlockCore", "Sockets"], swiftSettings: strict),
@@ -39,6 +41,10 @@ let package = Package(
             name: "blockctl",
             dependencies: ["QMPClient", "JSON", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
+        .executableTarget(
+            name: "blockimg",
+            dependencies: ["ImageTool", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
         .testTarget(name: "QMPClientTests", dependencies: ["QMPClient", "JSON"], swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
@@ -46,6 +52,7 @@ let package = Package(
         .testTarget(name: "QAPITests", dependencies: ["QAPI", "JSON"], swiftSettings: strict),
         .testTarget(name: "QMPTests", dependencies: ["QMP", "QAPI", "JSON"], swiftSettings: strict),
         .testTarget(name: "Qcow2Tests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
+        .testTarget(name: "ImageToolTests", dependencies: ["ImageTool", "BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Sockets"], swiftSettings: strict),
     ]
 )

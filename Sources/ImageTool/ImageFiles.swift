@@ -1,0 +1,119 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BlockCore
+import BlockDrivers
+import Foundation
+
+/// An opened image: the format node on top, its protocol (`file`) node, and the graph that holds them.
+public final class OpenedImage {
+    /// The graph the nodes live in.
+    public let graph: BlockGraph
+    /// The format node (`raw` or `qcow2`).
+    public let node: BlockNode
+    /// The path given.
+    public let path: String
+    /// The format name.
+    public let format: String
+
+    init(graph: BlockGraph, node: BlockNode, path: String, format: String) {
+        self.graph = graph
+        self.node = node
+        self.path = path
+        self.format = format
+    }
+
+    /// The protocol node under the format node.
+    public var file: BlockNode { node.children.first { $0.role == "file" }?.node ?? node }
+    /// The backing node, when the image has one and it was opened.
+    public var backing: BlockNode? { node.children.first { $0.role == "backing" }?.node }
+    /// The qcow2 header, for qcow2 images.
+    public var qcow2Header: Qcow2Header? { (node.driver as? Qcow2Driver)?.header }
+
+    /// Flushes and closes every node.
+    public func close() {
+        try? node.flush()
+        graph.closeAll()
+    }
+}
+
+/// Finding, probing, creating and opening image files.
+public enum ImageFiles {
+    /// The formats `blockimg` reads and writes.
+    public static let formats = ["raw", "qcow2"]
+
+    /// `qcow2` when the file starts with the qcow2 magic, else `raw`; nil when it cannot be read.
+    public static func probe(_ path: String) throws(ImageToolError) -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw ImageToolError("Could not open '\(path)': \(String(cString: strerror(errno)))")
+        }
+        defer { try? handle.close() }
+        let magic = (try? handle.read(upToCount: 4)) ?? Data()
+        return magic == Data([0x51, 0x46, 0x49, 0xfb]) ? "qcow2" : "raw"
+    }
+
+    /// Checks a format name given with `-f`, `-F` or `-O`.
+    public static func checkFormat(_ name: String) throws(ImageToolError) {
+        guard formats.contains(name) else {
+            throw ImageToolError("Unknown file format '\(name)' (supported: \(formats.joined(separator: ", ")))")
+        }
+    }
+
+    /// The format given with `-f` (checked), else the probed one.
+    public static func format(_ given: String?, of path: String) throws(ImageToolError) -> String {
+        if let given {
+            try checkFormat(given)
+            return given
+        }
+        return try probe(path)
+    }
+
+    /// Opens an image; `withBacking: false` leaves a qcow2 image's backing file closed.
+    public static func open(
+        _ path: String, format: String?, readOnly: Bool, withBacking: Bool = true
+    ) throws(ImageToolError) -> OpenedImage {
+        if let format { try checkFormat(format) }
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw ImageToolError("Could not open '\(path)': No such file or directory")
+        }
+        let chosen: String
+        if let format { chosen = format } else { chosen = try probe(path) }
+        var definition: [String: OptionValue] = [
+            "driver": .string(chosen),
+            "read-only": .bool(readOnly),
+            "file": .object(["driver": .string("file"), "filename": .string(path), "read-only": .bool(readOnly)]),
+        ]
+        if chosen == "qcow2" && !withBacking { definition["backing"] = .null }
+        let graph = BlockGraph(drivers: Drivers.all)
+        do {
+            let node = try graph.open(.object(definition), context: path)
+            return OpenedImage(graph: graph, node: node, path: path, format: chosen)
+        } catch {
+            graph.closeAll()
+            throw ImageToolError("Could not open '\(path)': \(error.message)")
+        }
+    }
+
+    /// Creates (or truncates) a file and opens it as a writable protocol node.
+    static func createFile(_ path: String) throws(ImageToolError) -> (BlockGraph, BlockNode) {
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw ImageToolError("\(path): Could not create '\(path)': \(String(cString: strerror(errno)))") }
+        Glibc.close(fd)
+        let graph = BlockGraph(drivers: Drivers.all)
+        do {
+            let node = try graph.open(.object(["driver": .string("file"), "filename": .string(path)]), context: path)
+            return (graph, node)
+        } catch {
+            graph.closeAll()
+            unlink(path)
+            throw ImageToolError("\(path): \(error.message)")
+        }
+    }
+
+    /// Resolves a backing file name the way qemu does: relative names are relative to the image's directory.
+    public static func resolveBacking(_ name: String, of imagePath: String) -> String {
+        if name.hasPrefix("/") || name.contains("://") { return name }
+        let directory = (imagePath as NSString).deletingLastPathComponent
+        return directory.isEmpty ? name : directory + "/" + name
+    }
+}
