@@ -64,7 +64,7 @@ public struct CommitCommand: Sendable {
                 var offset = position
                 while offset < end {
                     let count = Int(min(UInt64(buffer.count), end - offset))
-                    try buffer.withMutableBlockBytes { (raw) throws(BlockError) in
+                    try buffer.withMutableBytes { (raw) throws(BlockError) in
                         let slice = UnsafeMutableRawBufferPointer(rebasing: raw[0..<count])
                         try top.read(into: slice, at: offset)
                         try base.write(UnsafeRawBufferPointer(slice), at: offset, fua: false)

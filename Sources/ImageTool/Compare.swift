@@ -78,7 +78,7 @@ public struct CompareCommand: Sendable {
 
     private func read(_ node: BlockNode, into buffer: inout [UInt8], count: Int, at offset: UInt64) throws(ImageToolError) {
         do {
-            try buffer.withMutableBlockBytes { (raw) throws(BlockError) in
+            try buffer.withMutableBytes { (raw) throws(BlockError) in
                 try node.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]), at: offset)
             }
         } catch {

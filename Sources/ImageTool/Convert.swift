@@ -145,7 +145,7 @@ struct ChunkCopier: Sendable {
             while position < end {
                 let inSource = Int(min(cluster, size - position))
                 let inTarget = Int(min(cluster, to.length - position))
-                try buffer.withMutableBlockBytes { (raw) throws(BlockError) in
+                try buffer.withMutableBytes { (raw) throws(BlockError) in
                     if inSource < raw.count { UnsafeMutableRawBufferPointer(rebasing: raw[inSource...]).initializeMemory(as: UInt8.self, repeating: 0) }
                     try from.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<inSource]), at: position)
                     if Self.allZero(raw, 0, inTarget) {
@@ -163,7 +163,7 @@ struct ChunkCopier: Sendable {
 
     private func copyData(at offset: UInt64, count: UInt64, buffer: inout [UInt8]) throws(ImageToolError) {
         do {
-            try buffer.withMutableBlockBytes { (raw) throws(BlockError) in
+            try buffer.withMutableBytes { (raw) throws(BlockError) in
                 let data = UnsafeMutableRawBufferPointer(rebasing: raw[0..<Int(count)])
                 try from.read(into: data, at: offset)
                 guard sparseSize > 0 else {

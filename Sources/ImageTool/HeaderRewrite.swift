@@ -19,7 +19,7 @@ enum HeaderRewrite {
             }
             // Clear what the old, longer header left behind.
             if bytes.count < oldLength { bytes += [UInt8](repeating: 0, count: oldLength - bytes.count) }
-            try bytes.withMutableBlockBytes { (raw) throws(BlockError) in try file.write(UnsafeRawBufferPointer(raw), at: 0, fua: false) }
+            try bytes.withMutableBytes { (raw) throws(BlockError) in try file.write(UnsafeRawBufferPointer(raw), at: 0, fua: false) }
             try file.flush()
         } catch {
             throw ImageToolError(error, path)

@@ -62,18 +62,18 @@ public struct RebaseCommand: Sendable {
                     var offset = position
                     while offset < end {
                         let count = Int(min(cluster - offset % cluster, end - offset))
-                        try old.withMutableBlockBytes { (raw) throws(BlockError) in
+                        try old.withMutableBytes { (raw) throws(BlockError) in
                             try top.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]), at: offset)
                         }
                         for index in 0..<count { new[index] = 0 }
                         if let backing = newBacking?.node, offset < backing.length {
                             let available = Int(min(UInt64(count), backing.length - offset))
-                            try new.withMutableBlockBytes { (raw) throws(BlockError) in
+                            try new.withMutableBytes { (raw) throws(BlockError) in
                                 try backing.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<available]), at: offset)
                             }
                         }
                         if old[0..<count] != new[0..<count] {
-                            try old.withMutableBlockBytes { (raw) throws(BlockError) in
+                            try old.withMutableBytes { (raw) throws(BlockError) in
                                 try top.write(UnsafeRawBufferPointer(rebasing: raw[0..<count]), at: offset, fua: false)
                             }
                         }

@@ -5,35 +5,7 @@ import XCTest
 
 /// Qcow2Check against `qemu-img check` on images damaged on purpose: the same counts, and a repair
 /// that qemu-img then finds clean.
-final class Qcow2CheckTests: XCTestCase {
-    private var directory: URL!
-
-    override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-img") else {
-            throw XCTSkip("SKIPPED: qemu-img is not installed")
-        }
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("qcow2check-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        if let directory { try? FileManager.default.removeItem(at: directory) }
-    }
-
-    @discardableResult
-    private func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = Pipe()
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
+final class Qcow2CheckTests: QemuImageTestCase {
     private func qemuCheck(_ path: String) throws -> [String: Any] {
         let (_, output) = try run(["/usr/bin/qemu-img", "check", "--output=json", path])
         return try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any] ?? [:]

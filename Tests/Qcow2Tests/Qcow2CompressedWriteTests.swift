@@ -4,18 +4,10 @@ import Foundation
 import XCTest
 
 /// Compressed cluster writes, read back by qemu-io and checked by qemu-img.
-final class Qcow2CompressedWriteTests: XCTestCase {
+final class Qcow2CompressedWriteTests: QemuImageTestCase {
     func testCompressedClustersArePackedAndReadable() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-img") else {
-            throw XCTSkip("SKIPPED: qemu-img is not installed")
-        }
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("comp-\(UUID().uuidString).qcow2").path
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let create = Process()
-        create.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
-        create.arguments = ["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "1M"]
-        try create.run()
-        create.waitUntilExit()
+        let path = directory.appendingPathComponent("c.qcow2").path
+        try run(["/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, "1M"])
         let graph = BlockGraph(drivers: Drivers.all)
         let node = try graph.open(.object([
             "driver": .string("qcow2"), "node-name": .string("c"),
@@ -30,21 +22,9 @@ final class Qcow2CompressedWriteTests: XCTestCase {
         try random.withUnsafeBytes { try driver.writeCompressed($0, at: 64 * 4096) }
         try node.flush()
         try graph.remove("c")
-        let check = Process()
-        check.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-img")
-        check.arguments = ["check", "-q", path]
-        try check.run()
-        check.waitUntilExit()
-        XCTAssertEqual(check.terminationStatus, 0)
-        let read = Process()
-        read.executableURL = URL(fileURLWithPath: "/usr/bin/qemu-io")
-        read.arguments = ["-f", "qcow2", "-c", "read -P 1 0 4k", "-c", "read -P 64 252k 4k", path]
-        let pipe = Pipe()
-        read.standardOutput = pipe
-        try read.run()
-        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        read.waitUntilExit()
-        XCTAssertFalse(output.contains("Pattern verification failed"), output)
+        XCTAssertEqual(try run(["/usr/bin/qemu-img", "check", "-q", path]).status, 0)
+        let read = try run(["/usr/bin/qemu-io", "-f", "qcow2", "-c", "read -P 1 0 4k", "-c", "read -P 64 252k 4k", path])
+        XCTAssertFalse(read.output.contains("Pattern verification failed"), read.output)
         // 64 tiny compressed clusters share a few host clusters: the file stays small.
         let size = try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int ?? 0
         XCTAssertLessThan(size, 64 * 4096)

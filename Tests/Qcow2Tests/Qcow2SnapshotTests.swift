@@ -4,35 +4,7 @@ import Foundation
 import XCTest
 
 /// Internal snapshots made, applied and deleted by Qcow2SnapshotEditor, checked with qemu-img and qemu-io.
-final class Qcow2SnapshotTests: XCTestCase {
-    private var directory: URL!
-
-    override func setUpWithError() throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-img") else {
-            throw XCTSkip("SKIPPED: qemu-img is not installed")
-        }
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("qcow2snap-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws {
-        if let directory { try? FileManager.default.removeItem(at: directory) }
-    }
-
-    @discardableResult
-    private func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: arguments[0])
-        process.arguments = Array(arguments.dropFirst())
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
-    }
-
+final class Qcow2SnapshotTests: QemuImageTestCase {
     private func assertClean(_ path: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let (status, output) = try run(["/usr/bin/qemu-img", "check", path])
         XCTAssertEqual(status, 0, output, file: file, line: line)

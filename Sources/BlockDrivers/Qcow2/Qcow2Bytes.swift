@@ -1,5 +1,3 @@
-import BlockCore
-
 /// Big-endian loads and stores on raw bytes, the byte order of every qcow2 structure.
 enum Qcow2Bytes {
     @inline(__always)
@@ -47,22 +45,3 @@ enum Qcow2Bytes {
     }
 }
 
-extension Array where Element == UInt8 {
-    /// Runs `body` on the array's bytes, keeping the error type (the standard library's version rethrows `any Error`).
-    mutating func withMutableBytes(_ body: (UnsafeMutableRawBufferPointer) throws(BlockError) -> Void) throws(BlockError) {
-        var failure: BlockError?
-        withUnsafeMutableBytes { raw in
-            do throws(BlockError) { try body(raw) } catch { failure = error }
-        }
-        if let failure { throw failure }
-    }
-
-    /// Runs `body` on the array's bytes, read-only, keeping the error type.
-    func withBytes(_ body: (UnsafeRawBufferPointer) throws(BlockError) -> Void) throws(BlockError) {
-        var failure: BlockError?
-        withUnsafeBytes { raw in
-            do throws(BlockError) { try body(raw) } catch { failure = error }
-        }
-        if let failure { throw failure }
-    }
-}
