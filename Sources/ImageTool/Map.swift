@@ -87,7 +87,7 @@ public struct MapCommand: Sendable {
                 for piece in pieces {
                     let entry = MapEntry(
                         start: start, length: piece.length, depth: depth, present: present, zero: extent.zero, data: !extent.hole,
-                        offset: (!extent.hole || layer.raw) ? piece.offset : nil, filename: layer.file)
+                        offset: (!extent.hole || layer.raw || extent.hostOffset != nil) ? piece.offset : nil, filename: layer.file)
                     if let last = result.last, last.continues(with: entry) {
                         result[result.count - 1].length += entry.length
                     } else {

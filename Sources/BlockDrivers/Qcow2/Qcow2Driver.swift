@@ -79,7 +79,11 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
             let intra = position & mask
             let chunk = Int(min(end - position, UInt64(clusterSize) - intra))
             var state = meta.state(of: try meta.l2Entry(position >> clusterBits))
-            if case .data(let host, let owned) = state { state = .data(host: host + intra, owned: owned) }
+            switch state {
+            case .data(let host, let owned): state = .data(host: host + intra, owned: owned)
+            case .zero(let host?): state = .zero(host: host + intra)
+            default: break
+            }
             if var last = result.last, Qcow2Driver.continues(last, with: state) {
                 last.length += chunk
                 result[result.count - 1] = last
@@ -95,8 +99,10 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         switch (segment.state, state) {
         case (.data(let host, let owned), .data(let next, let nextOwned)):
             return owned == nextOwned && host + UInt64(segment.length) == next
-        case (.zero, .zero), (.unallocated, .unallocated):
+        case (.zero(nil), .zero(nil)), (.unallocated, .unallocated):
             return true
+        case (.zero(let host?), .zero(let next?)):
+            return host + UInt64(segment.length) == next
         default:
             return false
         }
@@ -489,8 +495,8 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
                 extents.appendMerging(.data(UInt64(run.length), hostOffset: host))
             case .compressed:
                 extents.appendMerging(.data(UInt64(run.length)))
-            case .zero:
-                extents.appendMerging(Extent(length: UInt64(run.length), zero: true, hole: true, depth: 0))
+            case .zero(let host):
+                extents.appendMerging(Extent(length: UInt64(run.length), zero: true, hole: true, depth: 0, hostOffset: host))
             case .unallocated:
                 for extent in try backingStatus(at: run.offset, length: UInt64(run.length)) { extents.appendMerging(extent) }
             }
