@@ -151,12 +151,14 @@ def test_writes_through_blockd_pass_qemu_img_check(start_blockd, tmp_path):
     assert qemu_img("compare", "-f", "raw", "-F", "qcow2", str(reference), str(image)).returncode == 0
 
 
-@pytest.mark.parametrize("cluster_size,refcount_bits", [(512, 16), (4096, 1), (65536, 16)])
-def test_random_operations_match_a_raw_reference(start_blockd, tmp_path, cluster_size, refcount_bits):
+@pytest.mark.parametrize("cluster_size,refcount_bits,compat", [
+    (512, 16, "1.1"), (4096, 1, "1.1"), (65536, 16, "1.1"), (2097152, 64, "1.1"), (4096, 16, "0.10")])
+def test_random_operations_match_a_raw_reference(start_blockd, tmp_path, cluster_size, refcount_bits, compat):
     require("qemu-img")
-    size = 3 << 20
+    size = max(3 << 20, 4 * cluster_size)
     image = tmp_path / "r.qcow2"
-    qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster_size},refcount_bits={refcount_bits}", str(image), str(size))
+    qemu_img("create", "-f", "qcow2", "-o", f"cluster_size={cluster_size},refcount_bits={refcount_bits},compat={compat}",
+             str(image), str(size))
     daemon = start_blockd(args=export_args(image, writable=True, extra=",discard=unmap"))
     h = nbd.NBD()
     h.connect_uri(daemon.uri())
