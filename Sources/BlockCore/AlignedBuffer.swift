@@ -40,7 +40,12 @@ public final class AlignedBuffer: @unchecked Sendable {
 public enum ZeroBlock {
     /// Its size.
     public static let size = 1 << 20
-    private static let storage = AlignedBuffer(capacity: size)
+    private static let storage: AlignedBuffer = {
+        // posix_memalign may hand back recycled heap memory: clear it, never assume fresh pages.
+        let buffer = AlignedBuffer(capacity: size)
+        buffer.bytes.initializeMemory(as: UInt8.self, repeating: 0)
+        return buffer
+    }()
     /// The zeroes.
     public static var bytes: UnsafeRawBufferPointer {
         UnsafeRawBufferPointer(storage.bytes)

@@ -290,4 +290,14 @@ final class PolicyTests: XCTestCase {
         XCTAssertFalse(raw.features.debugEvents)
         XCTAssertTrue(graph.node(named: "d")!.features.debugEvents)
     }
+
+    func testZeroBlockIsZeroEvenOnRecycledHeapMemory() {
+        // Dirty and free large heap blocks first, as a qcow2 copy-on-write does, then look.
+        for _ in 0..<4 {
+            let dirty = [UInt8](repeating: 0x55, count: 2 << 20)
+            XCTAssertEqual(dirty.last, 0x55)
+        }
+        XCTAssertTrue(ZeroBlock.bytes.isAllZero)
+        XCTAssertEqual(ZeroBlock.bytes.count, ZeroBlock.size)
+    }
 }
