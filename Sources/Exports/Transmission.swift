@@ -37,6 +37,8 @@ final class Transmission {
     /// The medium requests go to (nil: none inserted, or the tray is open), as of `generation`.
     var medium: BlockBackend.Medium?
     var generation: UInt64
+    /// Whether requests must pass the device's `admit` (throttled or paused), as of `generation`.
+    var guarded: Bool
     let stats: BlockStats
     /// Set by `replyFailure` while a request runs, for its accounting.
     var requestFailed = false
@@ -77,6 +79,7 @@ final class Transmission {
         self.session = session
         self.backend = session.export.backend
         (self.medium, self.generation) = backend.current()
+        self.guarded = backend.needsAdmission
         self.stats = backend.stats
         self.style = session.style
         self.headerSize = session.style == .extended ? RequestHeader.extendedSize : RequestHeader.compactSize
@@ -100,6 +103,7 @@ final class Transmission {
     func switchMedium() {
         flushOutput()
         (medium, generation) = backend.current()
+        guarded = backend.needsAdmission
     }
 
     /// Serves requests until the client disconnects or breaks the protocol.
@@ -295,6 +299,7 @@ final class Transmission {
                 replyStatus(header, error: error)
                 return nil
             }
+            if guarded { admit(isWrite: true, bytes: header.length) }
             let started = stats.start(.write)
             requestFailed = false
             if medium == nil {
@@ -302,11 +307,16 @@ final class Transmission {
             } else if queueWrite(header, payload, started: started) {
                 return nil
             } else {
+                let fua = header.commandFlags.contains(.fua)
                 do {
-                    try node.write(payload, at: header.offset, fua: header.commandFlags.contains(.fua))
+                    try node.write(payload, at: header.offset, fua: fua)
                     replyStatus(header, error: 0)
                 } catch {
-                    replyFailure(header, error)
+                    if recover(header, error, isWrite: true, flushFirst: true, retry: { () throws(BlockError) in
+                        try node.write(payload, at: header.offset, fua: fua)
+                    }) {
+                        replyStatus(header, error: 0)
+                    }
                 }
             }
             stats.done(.write, started: started, bytes: header.length, offset: header.offset, failed: requestFailed)
@@ -330,6 +340,7 @@ final class Transmission {
             return nil
         }
         guard let kind else { return execute(header) }
+        if guarded { admit(isWrite: kind == .read ? false : kind == .write ? true : nil, bytes: header.length) }
         let started = stats.start(kind)
         requestFailed = false
         let queued = execute(header, started: started)
@@ -422,7 +433,9 @@ final class Transmission {
             try operation()
             replyStatus(header, error: 0)
         } catch {
-            replyFailure(header, error)
+            if recover(header, error, isWrite: header.command != .cache, flushFirst: true, retry: operation) {
+                replyStatus(header, error: 0)
+            }
         }
     }
 
@@ -511,11 +524,13 @@ final class Transmission {
         }
         if queueRead(header, count: count, started: started) { return true }
         let base = reserveOutput(prefix + count)
+        let target = UnsafeMutableRawBufferPointer(start: base + prefix, count: count)
         do {
-            try node.read(into: UnsafeMutableRawBufferPointer(start: base + prefix, count: count), at: header.offset)
+            try node.read(into: target, at: header.offset)
         } catch {
-            replyFailure(header, error)
-            return false
+            guard recover(header, error, isWrite: false, flushFirst: false, retry: { () throws(BlockError) in
+                try node.read(into: target, at: header.offset)
+            }) else { return false }
         }
         writeReadHeader(header, count: count, at: base)
         outputLength += prefix + count
