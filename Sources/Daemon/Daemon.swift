@@ -150,6 +150,7 @@ public final class Daemon: @unchecked Sendable {
     public func stop() {
         monitor?.emit(ShutdownEvent())
         monitor?.shutdown()
+        releaseWaitingRequests()
         server.shutdown()
         for node in graph.allNodes where !node.readOnly {
             do {
@@ -159,6 +160,16 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         graph.closeAll()
+    }
+
+    /// Lets every request that waits for a paused device or a throttle group go, so that the
+    /// connections can drain at shutdown.
+    private func releaseWaitingRequests() {
+        controlLock.lock()
+        let backends = devices.values.map { $0 } + server.exports.all.map(\.backend)
+        controlLock.unlock()
+        for group in graph.throttleGroups.all { group.setLimits(ThrottleLimits()) }
+        for backend in backends { backend.resume([.stopped, .ioError]) }
     }
 
     /// Creates the `--object throttle-group`s that do not exist yet and sets the limits of those that do.

@@ -237,3 +237,16 @@ def test_thin_provisioning_full_disk_stalls_then_finishes_after_growth_and_cont(
     with open(image, "rb") as f:
         assert f.read(len(data)) == data
     h.shutdown()
+
+
+def test_shutdown_releases_a_paused_device(launcher, tmp_path):
+    image = make_image(tmp_path / "disk.img", 1 * MiB)
+    env = Env(launcher, tmp_path, image, werror="stop")
+    h = env.connect()
+    env.inject("write_aio")
+    thread, result = in_background(lambda: h.pwrite(b"p" * 4096, 0))
+    env.q.event("BLOCK_IO_ERROR")
+    started = time.monotonic()
+    assert env.daemon.stop() == 0
+    assert time.monotonic() - started < 5
+    thread.join(5)

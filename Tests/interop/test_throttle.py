@@ -308,7 +308,10 @@ def test_throttle_group_object_and_throttle_filter(launcher, tmp_path):
     uri = f"nbd+unix:///thr?socket={sock}"
     rate = measured_twice(lambda: fio_rate(tmp_path, uri, seconds=2)["bps"], limit)
     assert within(rate, limit), rate / MiB
-    daemon.qmp().close()
+    q = daemon.qmp()
+    node = next(n for n in q.execute("query-named-block-nodes") if n["node-name"] == "thr")
+    assert (node["bps"], node["group"]) == (limit, "tg0"), node
+    q.close()
 
 
 def test_throttle_filter_needs_an_existing_group(launcher, tmp_path):
@@ -326,3 +329,14 @@ def test_bad_object_is_refused_at_startup(tmp_path):
     assert proc.returncode != 0 and "cannot be used at the same time" in output(proc)
     proc = run([blockd_binary(), "--object", "secret,id=s0,data=x"], ok=False)
     assert proc.returncode != 0 and "unknown object type 'secret'" in output(proc)
+
+
+def test_shutdown_does_not_wait_for_throttled_requests(env):
+    env.throttle(bps=16 * KiB)
+    finished: list[float] = []
+    thread = blocked_read(env.uri(), 4 * MiB, finished)
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert env.daemon.stop() == 0
+    assert time.monotonic() - started < 5
+    thread.join(5)

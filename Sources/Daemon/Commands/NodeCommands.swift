@@ -1,4 +1,5 @@
 import BlockCore
+import BlockDrivers
 import JSON
 import QAPI
 
@@ -171,6 +172,6 @@ extension Daemon {
             detectZeroes: BlockdevDetectZeroesOptions(rawValue: node.detectZeroes.name) ?? .off, bps: 0, bpsRd: 0, bpsWr: 0, iops: 0, iopsRd: 0, iopsWr: 0, image: image,
             cache: BlockdevCacheInfo(writeback: true, direct: node.common.cacheDirect, noFlush: node.common.cacheNoFlush),
             writeThreshold: Int64(clamping: node.writeThreshold))
-            .withThrottling(device?.throttleGroup)
+            .withThrottling(device?.throttleGroup ?? (node.driver as? ThrottleDriver)?.group)
     }
 }
