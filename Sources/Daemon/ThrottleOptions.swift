@@ -59,10 +59,18 @@ enum ThrottleOptions {
         }
         let id = try reader.requiredString("id")
         guard BlockGraph.isValidNodeName(id) else { throw OptionError("--object: invalid id '\(id)'") }
+        // QEMU's flat legacy properties (x-bps-total=...) or the `limits` struct, not both.
+        var flat: [String: OptionValue] = [:]
+        for key in ThrottleOptions.keys.sorted() {
+            if let value = reader.value("x-\(key)") { flat[key] = value }
+        }
         let limits: ThrottleLimits
         if let inner = try reader.object("limits") {
+            guard flat.isEmpty else { throw OptionError("--object throttle-group '\(id)': give either limits.* or x-* properties, not both") }
             limits = try ThrottleOptions.limits(from: inner)
             try inner.finish()
+        } else if !flat.isEmpty {
+            limits = try ThrottleOptions.limits(from: OptionReader(.object(flat), context: reader.context, prefix: "x-"))
         } else {
             limits = ThrottleLimits()
         }

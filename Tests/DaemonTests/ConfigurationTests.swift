@@ -39,6 +39,10 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertEqual(limits[.bpsTotal].average, 1 << 20)
         XCTAssertEqual(limits[.iopsRead], ThrottleLimits.Limit(average: 100, burst: 400, burstSeconds: 5))
         XCTAssertEqual(configuration.throttleGroups[1].limits.iopsSize, 8192)
+        let legacy = try DaemonConfiguration(blockdevs: [], servers: [], exports: [], objects: ["throttle-group,id=t,x-iops-total=300"])
+        XCTAssertEqual(legacy.throttleGroups[0].limits[.iopsTotal].average, 300)
+        XCTAssertThrowsError(try DaemonConfiguration(
+            blockdevs: [], servers: [], exports: [], objects: ["throttle-group,id=t,x-iops-total=3,limits.bps-total=5"]))
         XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: [], exports: [], objects: ["throttle-group,id=t,limits.bps=5"])) {
             XCTAssertEqual("\($0)", "--object: unknown parameter 'limits.bps'")
         }

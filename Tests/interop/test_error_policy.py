@@ -162,12 +162,19 @@ def test_qmp_stop_pauses_every_device_until_cont(launcher, tmp_path):
     assert env.q.execute("stop") == {}
     assert env.q.event("STOP")
     thread, result = in_background(lambda: h.pread(4096, 0))
+    # A device created while stopped is stopped too.
+    env.q.execute("blockdev-add", options={"driver": "null-co", "id": "late", "node-name": "nl", "read-zeroes": True})
+    env.q.execute("nbd-server-add", device="late")
+    late = env.connect("late")
+    late_thread, late_result = in_background(lambda: late.pread(4096, 0))
     time.sleep(0.3)
-    assert thread.is_alive(), "requests wait while stopped"
+    assert thread.is_alive() and late_thread.is_alive(), "requests wait while stopped"
     assert env.q.execute("cont") == {}
     assert env.q.event("RESUME")
     thread.join(5)
-    assert result == [image.read_bytes()[:4096]]
+    late_thread.join(5)
+    assert result == [image.read_bytes()[:4096]] and late_result == [bytes(4096)]
+    late.shutdown()
     # cont while running: nothing happens, no event.
     assert env.q.execute("cont") == {}
     assert [e for e in env.q.no_event() if e["event"] == "RESUME"] == []

@@ -54,6 +54,7 @@ extension Daemon {
                 if let device {
                     let backend = BlockBackend(id: device, medium: node, stats: stats, events: graph.events)
                     settings.apply(to: backend, groups: graph.throttleGroups)
+                    if runStopped { backend.pause(.stopped) }
                     devices[device] = backend
                 }
                 return QAPIEmpty()
