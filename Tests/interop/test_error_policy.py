@@ -23,16 +23,17 @@ class Env:
     """blockd with file node "f0" on `image`, blkdebug "dbg0" over it, and a 2.6-form device `device`
     (raw node "disk0" over dbg0) with the given policies, exported writable under the device's name."""
 
-    def __init__(self, launcher, tmp_path, image, device: str = "disk", **policies):
+    def __init__(self, launcher, tmp_path, image, device: str = "disk", aio: str = "threads", blkdebug: bool = True,
+                 **policies):
         self.sock = tmp_path / "nbd.sock"
         self.device = device
         self.daemon = launcher.blockd(
-            "--blockdev", f"driver=file,node-name=f0,filename={image}",
+            "--blockdev", f"driver=file,node-name=f0,filename={image},aio={aio}",
             "--blockdev", "driver=blkdebug,node-name=dbg0,image=f0",
             "--nbd-server", f"addr.type=unix,addr.path={self.sock}")
         self.q = self.daemon.qmp()
-        self.q.execute("blockdev-add", options={"driver": "raw", "id": device, "node-name": "disk0", "file": "dbg0",
-                                               **policies})
+        self.q.execute("blockdev-add", options={"driver": "raw", "id": device, "node-name": "disk0",
+                                               "file": "dbg0" if blkdebug else "f0", **policies})
         self.q.execute("nbd-server-add", device=device, writable=True)
 
     def connect(self, name: str | None = None):
@@ -208,9 +209,11 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def test_thin_provisioning_full_disk_stalls_then_finishes_after_growth_and_cont(launcher, tmp_path, small_fs):
+@pytest.mark.parametrize("aio", ["threads", "native"])
+def test_thin_provisioning_full_disk_stalls_then_finishes_after_growth_and_cont(launcher, tmp_path, small_fs, aio):
+    """aio=native sends the writes through io_uring: the failed write is retried from the engine's completion."""
     image = make_image(small_fs / "thin.img", 16 * MiB)  # sparse: 16 MiB on 4 MiB of storage
-    env = Env(launcher, tmp_path, image, werror="enospc")
+    env = Env(launcher, tmp_path, image, aio=aio, blkdebug=False, werror="enospc")
     env.q.execute("block-set-write-threshold", {"node-name": "disk0", "write-threshold": 2 * MiB})
     data = os.urandom(12 * MiB)
     chunk = 256 * KiB
