@@ -13,6 +13,8 @@ public final class ThrottleGroup: @unchecked Sendable {
     private var members: [ObjectIdentifier] = []
     private var waiting: [ObjectIdentifier: Int] = [:]
     private var turn = 0
+    /// Counts the wake-ups, so that a request that looked before sleeping does not sleep through one.
+    private var wakeups: UInt64 = 0
 
     /// A group with `limits` and no members.
     public init(name: String, limits: ThrottleLimits, persistent: Bool = false) {
@@ -28,7 +30,7 @@ public final class ThrottleGroup: @unchecked Sendable {
     public func setLimits(_ limits: ThrottleLimits) {
         condition.withLock {
             state.setLimits(limits, now: MonotonicClock.nanoseconds())
-            condition.broadcast()
+            wakeAll()
         }
     }
 
@@ -53,7 +55,7 @@ public final class ThrottleGroup: @unchecked Sendable {
                 if turn > index { turn -= 1 }
             }
             waiting.removeValue(forKey: id)
-            condition.broadcast()
+            wakeAll()
             return members.count
         }
     }
@@ -65,8 +67,8 @@ public final class ThrottleGroup: @unchecked Sendable {
         let id = ObjectIdentifier(member)
         var slept = false
         while true {
-            let (admitted, deadline) = condition.withLock { () -> (Bool?, UInt64) in
-                guard members.contains(id) else { return (false, 0) }
+            let (admitted, deadline, seen) = condition.withLock { () -> (Bool?, UInt64, UInt64) in
+                guard members.contains(id) else { return (false, 0, wakeups) }
                 let now = MonotonicClock.nanoseconds()
                 state.leak(now: now)
                 let wait = state.wait(isWrite: isWrite)
@@ -74,11 +76,11 @@ public final class ThrottleGroup: @unchecked Sendable {
                 if wait == 0 && (holder == nil || holder == id) {
                     state.account(isWrite: isWrite, bytes: bytes)
                     finishWaiting(id, registered: slept)
-                    return (true, 0)
+                    return (true, 0, wakeups)
                 }
                 if !slept { waiting[id, default: 0] += 1 }
                 // Not this member's turn: the holder wakes everyone when it goes; 100 ms is a safety net.
-                return (nil, now + (wait > 0 ? wait : 100_000_000))
+                return (nil, now + (wait > 0 ? wait : 100_000_000), wakeups)
             }
             if let admitted { return admitted }
             if !slept {
@@ -88,7 +90,7 @@ public final class ThrottleGroup: @unchecked Sendable {
                 continue
             }
             condition.withLock {
-                if members.contains(id) { condition.wait(until: deadline) }
+                if members.contains(id) && wakeups == seen { condition.wait(until: deadline) }
             }
         }
     }
@@ -109,6 +111,12 @@ public final class ThrottleGroup: @unchecked Sendable {
             if count <= 1 { waiting.removeValue(forKey: id) } else { waiting[id] = count - 1 }
         }
         if let index = members.firstIndex(of: id) { turn = (index + 1) % max(1, members.count) }
-        if !waiting.isEmpty { condition.broadcast() }
+        if !waiting.isEmpty { wakeAll() }
+    }
+
+    /// Wakes every sleeping request (lock held).
+    private func wakeAll() {
+        wakeups &+= 1
+        condition.broadcast()
     }
 }
