@@ -2,9 +2,35 @@ import BlockCore
 import NBDProtocol
 
 /// The device policies on the request path: admission (throttling, pausing) before a request runs,
-/// and the rerror/werror policy after one failed. Both are off the fast path: a device without a
+/// and the rerror/werror policy after one failed, with the replies of failed requests. Both are off the fast path: a device without a
 /// throttle that is not paused costs the `guarded` branch; a request that succeeds costs nothing.
 extension Transmission {
+    /// Fails a request because the device has no medium (removed, or the tray is open): EIO, as QEMU's ENOMEDIUM reaches a guest.
+    func replyNoMedium(_ header: RequestHeader) {
+        requestFailed = true
+        replyStatus(header, error: NBDError.io.rawValue)
+    }
+
+    /// Replies with the wire form of a storage error, and logs it with the node and the request.
+    func replyFailure(_ header: RequestHeader, _ error: BlockError) {
+        requestFailed = true
+        Log.warning("\(peer): node '\(node.name)': \(header.command.map { "\($0)" } ?? "command \(header.type)") at \(header.offset)+\(header.length) failed: \(error.message)")
+        replyStatus(header, error: Transmission.wireError(error))
+    }
+
+    /// Runs an operation whose reply carries no payload and answers it; a failure goes through the error policy.
+    @inline(__always)
+    func complete(_ header: RequestHeader, _ operation: () throws(BlockError) -> Void) {
+        do {
+            try operation()
+            replyStatus(header, error: 0)
+        } catch {
+            if recover(header, error, isWrite: header.command != .cache, flushFirst: true, retry: operation) {
+                replyStatus(header, error: 0)
+            }
+        }
+    }
+
     /// Waits until the device admits a request: while it is paused, and for reads and writes
     /// (`isWrite` non-nil) until its throttle group allows `bytes`. Finished replies go out first.
     @inline(never)

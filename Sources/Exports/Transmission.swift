@@ -414,31 +414,6 @@ final class Transmission {
         return false
     }
 
-    /// Fails a request because the device has no medium (removed, or the tray is open): EIO, as QEMU's ENOMEDIUM reaches a guest.
-    func replyNoMedium(_ header: RequestHeader) {
-        requestFailed = true
-        replyStatus(header, error: NBDError.io.rawValue)
-    }
-
-    /// Replies with the wire form of a storage error, and logs it with the node and the request.
-    func replyFailure(_ header: RequestHeader, _ error: BlockError) {
-        requestFailed = true
-        Log.warning("\(peer): node '\(node.name)': \(header.command.map { "\($0)" } ?? "command \(header.type)") at \(header.offset)+\(header.length) failed: \(error.message)")
-        replyStatus(header, error: Transmission.wireError(error))
-    }
-
-    @inline(__always)
-    func complete(_ header: RequestHeader, _ operation: () throws(BlockError) -> Void) {
-        do {
-            try operation()
-            replyStatus(header, error: 0)
-        } catch {
-            if recover(header, error, isWrite: header.command != .cache, flushFirst: true, retry: operation) {
-                replyStatus(header, error: 0)
-            }
-        }
-    }
-
     /// Checks a request once, at the edge (doc/proto.md § Request types); returns 0 or the wire error.
     func validate(_ header: RequestHeader) -> UInt32 {
         guard let command = header.command else { return NBDError.invalid.rawValue }
