@@ -344,3 +344,14 @@ def test_shutdown_does_not_wait_for_throttled_requests(env):
     assert env.daemon.stop() == 0
     assert time.monotonic() - started < 5
     thread.join(5)
+
+
+def test_the_device_of_an_export_of_a_plain_node(launcher, tmp_path):
+    """An export of a node that no device holds has a device of its own, named by the export's id."""
+    env = Env(launcher, tmp_path, devices=())
+    env.q.execute("blockdev-add", driver="null-co", **{"node-name": "plain", "size": SIZE, "read-zeroes": True})
+    env.q.execute("block-export-add", type="nbd", id="px", **{"node-name": "plain"}, name="plain")
+    assert env.q.execute("block_set_io_throttle", {**ZERO_LIMITS, "id": "px", "bps": 8 * MiB}) == {}
+    assert env.inserted("px")["bps"] == 8 * MiB
+    rate = measured_twice(lambda: fio_rate(tmp_path, env.uri("plain"), seconds=2)["bps"], 8 * MiB)
+    assert within(rate, 8 * MiB), rate / MiB
