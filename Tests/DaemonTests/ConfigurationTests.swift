@@ -82,6 +82,7 @@ final class ConfigFileTests: XCTestCase {
             nbd-server addr.type=unix,addr.path=/run/blockd/a.sock
 
             export type=nbd,id=e0,node-name=d0,writable=on
+            object throttle-group,id=tg0,limits.bps-total=1048576
             pidfile /run/blockd/a.pid
             log-level debug
             """
@@ -90,6 +91,7 @@ final class ConfigFileTests: XCTestCase {
         XCTAssertEqual(file.blockdevs.map(\.location), ["a.conf:2", "a.conf:3"])
         XCTAssertEqual(file.servers.map(\.text), ["addr.type=unix,addr.path=/run/blockd/a.sock"])
         XCTAssertEqual(file.exports.map(\.text), ["type=nbd,id=e0,node-name=d0,writable=on"])
+        XCTAssertEqual(file.objects.map(\.text), ["throttle-group,id=tg0,limits.bps-total=1048576"])
         XCTAssertEqual(file.pidfile, "/run/blockd/a.pid")
         XCTAssertEqual(file.logLevel, "debug")
     }
