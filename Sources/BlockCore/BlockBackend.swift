@@ -45,6 +45,8 @@ public final class BlockBackend: Sendable {
         var trayOpen = false
         /// Whether the last medium was read-only (`read-only-mode=retain` of blockdev-change-medium).
         var readOnly: Bool
+        /// The throttle group the device belongs to.
+        var throttle: ThrottleGroup?
     }
 
     /// The device's id, or nil for the anonymous device of an export.
@@ -53,14 +55,25 @@ public final class BlockBackend: Sendable {
     public let stats: BlockStats
     /// Whether the medium may be removed and changed (`removable` of query-block).
     public let isRemovable: Bool
+    /// Where BLOCK_IO_ERROR goes (nil: nowhere; anonymous devices send none).
+    public let events: BlockEventSink?
     private let state: Mutex<State>
     private let changes = Atomic<UInt64>(0)
+    /// `throttledFlag` and `pausedFlag`: whether requests must call `admit`.
+    let admissionFlags = Atomic<UInt8>(0)
+    /// rerror in the low, werror in the high four bits (indexes into `BlockErrorPolicy.allCases`).
+    let errorPolicies = Atomic<UInt8>(0)
+    let ioStatusValue = Atomic<UInt8>(0)
+    let pauseGate = PauseGate()
 
     /// Creates a device with `medium` inserted (or none) and the tray closed.
-    public init(id: String?, medium: BlockNode?, stats: BlockStats = BlockStats(), removable: Bool = true) {
+    public init(
+        id: String?, medium: BlockNode?, stats: BlockStats = BlockStats(), removable: Bool = true, events: BlockEventSink? = nil
+    ) {
         self.id = id
         self.stats = stats
         self.isRemovable = removable
+        self.events = events
         self.state = Mutex(State(medium: medium.map(Medium.init), readOnly: medium?.readOnly ?? false))
     }
 
@@ -125,6 +138,39 @@ public final class BlockBackend: Sendable {
                 state.trayOpen = false
             }
             return (state.medium, state.trayOpen)
+        }
+    }
+
+    /// The throttle group the device belongs to, if any.
+    public var throttleGroup: ThrottleGroup? { state.withLock { $0.throttle } }
+
+    /// Moves the device into `group` (nil: out of any); returns the group it left, if any.
+    @discardableResult
+    public func setThrottleGroup(_ group: ThrottleGroup?) -> ThrottleGroup? {
+        let old: ThrottleGroup? = change { state in
+            let old = state.throttle
+            guard old !== group else { return nil }
+            state.throttle = group
+            group?.join(self)
+            if group == nil {
+                admissionFlags.bitwiseAnd(~BlockBackend.throttledFlag, ordering: .releasing)
+            } else {
+                admissionFlags.bitwiseOr(BlockBackend.throttledFlag, ordering: .releasing)
+            }
+            return old
+        }
+        old?.leave(self)
+        return old
+    }
+
+    /// Sets or clears an admission flag and starts a new generation, so requests see it.
+    func setAdmissionFlag(_ flag: UInt8, _ on: Bool) {
+        change { _ -> Void in
+            if on {
+                admissionFlags.bitwiseOr(flag, ordering: .releasing)
+            } else {
+                admissionFlags.bitwiseAnd(~flag, ordering: .releasing)
+            }
         }
     }
 

@@ -18,6 +18,19 @@ public enum BlockEvent: Sendable, Equatable {
     /// A format driver found its image's metadata damaged (`BLOCK_IMAGE_CORRUPTED`); `fatal` when the
     /// image is now marked corrupt.
     case imageCorrupted(nodeName: String, message: String, offset: UInt64?, size: UInt64?, fatal: Bool)
+    /// A request of a device failed (`BLOCK_IO_ERROR`): what was done about it by the device's
+    /// rerror/werror policy, whether the storage was full, and the error's description.
+    case ioError(device: String, isWrite: Bool, action: IOErrorAction, noSpace: Bool, reason: String)
+}
+
+/// What a device did about a failed request (QEMU's `BlockErrorAction`).
+public enum IOErrorAction: String, Sendable {
+    /// The request completed as if it had succeeded.
+    case ignore
+    /// The error went to the client.
+    case report
+    /// The device paused; the request is retried when it resumes.
+    case stop
 }
 
 /// Where a graph's nodes send their events. The daemon installs a handler; until it does (and in

@@ -102,6 +102,8 @@ public final class BlockGraph: Sendable {
     private let openers: [String: DriverEntry]
     /// Where the graph's nodes (and drivers, through `OpenContext.graph`) send their events.
     public let events = BlockEventSink()
+    /// The throttle groups devices and `throttle` nodes belong to.
+    public let throttleGroups = ThrottleGroupRegistry()
     /// Option names every node takes (BlockdevOptionsBase).
     public static let commonKeys: Set<String> = [
         "driver", "node-name", "read-only", "auto-read-only", "force-share", "cache", "discard", "aio", "detect-zeroes",

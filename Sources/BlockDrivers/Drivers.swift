@@ -16,6 +16,7 @@ public enum Drivers {
             "blkverify": DriverEntry(keys: ["test", "raw"], open: BlkverifyDriver.opener),
             "quorum": DriverEntry(
                 keys: ["children", "vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern"], open: QuorumDriver.opener),
+            "throttle": DriverEntry(keys: ["throttle-group", "file"], open: ThrottleDriver.opener),
             "null-co": DriverEntry(keys: null, open: NullDriver.opener(for: "null-co")),
             "null-aio": DriverEntry(keys: null, open: NullDriver.opener(for: "null-aio")),
         ]

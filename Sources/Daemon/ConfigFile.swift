@@ -24,6 +24,8 @@ public struct ConfigFile: Sendable, Equatable {
     public var chardevs: [OptionText] = []
     /// `monitor` lines.
     public var monitors: [OptionText] = []
+    /// `object` lines (throttle groups).
+    public var objects: [OptionText] = []
     /// `pidfile`.
     public var pidfile: String?
     /// `log-level`.
@@ -50,10 +52,11 @@ public struct ConfigFile: Sendable, Equatable {
             case "export": exports.append(text)
             case "chardev": chardevs.append(text)
             case "monitor": monitors.append(text)
+            case "object": objects.append(text)
             case "pidfile": pidfile = value
             case "log-level": logLevel = value
             default:
-                throw OptionError("\(place): unknown option '\(option)' (expected blockdev, nbd-server, export, chardev, monitor, pidfile or log-level)")
+                throw OptionError("\(place): unknown option '\(option)' (expected blockdev, nbd-server, export, chardev, monitor, object, pidfile or log-level)")
             }
         }
     }

@@ -90,6 +90,8 @@ public struct DaemonConfiguration: Sendable {
     public var chardevs: [ChardevSpec] = []
     /// `--monitor` definitions.
     public var monitors: [MonitorSpec] = []
+    /// `--object throttle-group` definitions.
+    public var throttleGroups: [ThrottleGroupSpec] = []
     /// `--pidfile`.
     public var pidfile: String?
     /// `--daemonize`.
@@ -102,7 +104,8 @@ public struct DaemonConfiguration: Sendable {
 
     /// Parses the option texts of each kind (the values that followed `--blockdev`, `--nbd-server`, `--export`).
     public init(
-        blockdevs: [OptionText], servers: [OptionText], exports: [OptionText], chardevs: [OptionText] = [], monitors: [OptionText] = []
+        blockdevs: [OptionText], servers: [OptionText], exports: [OptionText], chardevs: [OptionText] = [], monitors: [OptionText] = [],
+        objects: [OptionText] = []
     ) throws(OptionError) {
         func parse(_ item: OptionText, _ option: String, impliedKey: String? = nil) throws(OptionError) -> OptionValue {
             do {
@@ -110,6 +113,15 @@ public struct DaemonConfiguration: Sendable {
             } catch {
                 throw OptionError("\(option): \(error.message)")
             }
+        }
+        for item in objects {
+            let group = try item.located { () throws(OptionError) in
+                try ThrottleOptions.parseObject(try parse(item, "--object", impliedKey: "qom-type"))
+            }
+            guard !self.throttleGroups.contains(where: { $0.id == group.id }) else {
+                throw OptionError("--object: id '\(group.id)' is used twice").at(item.location)
+            }
+            self.throttleGroups.append(group)
         }
         for item in blockdevs {
             self.blockdevs.append(try item.located { () throws(OptionError) in try parse(item, "--blockdev") })
@@ -258,6 +270,8 @@ public struct CommandLineOptions: Sendable {
     public var chardevs: [String] = []
     /// `--monitor` values.
     public var monitors: [String] = []
+    /// `--object` values.
+    public var objects: [String] = []
     /// `--config FILE`.
     public var configPath: String?
     /// `--log-level`, when given on the command line.
@@ -276,7 +290,8 @@ public struct CommandLineOptions: Sendable {
         func texts(_ values: [String]) -> [OptionText] { values.map { OptionText($0) } }
         var configuration = try DaemonConfiguration(
             blockdevs: file.blockdevs + texts(blockdevs), servers: file.servers + texts(servers), exports: file.exports + texts(exports),
-            chardevs: file.chardevs + texts(chardevs), monitors: file.monitors + texts(monitors))
+            chardevs: file.chardevs + texts(chardevs), monitors: file.monitors + texts(monitors),
+            objects: file.objects + texts(objects))
         configuration.pidfile = pidfile ?? file.pidfile
         configuration.daemonize = daemonize
         configuration.logLevel = file.logLevel

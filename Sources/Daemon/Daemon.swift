@@ -24,6 +24,8 @@ public final class Daemon: @unchecked Sendable {
     let controlLock = NSLock()
     /// Devices created by the 2.6 form of `blockdev-add` with an `id`, by id.
     var devices: [String: BlockBackend] = [:]
+    /// Whether QMP `stop` put the server in the stopped run state.
+    var runStopped = false
     /// Nodes that blockdev-change-medium opened: closed when they are taken out of their device.
     var openedMedia: Set<String> = []
     /// The QMP monitor, when `--monitor` asked for one.
@@ -41,6 +43,7 @@ public final class Daemon: @unchecked Sendable {
         if !configuration.exports.isEmpty && addresses.isEmpty {
             throw OptionError("--export type=nbd needs an --nbd-server to serve it")
         }
+        applyThrottleGroups(configuration.throttleGroups)
         for (blockdev, location) in zip(configuration.blockdevs, configuration.blockdevLocations) {
             try openNode(blockdev, location: location)
         }
@@ -104,6 +107,7 @@ public final class Daemon: @unchecked Sendable {
                 throw OptionError("reload: \(error.at(location).message)")
             }
         }
+        applyThrottleGroups(new.throttleGroups)
         for spec in droppedExports { removeExport(spec.id) }
         for name in droppedNodes.reversed() {
             do {
@@ -146,6 +150,7 @@ public final class Daemon: @unchecked Sendable {
     public func stop() {
         monitor?.emit(ShutdownEvent())
         monitor?.shutdown()
+        releaseWaitingRequests()
         server.shutdown()
         for node in graph.allNodes where !node.readOnly {
             do {
@@ -155,6 +160,24 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         graph.closeAll()
+    }
+
+    /// Lets every request that waits for a paused device or a throttle group go, so that the
+    /// connections can drain at shutdown.
+    private func releaseWaitingRequests() {
+        controlLock.lock()
+        let backends = devices.values.map { $0 } + server.exports.all.map(\.backend)
+        controlLock.unlock()
+        for group in graph.throttleGroups.all { group.setLimits(ThrottleLimits()) }
+        for backend in backends { backend.resume([.stopped, .ioError]) }
+    }
+
+    /// Creates the `--object throttle-group`s that do not exist yet and sets the limits of those that do.
+    private func applyThrottleGroups(_ specs: [ThrottleGroupSpec]) {
+        for spec in specs {
+            let (group, created) = graph.throttleGroups.groupCreating(spec.id, limits: spec.limits, persistent: true)
+            if !created && group.limits != spec.limits { group.setLimits(spec.limits) }
+        }
     }
 
     private func openNode(_ blockdev: OptionValue, location: String?) throws(OptionError) {

@@ -75,8 +75,20 @@ extension Transmission {
                     failure = error
                 }
             }
-            if let failure {
-                replyFailure(io.header, failure)
+            if let error = failure {
+                // The device's error policy decides: replied as a failure, ignored, or retried after `cont`.
+                func retry() throws(BlockError) {
+                    if io.isRead {
+                        try node.read(into: UnsafeMutableRawBufferPointer(start: io.buffer, count: count), at: io.header.offset)
+                    } else {
+                        try node.write(UnsafeRawBufferPointer(start: io.buffer, count: count), at: io.header.offset,
+                                       fua: io.header.commandFlags.contains(.fua))
+                    }
+                }
+                if recover(io.header, error, isWrite: !io.isRead, flushFirst: false, retry: retry) { failure = nil }
+            }
+            if failure != nil {
+                // Replied by `recover`.
             } else if io.isRead {
                 let prefix = style == .simple ? ReplyHeader.simpleSize : style.chunkHeaderSize + 8
                 writeReadHeader(io.header, count: count, at: reserveOutput(prefix))

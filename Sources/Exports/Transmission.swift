@@ -37,6 +37,8 @@ final class Transmission {
     /// The medium requests go to (nil: none inserted, or the tray is open), as of `generation`.
     var medium: BlockBackend.Medium?
     var generation: UInt64
+    /// Whether requests must pass the device's `admit` (throttled or paused), as of `generation`.
+    var guarded: Bool
     let stats: BlockStats
     /// Set by `replyFailure` while a request runs, for its accounting.
     var requestFailed = false
@@ -77,6 +79,7 @@ final class Transmission {
         self.session = session
         self.backend = session.export.backend
         (self.medium, self.generation) = backend.current()
+        self.guarded = backend.needsAdmission
         self.stats = backend.stats
         self.style = session.style
         self.headerSize = session.style == .extended ? RequestHeader.extendedSize : RequestHeader.compactSize
@@ -100,6 +103,7 @@ final class Transmission {
     func switchMedium() {
         flushOutput()
         (medium, generation) = backend.current()
+        guarded = backend.needsAdmission
     }
 
     /// Serves requests until the client disconnects or breaks the protocol.
@@ -295,6 +299,7 @@ final class Transmission {
                 replyStatus(header, error: error)
                 return nil
             }
+            if guarded { admit(isWrite: true, bytes: header.length) }
             let started = stats.start(.write)
             requestFailed = false
             if medium == nil {
@@ -302,11 +307,16 @@ final class Transmission {
             } else if queueWrite(header, payload, started: started) {
                 return nil
             } else {
+                let fua = header.commandFlags.contains(.fua)
                 do {
-                    try node.write(payload, at: header.offset, fua: header.commandFlags.contains(.fua))
+                    try node.write(payload, at: header.offset, fua: fua)
                     replyStatus(header, error: 0)
                 } catch {
-                    replyFailure(header, error)
+                    if recover(header, error, isWrite: true, flushFirst: true, retry: { () throws(BlockError) in
+                        try node.write(payload, at: header.offset, fua: fua)
+                    }) {
+                        replyStatus(header, error: 0)
+                    }
                 }
             }
             stats.done(.write, started: started, bytes: header.length, offset: header.offset, failed: requestFailed)
@@ -330,6 +340,7 @@ final class Transmission {
             return nil
         }
         guard let kind else { return execute(header) }
+        if guarded { admit(isWrite: kind == .read ? false : kind == .write ? true : nil, bytes: header.length) }
         let started = stats.start(kind)
         requestFailed = false
         let queued = execute(header, started: started)
@@ -401,29 +412,6 @@ final class Transmission {
             preconditionFailure("validated away")
         }
         return false
-    }
-
-    /// Fails a request because the device has no medium (removed, or the tray is open): EIO, as QEMU's ENOMEDIUM reaches a guest.
-    func replyNoMedium(_ header: RequestHeader) {
-        requestFailed = true
-        replyStatus(header, error: NBDError.io.rawValue)
-    }
-
-    /// Replies with the wire form of a storage error, and logs it with the node and the request.
-    func replyFailure(_ header: RequestHeader, _ error: BlockError) {
-        requestFailed = true
-        Log.warning("\(peer): node '\(node.name)': \(header.command.map { "\($0)" } ?? "command \(header.type)") at \(header.offset)+\(header.length) failed: \(error.message)")
-        replyStatus(header, error: Transmission.wireError(error))
-    }
-
-    @inline(__always)
-    func complete(_ header: RequestHeader, _ operation: () throws(BlockError) -> Void) {
-        do {
-            try operation()
-            replyStatus(header, error: 0)
-        } catch {
-            replyFailure(header, error)
-        }
     }
 
     /// Checks a request once, at the edge (doc/proto.md § Request types); returns 0 or the wire error.
@@ -511,11 +499,13 @@ final class Transmission {
         }
         if queueRead(header, count: count, started: started) { return true }
         let base = reserveOutput(prefix + count)
+        let target = UnsafeMutableRawBufferPointer(start: base + prefix, count: count)
         do {
-            try node.read(into: UnsafeMutableRawBufferPointer(start: base + prefix, count: count), at: header.offset)
+            try node.read(into: target, at: header.offset)
         } catch {
-            replyFailure(header, error)
-            return false
+            guard recover(header, error, isWrite: false, flushFirst: false, retry: { () throws(BlockError) in
+                try node.read(into: target, at: header.offset)
+            }) else { return false }
         }
         writeReadHeader(header, count: count, at: base)
         outputLength += prefix + count

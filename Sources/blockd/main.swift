@@ -16,7 +16,7 @@ struct BlockdCommand: ParsableCommand {
                      --nbd-server addr.type=unix,addr.path=/run/blockd/nbd.sock \\
                      --export type=nbd,id=e0,node-name=disk0,name=disk0,writable=on
 
-            Drivers: file, host_device, host_cdrom, raw, null-co, null-aio.
+            Drivers: file, host_device, host_cdrom, raw, qcow2, blkdebug, blkverify, quorum, throttle, null-co, null-aio.
             """,
         version: BlockdVersion.string)
 
@@ -41,6 +41,10 @@ struct BlockdCommand: ParsableCommand {
         "Run a QMP monitor on a chardev: chardev=ID[,mode=control][,pretty=on].", valueName: "options"))
     var monitors: [String] = []
 
+    @Option(name: .customLong("object"), help: ArgumentHelp(
+        "Define a throttle group: throttle-group,id=ID,limits.bps-total=N,limits.iops-total=N,... (see README).", valueName: "options"))
+    var objects: [String] = []
+
     @Option(name: .customLong("config"), help: ArgumentHelp(
         "Read options from FILE: one per line, the option name without dashes, then its value (see README). SIGHUP re-reads it.",
         valueName: "file"))
@@ -63,6 +67,7 @@ struct BlockdCommand: ParsableCommand {
         options.exports = exports
         options.chardevs = chardevs
         options.monitors = monitors
+        options.objects = objects
         options.configPath = configPath
         options.pidfile = pidfile
         options.daemonize = daemonize

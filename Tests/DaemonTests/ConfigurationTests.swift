@@ -29,6 +29,33 @@ final class ConfigurationTests: XCTestCase {
         XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: [], exports: [], chardevs: ["socket,id=m0,path=/x,server=off"], monitors: []))
     }
 
+    func testThrottleGroupObjects() throws {
+        let configuration = try DaemonConfiguration(
+            blockdevs: [], servers: [], exports: [],
+            objects: ["throttle-group,id=tg0,limits.bps-total=1048576,limits.iops-read=100,limits.iops-read-max=400,limits.iops-read-max-length=5",
+                      #"{"qom-type": "throttle-group", "id": "tg1", "limits": {"iops-size": 8192, "bps-write": 10}}"#])
+        XCTAssertEqual(configuration.throttleGroups.map(\.id), ["tg0", "tg1"])
+        let limits = configuration.throttleGroups[0].limits
+        XCTAssertEqual(limits[.bpsTotal].average, 1 << 20)
+        XCTAssertEqual(limits[.iopsRead], ThrottleLimits.Limit(average: 100, burst: 400, burstSeconds: 5))
+        XCTAssertEqual(configuration.throttleGroups[1].limits.iopsSize, 8192)
+        let legacy = try DaemonConfiguration(blockdevs: [], servers: [], exports: [], objects: ["throttle-group,id=t,x-iops-total=300"])
+        XCTAssertEqual(legacy.throttleGroups[0].limits[.iopsTotal].average, 300)
+        XCTAssertThrowsError(try DaemonConfiguration(
+            blockdevs: [], servers: [], exports: [], objects: ["throttle-group,id=t,x-iops-total=3,limits.bps-total=5"]))
+        XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: [], exports: [], objects: ["throttle-group,id=t,limits.bps=5"])) {
+            XCTAssertEqual("\($0)", "--object: unknown parameter 'limits.bps'")
+        }
+        XCTAssertThrowsError(try DaemonConfiguration(
+            blockdevs: [], servers: [], exports: [], objects: ["throttle-group,id=t,limits.iops-total=10,limits.iops-total-max=5"])) {
+            XCTAssertEqual("\($0)", "--object: bps_max/iops_max cannot be lower than bps/iops values")
+        }
+        XCTAssertThrowsError(try DaemonConfiguration(
+            blockdevs: [], servers: [], exports: [], objects: ["throttle-group,id=t", "throttle-group,id=t"])) {
+            XCTAssertEqual("\($0)", "--object: id 't' is used twice")
+        }
+    }
+
     func testErrorsNameTheKey() {
         XCTAssertThrowsError(try DaemonConfiguration(blockdevs: [], servers: ["addr.type=unix"], exports: [])) {
             XCTAssertEqual("\($0)", "--nbd-server: parameter 'addr.path' is missing")
@@ -55,6 +82,7 @@ final class ConfigFileTests: XCTestCase {
             nbd-server addr.type=unix,addr.path=/run/blockd/a.sock
 
             export type=nbd,id=e0,node-name=d0,writable=on
+            object throttle-group,id=tg0,limits.bps-total=1048576
             pidfile /run/blockd/a.pid
             log-level debug
             """
@@ -63,6 +91,7 @@ final class ConfigFileTests: XCTestCase {
         XCTAssertEqual(file.blockdevs.map(\.location), ["a.conf:2", "a.conf:3"])
         XCTAssertEqual(file.servers.map(\.text), ["addr.type=unix,addr.path=/run/blockd/a.sock"])
         XCTAssertEqual(file.exports.map(\.text), ["type=nbd,id=e0,node-name=d0,writable=on"])
+        XCTAssertEqual(file.objects.map(\.text), ["throttle-group,id=tg0,limits.bps-total=1048576"])
         XCTAssertEqual(file.pidfile, "/run/blockd/a.pid")
         XCTAssertEqual(file.logLevel, "debug")
     }
@@ -76,7 +105,7 @@ final class ConfigFileTests: XCTestCase {
 
     func testErrorsNameFileAndLine() {
         XCTAssertThrowsError(try ConfigFile(text: "blockdev x=1\nexprot type=nbd", path: "b.conf")) {
-            XCTAssertEqual("\($0)", "b.conf:2: unknown option 'exprot' (expected blockdev, nbd-server, export, chardev, monitor, pidfile or log-level)")
+            XCTAssertEqual("\($0)", "b.conf:2: unknown option 'exprot' (expected blockdev, nbd-server, export, chardev, monitor, object, pidfile or log-level)")
         }
         XCTAssertThrowsError(try ConfigFile(text: "export", path: "c.conf")) {
             XCTAssertEqual("\($0)", "c.conf:1: 'export' needs a value")

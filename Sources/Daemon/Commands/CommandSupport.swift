@@ -29,6 +29,8 @@ extension Daemon {
         registerQueryCommands(on: table)
         registerExportCommands(on: table)
         registerPolicyCommands(on: table)
+        registerThrottleCommands(on: table)
+        registerRunStateCommands(on: table)
         registerMediumCommands(on: table)
     }
 }

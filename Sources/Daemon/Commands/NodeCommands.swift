@@ -1,4 +1,5 @@
 import BlockCore
+import BlockDrivers
 import JSON
 import QAPI
 
@@ -18,8 +19,11 @@ extension Daemon {
                         inner.removeValue(forKey: "id")
                     }
                     // Settings of the device (BlockBackend), not of the node.
-                    for key in ["stats-account-invalid", "stats-account-failed", "stats-intervals", "rerror", "werror"] {
+                    for key in ["stats-account-invalid", "stats-account-failed", "stats-intervals"] + DeviceOptions.keys {
                         if let value = inner.removeValue(forKey: key) { backend[key] = value }
+                    }
+                    for key in inner.keys where key.hasPrefix("throttling.") {
+                        backend[key] = inner.removeValue(forKey: key)
                     }
                     options = .object(inner)
                 }
@@ -27,6 +31,11 @@ extension Daemon {
                     throw .generic("\(backend.keys.sorted().joined(separator: ", ")) can only be given with an id")
                 }
                 let stats = try Daemon.deviceStatistics(backend)
+                let settings = try DeviceOptions(backend)
+                if let limits = settings.limits, let name = settings.group ?? device,
+                   let existing = graph.throttleGroups.group(named: name), existing.isPersistent, existing.limits != limits {
+                    throw .generic("Throttle group '\(name)' is an object with limits of its own; give no throttling limits to join it")
+                }
                 if device == nil, case .object(let members) = options, members["node-name"] == nil {
                     throw .generic("'node-name' must be specified for the root node")
                 }
@@ -42,7 +51,12 @@ extension Daemon {
                 } catch {
                     throw error.qmp
                 }
-                if let device { devices[device] = BlockBackend(id: device, medium: node, stats: stats) }
+                if let device {
+                    let backend = BlockBackend(id: device, medium: node, stats: stats, events: graph.events)
+                    settings.apply(to: backend, groups: graph.throttleGroups)
+                    if runStopped { backend.pause(.stopped) }
+                    devices[device] = backend
+                }
                 return QAPIEmpty()
             }
         }
@@ -61,6 +75,8 @@ extension Daemon {
                         throw QAPIError(.deviceInUse, "Device '\(id)' is in use by export '\(export.id)'")
                     }
                     devices.removeValue(forKey: id)
+                    if let group = device.setThrottleGroup(nil) { graph.throttleGroups.dropIfUnused(group) }
+                    device.resume([.stopped, .ioError])
                     if let medium = device.medium { try deleteNode(medium.name) }
                 case (nil, let name?):
                     if let (id, _) = devices.first(where: { $0.value.medium?.name == name }) {
@@ -96,18 +112,17 @@ extension Daemon {
             }
         }
         table.register(QueryNamedBlockNodesCommand.self) { [unowned self] _ throws(QAPIError) in
-            graph.allNodes.filter { !$0.name.hasPrefix("#") }.map(blockDeviceInfo)
+            try locked { () throws(QAPIError) in
+                graph.allNodes.filter { !$0.name.hasPrefix("#") }.map { node in
+                    blockDeviceInfo(node, device: allDevices().first { $0.backend.medium === node }?.backend)
+                }
+            }
         }
     }
 
-    /// The statistics of a new device from its `stats-*` options; `rerror`/`werror` other than `report` are refused.
+    /// The statistics of a new device from its `stats-*` options.
     static func deviceStatistics(_ options: [String: JSONValue]) throws(QAPIError) -> BlockCore.BlockStats {
         let stats = BlockCore.BlockStats()
-        for key in ["rerror", "werror"] {
-            if let value = options[key], value != .string("report") {
-                throw .generic("\(key)=\(value.serialized()) is not supported yet (only 'report')")
-            }
-        }
         if let value = options["stats-account-invalid"] {
             guard case .bool(let flag) = value else { throw .invalidParameterType("options.stats-account-invalid", expected: "bool") }
             stats.accountInvalid.store(flag, ordering: .relaxed)
@@ -147,8 +162,8 @@ extension Daemon {
         openedMedia.remove(name)
     }
 
-    /// A node as BlockDeviceInfo describes it.
-    func blockDeviceInfo(_ node: BlockNode) -> BlockDeviceInfo {
+    /// A node as BlockDeviceInfo describes it, with the throttling of the device it is the medium of.
+    func blockDeviceInfo(_ node: BlockNode, device: BlockBackend?) -> BlockDeviceInfo {
         let image = ImageInfo(
             filename: node.driver.filename, format: node.driver.driverName,
             actualSize: node.driver.allocatedSize.map { Int64(clamping: $0) }, virtualSize: Int64(clamping: node.length))
@@ -158,5 +173,6 @@ extension Daemon {
             detectZeroes: BlockdevDetectZeroesOptions(rawValue: node.detectZeroes.name) ?? .off, bps: 0, bpsRd: 0, bpsWr: 0, iops: 0, iopsRd: 0, iopsWr: 0, image: image,
             cache: BlockdevCacheInfo(writeback: true, direct: node.common.cacheDirect, noFlush: node.common.cacheNoFlush),
             writeThreshold: Int64(clamping: node.writeThreshold))
+            .withThrottling(device?.throttleGroup ?? (node.driver as? ThrottleDriver)?.group)
     }
 }

@@ -73,6 +73,10 @@ extension Daemon {
             monitor?.emit(BlockImageCorruptedEvent(
                 device: device, nodeName: node, msg: message, offset: offset.map { Int64(clamping: $0) },
                 size: size.map { Int64(clamping: $0) }, fatal: fatal))
+        case .ioError(let device, let isWrite, let action, let noSpace, let reason):
+            monitor?.emit(BlockIoErrorEvent(
+                device: device, operation: isWrite ? .write : .read, action: BlockErrorAction(rawValue: action.rawValue)!,
+                nospace: noSpace, reason: reason))
         }
     }
 }

@@ -10,7 +10,8 @@ extension Daemon {
             try locked { () throws(QAPIError) in allDevices().map { device in
                 // Every device has a tray that no guest locks (the exports stand for the guest device).
                 BlockInfo(device: device.name, type: "unknown", removable: device.backend.isRemovable, locked: false,
-                          inserted: device.backend.medium.map(blockDeviceInfo), trayOpen: device.backend.isTrayOpen, ioStatus: .ok)
+                          inserted: device.backend.medium.map { blockDeviceInfo($0, device: device.backend) },
+                          trayOpen: device.backend.isTrayOpen, ioStatus: Daemon.ioStatus(device.backend.ioStatus))
             } }
         }
         table.register(QueryBlockstatsCommand.self) { [unowned self] arguments throws(QAPIError) in

@@ -396,8 +396,11 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
 
 /// The arguments of 'block_set_io_throttle'.
 public struct BlockSetIoThrottleArguments: QAPIValue, Equatable {
-    /// The device
-    public var device: String
+    /// The device (its id, or the id of the export whose device it is); give either `device` or
+    /// `id`
+    public var device: String?
+    /// The device, by the name later QEMU versions use for it; give either `device` or `id`
+    public var id: String?
     /// Total bytes per second
     public var bps: Int64
     /// Read bytes per second
@@ -441,7 +444,8 @@ public struct BlockSetIoThrottleArguments: QAPIValue, Equatable {
 
     /// Creates a value from its members.
     public init(
-        device: String,
+        device: String? = nil,
+        id: String? = nil,
         bps: Int64,
         bpsRd: Int64,
         bpsWr: Int64,
@@ -464,6 +468,7 @@ public struct BlockSetIoThrottleArguments: QAPIValue, Equatable {
         group: String? = nil
     ) {
         self.device = device
+        self.id = id
         self.bps = bps
         self.bpsRd = bpsRd
         self.bpsWr = bpsWr
@@ -488,7 +493,8 @@ public struct BlockSetIoThrottleArguments: QAPIValue, Equatable {
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
-        self.device = try object.required("device")
+        self.device = try object.optional("device")
+        self.id = try object.optional("id")
         self.bps = try object.required("bps")
         self.bpsRd = try object.required("bps_rd")
         self.bpsWr = try object.required("bps_wr")
@@ -514,7 +520,8 @@ public struct BlockSetIoThrottleArguments: QAPIValue, Equatable {
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
-        object["device"] = device.json
+        if let device { object["device"] = device.json }
+        if let id { object["id"] = id.json }
         object["bps"] = bps.json
         object["bps_rd"] = bpsRd.json
         object["bps_wr"] = bpsWr.json

@@ -41,16 +41,19 @@ public enum QuitCommand: QAPICommand {
     public typealias Result = QAPIEmpty
 }
 
-/// Switches the server to the stopped run state and sends STOP. blockd has no guest to pause; the
-/// command is kept so that management tools written for QEMU work unchanged.
+/// Switches the server to the stopped run state and sends STOP. blockd has no guest to pause: it
+/// pauses the requests of every device instead. Clients stay connected; their requests wait (they
+/// are not failed) until `cont`.
 public enum StopCommand: QAPICommand {
     public static let name = "stop"
     public typealias Arguments = QAPIEmpty
     public typealias Result = QAPIEmpty
 }
 
-/// Switches the server back to the running state after `stop` and sends RESUME. Does nothing when
-/// it is already running.
+/// Switches the server back to the running state after `stop`, and resumes every device that an I/O
+/// error paused (rerror/werror "stop", or "enospc" on a full disk): the request that failed is
+/// retried, the waiting ones run, and each device's io-status is "ok" again. Sends RESUME when
+/// anything was paused; otherwise does nothing.
 public enum ContCommand: QAPICommand {
     public static let name = "cont"
     public typealias Arguments = QAPIEmpty

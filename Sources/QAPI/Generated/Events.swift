@@ -151,7 +151,8 @@ public struct BlockImageCorruptedEvent: QAPIEvent, Equatable {
     }
 }
 
-/// Sent when an I/O request of a device fails. When `action` is "stop", STOP follows.
+/// Sent when an I/O request of a device fails. When `action` is "stop", the device's requests are
+/// paused (queued, not failed) until `cont`, which retries the failed request; other devices go on.
 public struct BlockIoErrorEvent: QAPIEvent, Equatable {
     public static let name = "BLOCK_IO_ERROR"
 
