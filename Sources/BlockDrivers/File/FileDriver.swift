@@ -60,10 +60,14 @@ public final class FileDriver: BlockDriver {
         self.noFlush = common.cacheNoFlush
         self.native = common.aio != "threads"
         self.currentLength = Atomic(size)
+        // A writable file may grow (a qcow2 image allocating clusters, a resize): the mapping reserves
+        // address space past the end so that grown data is sent from it too. Only bytes below the
+        // current length are ever handed out, so the pages past the end are never touched.
+        let reserved = common.readOnly ? size : min(1 << 46, max(size * 2, size + (16 << 30)))
         if !isBlockDevice && !common.cacheDirect && size > 0 && size < (1 << 46),
-           let base = mmap(nil, Int(size), PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED {
+           let base = mmap(nil, Int(reserved), PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED {
             self.mapping = UInt(bitPattern: base)
-            self.mappedLength = size
+            self.mappedLength = reserved
         } else {
             self.mapping = 0
             self.mappedLength = 0
