@@ -20,10 +20,10 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     /// Guarded by `lock`.
     let meta: Qcow2Metadata
     /// Guest clusters being allocated; guarded by `lock`.
-    private var inflight = Set<UInt64>()
+    var inflight = Set<UInt64>()
     /// Requests between mapping and completion; cluster releases wait until it is zero.
-    private let activeIO = Atomic<Int>(0)
-    private let size: Atomic<UInt64>
+    let activeIO = Atomic<Int>(0)
+    let size: Atomic<UInt64>
     let clusterBits: UInt64
     let clusterSize: Int
     let readOnly: Bool
@@ -70,7 +70,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     }
 
     /// The runs covering a guest range; the lock is held.
-    private func segments(at offset: UInt64, length: Int) throws(BlockError) -> [Segment] {
+    func segments(at offset: UInt64, length: Int) throws(BlockError) -> [Segment] {
         var result: [Segment] = []
         var position = offset
         let end = offset + UInt64(length)
@@ -142,7 +142,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         }
     }
 
-    private func readRun(_ run: Segment, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
+    func readRun(_ run: Segment, into target: UnsafeMutableRawBufferPointer) throws(BlockError) {
         switch run.state {
         case .data(let host, _):
             guard host + UInt64(run.length) <= file.length else {
@@ -162,7 +162,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     }
 
     /// Reads from the backing node; what lies past its end reads as zeroes.
-    private func readBacking(into target: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
+    func readBacking(into target: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
         guard let backing, offset < backing.length else {
             target.initializeMemory(as: UInt8.self, repeating: 0)
             return
@@ -239,7 +239,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     // MARK: - Writes
 
     /// Waits until no cluster of `range` is being allocated; the lock is held.
-    private func waitForInflight(_ range: ClosedRange<UInt64>) {
+    func waitForInflight(_ range: ClosedRange<UInt64>) {
         while !inflight.isEmpty && range.contains(where: { inflight.contains($0) }) { lock.wait() }
     }
 
@@ -387,84 +387,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         meta.state(of: entry)
     }
 
-    // MARK: - Zeroes and discards
-
-    /// The whole clusters inside a range (the image's partial last cluster counts as whole).
-    private func wholeClusters(_ offset: UInt64, _ count: UInt64) -> Range<UInt64> {
-        let size = UInt64(clusterSize)
-        let first = (offset + size - 1) / size
-        let end = offset + count
-        let last = end == length ? (end + size - 1) / size : end / size
-        return first..<max(first, last)
-    }
-
-    public func writeZeroes(at offset: UInt64, length count: UInt64, flags: ZeroFlags) throws(BlockError) {
-        let whole = wholeClusters(offset, count)
-        let wholeStart = whole.isEmpty ? offset + count : whole.lowerBound << clusterBits
-        let wholeEnd = whole.isEmpty ? offset + count : min(whole.upperBound << clusterBits, offset + count)
-        if whole.isEmpty {
-            try writeZeroBuffer(at: offset, length: count)
-            return
-        }
-        if offset < wholeStart { try writeZeroBuffer(at: offset, length: wholeStart - offset) }
-        if wholeEnd < offset + count { try writeZeroBuffer(at: wholeEnd, length: offset + count - wholeEnd) }
-        try updateEntries(whole) { state in
-            switch state {
-            case .zero: return nil
-            case .unallocated where self.backing == nil: return nil
-            case .data(let host, true) where !flags.contains(.mayUnmap):
-                return (host | Qcow2Metadata.copiedFlag | Qcow2Metadata.zeroFlag, false)
-            default:
-                return (Qcow2Metadata.zeroFlag, true)
-            }
-        }
-    }
-
-    private func writeZeroBuffer(at offset: UInt64, length count: UInt64) throws(BlockError) {
-        var done: UInt64 = 0
-        while done < count {
-            let chunk = Int(min(count - done, UInt64(ZeroBlock.size)))
-            try write(UnsafeRawBufferPointer(rebasing: ZeroBlock.bytes[0..<chunk]), at: offset + done, fua: false)
-            done += UInt64(chunk)
-        }
-    }
-
-    public func discard(at offset: UInt64, length count: UInt64) throws(BlockError) {
-        let whole = wholeClusters(offset, count)
-        guard !whole.isEmpty else { return }
-        let replacement: UInt64 = backing != nil && meta.header.version >= 3 ? Qcow2Metadata.zeroFlag : 0
-        try updateEntries(whole) { state in
-            switch state {
-            case .unallocated where self.backing == nil: return nil
-            case .zero(nil) where replacement == Qcow2Metadata.zeroFlag: return nil
-            default: return (replacement, true)
-            }
-        }
-    }
-
-    /// Changes the L2 entries of whole clusters: `change` returns the new entry and whether the old
-    /// clusters are released, or nil to leave the entry.
-    private func updateEntries(_ clusters: Range<UInt64>, _ change: (Qcow2ClusterState) -> (UInt64, Bool)?) throws(BlockError) {
-        lock.lock()
-        defer {
-            lock.broadcast()
-            lock.unlock()
-        }
-        guard !meta.corrupt else { throw .io("qcow2: the image is marked corrupt; writes are refused") }
-        waitForInflight(clusters.lowerBound...(clusters.upperBound - 1))
-        for cluster in clusters {
-            let entry = try meta.l2Entry(cluster)
-            guard let (newEntry, release) = change(meta.state(of: entry)) else { continue }
-            if release {
-                try meta.replaceEntry(cluster, with: newEntry)
-            } else {
-                let table = try meta.writableL2(cluster)
-                table.setWord(meta.split(cluster).1, newEntry)
-            }
-        }
-    }
-
-    // MARK: - Flush, status, size
+    // MARK: - Flush and lifetime
 
     public func flush() throws(BlockError) {
         lock.lock()
@@ -477,75 +400,6 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         try file.flush()
     }
 
-    public func blockStatus(at offset: UInt64, length count: UInt64) throws(BlockError) -> [Extent] {
-        let limit = min(count, UInt64(clusterSize) * 65536)
-        lock.lock()
-        let runs: [Segment]
-        do {
-            runs = try segments(at: offset, length: Int(limit))
-        } catch {
-            lock.unlock()
-            throw error
-        }
-        lock.unlock()
-        var extents: [Extent] = []
-        for run in runs {
-            switch run.state {
-            case .data(let host, _):
-                extents.appendMerging(.data(UInt64(run.length), hostOffset: host))
-            case .compressed:
-                extents.appendMerging(.data(UInt64(run.length)))
-            case .zero(let host):
-                extents.appendMerging(Extent(length: UInt64(run.length), zero: true, hole: true, depth: 0, hostOffset: host))
-            case .unallocated:
-                for extent in try backingStatus(at: run.offset, length: UInt64(run.length)) { extents.appendMerging(extent) }
-            }
-        }
-        return extents
-    }
-
-    /// Block status of the backing chain for an unallocated run, one layer deeper.
-    private func backingStatus(at offset: UInt64, length count: UInt64) throws(BlockError) -> [Extent] {
-        guard let backing, offset < backing.length else { return [.hole(count)] }
-        var result: [Extent] = []
-        var position = offset
-        let end = offset + count
-        let backingEnd = min(end, backing.length)
-        while position < backingEnd {
-            for var extent in try backing.blockStatus(at: position, length: backingEnd - position) {
-                extent.depth = extent.depth.map { $0 + 1 }
-                extent.hostOffset = nil
-                result.append(extent)
-                position += extent.length
-            }
-        }
-        if backingEnd < end { result.append(.hole(end - backingEnd)) }
-        return result
-    }
-
-    public func resize(to newLength: UInt64) throws(BlockError) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !meta.corrupt else { throw .io("qcow2: the image is marked corrupt") }
-        let old = meta.header.size
-        if newLength < old {
-            let firstDropped = (newLength + UInt64(clusterSize) - 1) >> clusterBits
-            let lastCluster = (old + UInt64(clusterSize) - 1) >> clusterBits
-            for cluster in firstDropped..<max(firstDropped, lastCluster) where try meta.l2Entry(cluster) != 0 {
-                throw .notSupported("qcow2: cannot shrink to \(newLength) bytes: guest cluster \(cluster) past the new end is in use")
-            }
-        }
-        try meta.writeBackAll(canFree: false)
-        try meta.resizeL1(for: newLength)
-        meta.header.size = newLength
-        var field = [UInt8](repeating: 0, count: 8)
-        field.withUnsafeMutableBytes { Qcow2Bytes.put(newLength, $0, 0) }
-        try meta.writeBytes(field, at: 24)
-        try file.flush()
-        size.store(newLength, ordering: .relaxed)
-    }
-
-    /// Drops clean cached tables every `seconds` (`cache-clean-interval`; 0 never), to give memory back when idle.
     func startCacheCleaning(every seconds: UInt64) {
         guard seconds > 0 else { return }
         let timer = DispatchSource.makeTimerSource(queue: .global(qos: .utility))
