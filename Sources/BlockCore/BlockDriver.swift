@@ -95,6 +95,10 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// (for `sendmsg`) but must not touch itself, or nil when the driver cannot map them.
     /// The memory stays valid until `close`; it always reflects completed writes.
     func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer?
+    /// Like `mappedBytes`, for a range that lies in several places (a qcow2 image's clusters, its
+    /// backing file): appends the pieces in order, at most `limit` of them, and returns true, or
+    /// returns false (appending nothing that counts) when some piece cannot be mapped.
+    func mappedRuns(at offset: UInt64, length: Int, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool
     /// Where a read or write of this range can be sent straight to a file (for `aio=native`), or nil.
     func directTarget(at offset: UInt64, length: Int) -> DirectTarget?
     /// Changes the size to `length` bytes (growing adds zeroes).
@@ -117,6 +121,12 @@ extension BlockDriver {
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? { nil }
     /// Default: nothing is mapped.
     public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? { nil }
+    /// Default: the one piece `mappedBytes` gives.
+    public func mappedRuns(at offset: UInt64, length: Int, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool {
+        guard limit > 0, let base = mappedBytes(at: offset, length: length) else { return false }
+        runs.append(UnsafeRawBufferPointer(start: base, count: length))
+        return true
+    }
     /// Default: everything is data.
     public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
         [.data(length)]

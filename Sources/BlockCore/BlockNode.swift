@@ -82,6 +82,13 @@ public final class BlockNode: Sendable {
         return driver.mappedBytes(at: offset, length: count)
     }
 
+    /// The bytes of a range as mapped pieces in order (see `BlockDriver.mappedRuns`); false when some
+    /// piece cannot be mapped.
+    public func mappedRuns(at offset: UInt64, length count: Int, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool {
+        assert(offset + UInt64(count) <= length)
+        return driver.mappedRuns(at: offset, length: count, limit: limit, into: &runs)
+    }
+
     /// Where a request for this range, with its data at `buffer`, can be sent straight to a file,
     /// or nil when it must go through `read`/`write` (no such path, it needs bouncing, or a live
     /// policy must see the write).

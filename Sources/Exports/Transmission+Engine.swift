@@ -103,6 +103,18 @@ extension Transmission {
     }
 
     /// A structured read that sends holes as `OFFSET_HOLE` chunks; false when the range is one data extent.
+    /// Answers a READ from several mapped pieces (none copied); false when the range cannot be mapped.
+    func mappedRead(_ header: RequestHeader, count: Int, prefix: Int) -> Bool {
+        mappedRuns.removeAll(keepingCapacity: true)
+        guard node.mappedRuns(at: header.offset, length: count, limit: 64, into: &mappedRuns) else { return false }
+        if external.count + mappedRuns.count > Transmission.maxExternal { flushOutput() }
+        let base = reserveOutput(prefix)
+        writeReadHeader(header, count: count, at: base)
+        outputLength += prefix
+        for run in mappedRuns { appendExternal(run.baseAddress!, count: run.count) }
+        return true
+    }
+
     func sparseRead(_ header: RequestHeader) -> Bool {
         guard let extents = try? coveringExtents(header.offset, header.length, limit: 64),
               extents.reduce(0, { $0 + $1.length }) == header.length,
@@ -160,10 +172,15 @@ extension Transmission {
             for var extent in found where covered < length {
                 extent.length = min(extent.length, length - covered)
                 guard extent.length > 0 else { continue }
-                if extents.count == limit, !(extents.last.map { $0.sameState(as: extent) } ?? false) {
-                    return extents
+                // The wire knows no host offsets: extents in the same state are one extent, even
+                // when their data lies apart in the file (a qcow2 image), so REQ_ONE gets exactly one.
+                if let last = extents.last, last.sameState(as: extent) {
+                    extents[extents.count - 1].length += extent.length
+                    extents[extents.count - 1].hostOffset = nil
+                } else {
+                    if extents.count == limit { return extents }
+                    extents.append(extent)
                 }
-                extents.appendMerging(extent)
                 covered += extent.length
             }
         }

@@ -53,6 +53,10 @@ final class Transmission {
     var external: [(at: Int, base: UnsafeRawPointer, count: Int)] = []
     var externalBytes = 0
     let vectors = UnsafeMutableBufferPointer<iovec>.allocate(capacity: 2 * Transmission.maxExternal + 1)
+    /// Pieces of a read that lies in several mapped places (a fragmented qcow2 range); reused.
+    var mappedRuns: [UnsafeRawBufferPointer] = []
+    /// Reads at least this long try `mappedRuns` when the range is not one mapped piece.
+    static let mappedRunsThreshold = 64 * 1024
     /// Most mapped segments held before the output is sent.
     static let maxExternal = 256
 
@@ -497,6 +501,7 @@ final class Transmission {
             appendExternal(mapped, count: count)
             return false
         }
+        if count >= Transmission.mappedRunsThreshold && mappedRead(header, count: count, prefix: prefix) { return false }
         if queueRead(header, count: count, started: started) { return true }
         let base = reserveOutput(prefix + count)
         let target = UnsafeMutableRawBufferPointer(start: base + prefix, count: count)

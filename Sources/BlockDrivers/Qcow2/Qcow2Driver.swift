@@ -236,6 +236,52 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         }
     }
 
+    public func mappedRuns(at offset: UInt64, length count: Int, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool {
+        lock.lock()
+        let found = try? segments(at: offset, length: count)
+        lock.unlock()
+        guard let found, found.count <= limit else { return false }
+        let start = runs.count
+        for run in found {
+            guard mapRun(run, limit: limit - (runs.count - start), into: &runs) else {
+                runs.removeSubrange(start...)
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Appends the mapped pieces of one run: the image file's, zeroes, or the backing node's.
+    private func mapRun(_ run: Segment, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool {
+        switch run.state {
+        case .data(let host, _):
+            guard host + UInt64(run.length) <= file.length else { return false }
+            return file.mappedRuns(at: host, length: run.length, limit: limit, into: &runs)
+        case .zero:
+            return appendZeroes(run.length, limit: limit, into: &runs)
+        case .unallocated:
+            let inBacking = backing.map { Int(min(UInt64(run.length), $0.length > run.offset ? $0.length - run.offset : 0)) } ?? 0
+            let before = runs.count
+            if inBacking > 0, !backing!.mappedRuns(at: run.offset, length: inBacking, limit: limit, into: &runs) { return false }
+            return appendZeroes(run.length - inBacking, limit: limit - (runs.count - before), into: &runs)
+        case .compressed:
+            return false
+        }
+    }
+
+    private func appendZeroes(_ count: Int, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool {
+        var left = count
+        var pieces = 0
+        while left > 0 {
+            guard pieces < limit else { return false }
+            let chunk = min(left, ZeroBlock.size)
+            runs.append(UnsafeRawBufferPointer(rebasing: ZeroBlock.bytes[0..<chunk]))
+            left -= chunk
+            pieces += 1
+        }
+        return true
+    }
+
     // MARK: - Writes
 
     /// Waits until no cluster of `range` is being allocated; the lock is held.

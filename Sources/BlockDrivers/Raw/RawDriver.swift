@@ -60,6 +60,10 @@ public final class RawDriver: BlockDriver {
         child.mappedBytes(at: start + offset, length: length)
     }
 
+    public func mappedRuns(at offset: UInt64, length: Int, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool {
+        child.mappedRuns(at: start + offset, length: length, limit: limit, into: &runs)
+    }
+
     public func resize(to newLength: UInt64) throws(BlockError) {
         guard windowSize == nil else { throw .notSupported("a raw node with a fixed 'size' cannot be resized") }
         try child.resize(to: start + newLength)
