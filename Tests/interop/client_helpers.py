@@ -138,3 +138,13 @@ def pattern_image(path: Path, size: int, chunks: list[tuple[int, int]]) -> bytes
             f.seek(off)
             f.write(os.urandom(length))
     return read_file(path)
+
+
+def nbd_outcome(operation) -> str:
+    """"ok", or the errno name libnbd reports for the NBD error of the reply."""
+    import nbd
+    try:
+        operation()
+        return "ok"
+    except nbd.Error as error:
+        return error.errno or str(error)

@@ -5,6 +5,7 @@ write and flush rules; a config file at open; blockdev-add with rules; and the s
 requests against qemu-storage-daemon's blkdebug gives the same outcomes."""
 import pytest
 
+from client_helpers import nbd_outcome
 from conftest import make_image, require
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
@@ -32,13 +33,7 @@ def connect(uri: str):
     return h
 
 
-def outcome(operation) -> str:
-    """"ok", or the errno name libnbd reports for the NBD error of the reply."""
-    try:
-        operation()
-        return "ok"
-    except nbd.Error as error:
-        return error.errno or str(error)
+outcome = nbd_outcome
 
 
 def set_rules(q, **rules) -> None:

@@ -17,10 +17,13 @@ def connect(uri: str):
     return h
 
 
-def qcow2_daemon(launcher, tmp_path, *, blkdebug: bool = False, cluster: int = 65536, size: str = "1G"):
+def qcow2_daemon(launcher, tmp_path, *, blkdebug: bool = False, cluster: int = 65536, size: str = "1G", image=None):
+    """blockd exporting a writable qcow2 node "disk0" (over blkdebug "dbg0" when asked) of `image`,
+    or of a new empty image; (qmp, nbd handle, image)."""
     require("qemu-img")
-    image = tmp_path / "img.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}", str(image), size], check=True)
+    if image is None:
+        image = tmp_path / "img.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster}", str(image), size], check=True)
     sock = tmp_path / "nbd.sock"
     args = ["--blockdev", f"driver=file,node-name=f0,filename={image}"]
     if blkdebug:
@@ -91,14 +94,7 @@ def test_overlapping_allocation_emits_block_image_corrupted(launcher, tmp_path):
     with open(image, "r+b") as f:
         f.seek(block + (l2 // 4096) * 2)
         f.write(b"\0\0")
-    sock = tmp_path / "nbd.sock"
-    daemon = launcher.blockd(
-        "--blockdev", f"driver=file,node-name=f0,filename={image}",
-        "--blockdev", "driver=qcow2,node-name=disk0,file=f0",
-        "--nbd-server", f"addr.type=unix,addr.path={sock}",
-        "--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on")
-    q = daemon.qmp()
-    h = connect(f"nbd+unix:///disk0?socket={sock}")
+    q, h, _ = qcow2_daemon(launcher, tmp_path, image=image)
     with pytest.raises(nbd.Error):
         h.pwrite(b"\x09" * 4096, 65536)
     event = q.event("BLOCK_IMAGE_CORRUPTED")["data"]

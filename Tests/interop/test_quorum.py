@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from client_helpers import nbd_outcome
 from conftest import make_image, require
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
@@ -58,12 +59,7 @@ def quorum_events(q, seconds: float = 0.5) -> list[dict]:
     return events
 
 
-def outcome(operation) -> str:
-    try:
-        operation()
-        return "ok"
-    except nbd.Error as error:
-        return error.errno or str(error)
+outcome = nbd_outcome
 
 
 def test_outvoted_child_is_reported_and_rewritten(launcher, tmp_path):
