@@ -27,17 +27,26 @@ public struct DriverFeatures: Sendable {
     /// The driver reports allocation (not everything as data).
     public var blockStatus = false
     /// The driver acts on `debugEvent` (blkdebug); the node calls it only when this is set, so
-    /// raising an event on any other node costs one branch. A driver that copies its child's
-    /// features must not copy this.
+    /// raising an event on any other node costs one branch. A filter copies its child's features
+    /// through `inheritedByFilter`, which clears this.
     public var debugEvents = false
     /// A write threshold set on this node is measured on its `file` child instead, in the child's
     /// offsets (a format whose guest offsets are not where the data lands, such as qcow2: thin
-    /// provisioning watches the host offset). The event still names this node. Not to be copied
-    /// from a child either.
+    /// provisioning watches the host offset). The event still names this node. Cleared by
+    /// `inheritedByFilter`.
     public var writeThresholdOnFile = false
 
     /// Creates the default features: emulated FUA, no fast zero, no discard.
     public init() {}
+
+    /// What a filter over a node with these features can do: the same capabilities, without the
+    /// behaviours that belong to the driver declaring them (`debugEvents`, `writeThresholdOnFile`).
+    public var inheritedByFilter: DriverFeatures {
+        var features = self
+        features.debugEvents = false
+        features.writeThresholdOnFile = false
+        return features
+    }
 }
 
 /// Flags of a zero-write.

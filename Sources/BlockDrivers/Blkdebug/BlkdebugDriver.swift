@@ -21,10 +21,9 @@ public final class BlkdebugDriver: BlockDriver {
     public init(child: BlockNode, rules: BlkdebugRuleSet, align: Int) {
         self.child = child
         self.machine = Mutex(BlkdebugMachine(rules: rules))
-        var features = child.features
+        var features = child.features.inheritedByFilter
         features.alignment = max(features.alignment, align)
         features.debugEvents = true
-        features.writeThresholdOnFile = false
         self.features = features
     }
 

@@ -13,10 +13,7 @@ public final class RawDriver: BlockDriver {
         self.child = child
         self.start = offset
         self.windowSize = size
-        var features = child.features
-        features.debugEvents = false
-        features.writeThresholdOnFile = false
-        self.features = features
+        self.features = child.features.inheritedByFilter
     }
 
     public var length: UInt64 {

@@ -15,10 +15,7 @@ public final class ThrottleDriver: BlockDriver {
     public init(child: BlockNode, group: ThrottleGroup) {
         self.child = child
         self.group = group
-        var features = child.features
-        features.debugEvents = false
-        features.writeThresholdOnFile = false
-        self.features = features
+        self.features = child.features.inheritedByFilter
         group.join(self)
     }
 
