@@ -10,10 +10,10 @@ enum HeaderRewrite {
         defer { image.close() }
         do throws(BlockError) {
             guard var header = image.qcow2Header else { throw BlockError.invalid("not a qcow2 image") }
-            let oldLength = header.serialized(clusterSize: header.clusterSize).count
+            let oldLength = header.serialized().count
             header.backingFile = backingFile
             header.backingFormat = backingFile == nil ? nil : backingFormat
-            var bytes = header.serialized(clusterSize: header.clusterSize)
+            var bytes = header.serialized()
             guard bytes.count <= header.clusterSize else {
                 throw BlockError.invalid("the backing file name does not fit in the header cluster")
             }

@@ -53,8 +53,8 @@ public enum Qcow2Check {
 
     static func examine(file: BlockNode) throws(BlockError) -> Qcow2CheckReport {
         let header = try Qcow2Opener.readHeader(file)
-        var census = try count(file: file, header: header)
         let meta = try metadata(file: file, header: header)
+        var census = try count(meta)
         let clusterSize = UInt64(header.clusterSize)
         let fileClusters = (file.length + clusterSize - 1) / clusterSize
         let highest = max(fileClusters, (census.expected.keys.max() ?? 0) + 1)
@@ -93,8 +93,10 @@ public enum Qcow2Check {
                              refcountCacheClusters: 64, overlapCheck: .none, passDiscard: false)
     }
 
-    /// Counts every reference the image makes.
-    static func count(file: BlockNode, header: Qcow2Header) throws(BlockError) -> Census {
+    /// Counts every reference the image makes (read through `meta`, which nothing has changed yet).
+    static func count(_ meta: Qcow2Metadata) throws(BlockError) -> Census {
+        let file = meta.file
+        let header = meta.header
         var census = Census()
         let clusterSize = UInt64(header.clusterSize)
         let bits = UInt64(header.clusterBits)
@@ -110,16 +112,13 @@ public enum Qcow2Check {
         add(0, clusterSize, "header")
         add(header.l1TableOffset, UInt64(header.l1Size) * 8, "L1 table")
         add(header.refcountTableOffset, UInt64(header.refcountTableClusters) * clusterSize, "refcount table")
-        let refcountTable = Qcow2Bytes.words(try Qcow2Opener.readBytes(
-            file, at: header.refcountTableOffset, count: Int(header.refcountTableClusters) * header.clusterSize))
-        for entry in refcountTable where entry & Qcow2Metadata.offsetMask != 0 {
+        for entry in meta.refcountTable where entry & Qcow2Metadata.offsetMask != 0 {
             add(entry & Qcow2Metadata.offsetMask, clusterSize, "refcount block")
         }
         let snapshots = try Qcow2Snapshots.list(file: file, header: header)
         if header.snapshotCount > 0 {
             add(header.snapshotsOffset, try Qcow2Snapshots.tableLength(file: file, header: header), "snapshot table")
         }
-        let meta = try metadata(file: file, header: header)
         var tables: [(l1: UInt64, size: UInt32, active: Bool)] = [(header.l1TableOffset, header.l1Size, true)]
         for snapshot in snapshots {
             add(snapshot.l1TableOffset, UInt64(snapshot.l1Size) * 8, "snapshot L1 table")
@@ -178,8 +177,8 @@ public enum Qcow2Check {
     /// then fixes the COPIED flags and clears the dirty bit.
     static func rewriteRefcounts(file: BlockNode, mode: Qcow2RepairMode) throws(BlockError) {
         let header = try Qcow2Opener.readHeader(file)
-        let census = try count(file: file, header: header)
         let meta = try metadata(file: file, header: header)
+        let census = try count(meta)
         let clusterSize = UInt64(header.clusterSize)
         let highest = max((file.length + clusterSize - 1) / clusterSize, (census.expected.keys.max() ?? 0) + 1)
         for cluster in 0..<highest {
@@ -203,7 +202,8 @@ public enum Qcow2Check {
         try meta.writeBackAll(canFree: false)
     }
 
-    /// Sets the COPIED flag of the active L1 and L2 entries exactly where the refcount is one.
+    /// Sets the COPIED flag of the active L1 and L2 entries exactly where the refcount is one, and
+    /// writes the tables back.
     static func fixCopiedFlags(meta: Qcow2Metadata) throws(BlockError) {
         let bits = UInt64(meta.clusterBits)
         for (l1Index, entry) in meta.l1.enumerated() {
@@ -223,7 +223,7 @@ public enum Qcow2Check {
                 let fixedEntry = dataOwned ? l2Entry | Qcow2Metadata.copiedFlag : l2Entry & ~Qcow2Metadata.copiedFlag
                 if fixedEntry != l2Entry { table.setWord(index, fixedEntry) }
             }
-            try meta.writeBackAll(canFree: false)
         }
+        try meta.writeBackAll(canFree: false)
     }
 }

@@ -119,7 +119,7 @@ public enum Qcow2Create {
         header.compatibleFeatures = options.lazyRefcounts ? Qcow2Header.lazyRefcountsBit : 0
         header.backingFile = options.backingFile
         header.backingFormat = options.backingFile == nil ? nil : options.backingFormat
-        let headerBytes = header.serialized(clusterSize: options.clusterSize)
+        let headerBytes = header.serialized()
         guard headerBytes.count <= options.clusterSize else { throw .invalid("the header does not fit in one cluster") }
 
         var regions = [Region(offset: 0, bytes: headerBytes)]

@@ -419,18 +419,13 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
             if scratch.isEmpty { scratch = [UInt8](repeating: 0, count: clusterSize) }
             file.debugEvent(.cowRead)
             try scratch.withMutableBytes { (whole) throws(BlockError) in
-                try readRun(Segment(offset: clusterStart, length: clusterSize, state: oldState(entries[index])), into: whole)
+                try readRun(Segment(offset: clusterStart, length: clusterSize, state: meta.state(of: entries[index])), into: whole)
                 UnsafeMutableRawBufferPointer(rebasing: whole[Int(from - clusterStart)...]).copyMemory(from: payload)
                 file.debugEvent(.cowWrite)
                 try file.write(UnsafeRawBufferPointer(whole), at: host, fua: false)
             }
         }
         return hosts
-    }
-
-    /// The state of a whole cluster for copy-on-write, from its old L2 entry.
-    private func oldState(_ entry: UInt64) -> Qcow2ClusterState {
-        meta.state(of: entry)
     }
 
     // MARK: - Flush and lifetime

@@ -1,7 +1,7 @@
 import BlockCore
 
 /// The qcow2 image header with its extensions, as stored in the first cluster of the image.
-public struct Qcow2Header: Sendable, Equatable {
+public struct Qcow2Header: Sendable {
     /// `QFI\xfb`.
     public static let magic: UInt32 = 0x5146_49fb
     /// Incompatible feature bits.
@@ -45,10 +45,6 @@ public struct Qcow2Header: Sendable, Equatable {
 
     /// A header with the defaults of a new version-3 image.
     public init() {}
-
-    public static func == (lhs: Qcow2Header, rhs: Qcow2Header) -> Bool {
-        lhs.serialized(clusterSize: 1 << 16) == rhs.serialized(clusterSize: 1 << 16)
-    }
 
     public var clusterSize: Int { 1 << Int(clusterBits) }
     public var refcountBits: Int { 1 << Int(refcountOrder) }
@@ -119,7 +115,7 @@ public struct Qcow2Header: Sendable, Equatable {
         for (name, offset, length) in [
             ("L1 table", l1TableOffset, UInt64(l1Size) * 8),
             ("refcount table", refcountTableOffset, UInt64(refcountTableClusters) << clusterBits),
-        ] where offset + length > fileLength + (length == 0 ? 0 : 0) && length > 0 {
+        ] where length > 0 && offset + length > fileLength {
             throw .invalid("\(name) at \(offset)+\(length) lies past the end of the file (\(fileLength) bytes)")
         }
         guard backingFileOffset == 0 || (backingFileSize <= 1023 && backingFileOffset + UInt64(backingFileSize) <= UInt64(clusterSize)) else {
@@ -149,7 +145,7 @@ public struct Qcow2Header: Sendable, Equatable {
     }
 
     /// The header and its extensions as bytes (at most one cluster).
-    public func serialized(clusterSize: Int) -> [UInt8] {
+    public func serialized() -> [UInt8] {
         var out = [UInt8](repeating: 0, count: Int(version == 2 ? 72 : max(headerLength, 104)))
         out.withUnsafeMutableBytes { raw in
             Qcow2Bytes.put(Qcow2Header.magic, raw, 0)

@@ -168,7 +168,7 @@ extension Qcow2Metadata {
 
     /// True when some metadata change is not yet on disk.
     var hasUnwrittenMetadata: Bool {
-        l1Dirty || !pendingFrees.isEmpty || !refcountCache.dirtyTables.isEmpty || !l2Cache.dirtyTables.isEmpty
+        l1Dirty || !pendingFrees.isEmpty || refcountCache.hasDirty || l2Cache.hasDirty
     }
 }
 

@@ -91,7 +91,7 @@ final class Qcow2Metadata {
 
     /// Writes one dirty table; an L2 table goes out only after the refcounts it relies on are stable.
     func writeBack(_ table: Qcow2CachedTable, at offset: UInt64, isL2: Bool) throws(BlockError) {
-        if isL2 && !refcountCache.dirtyTables.isEmpty {
+        if isL2 && refcountCache.hasDirty {
             try writeDirtyRefcounts()
             try file.flush()
         }

@@ -61,6 +61,9 @@ final class Qcow2TableCache {
     /// Forgets a cluster (freed, or rewritten elsewhere).
     func remove(_ offset: UInt64) { tables.removeValue(forKey: offset) }
 
+    /// True when some cached cluster is not yet written back (no sorting, no copy).
+    var hasDirty: Bool { tables.values.contains { $0.dirty } }
+
     /// The dirty clusters, in file order.
     var dirtyTables: [(offset: UInt64, table: Qcow2CachedTable)] {
         tables.filter { $0.value.dirty }.map { ($0.key, $0.value) }.sorted { $0.0 < $1.0 }
