@@ -112,6 +112,10 @@ public final class BlockGraph: Sendable {
     /// For nodes defined inline inside another definition: the top-level node whose definition made them.
     private let definedBy = Mutex<[String: String]>([:])
     private let openingStack = Mutex<[String]>([])
+    /// The images (by file identity) whose opens are nested now, outermost first: a backing chain being built.
+    private let openingImages = Mutex<[String]>([])
+    /// Most images one backing chain may hold.
+    public static let maxChainDepth = 64
     private let anonymousCounter = Atomic<Int>(0)
 
     /// Creates an empty graph that can open the given drivers.
@@ -211,6 +215,21 @@ public final class BlockGraph: Sendable {
         }
         if let parent { definedBy.withLock { $0[name] = parent } }
         return node
+    }
+
+    /// Runs `body` (the open of a format node whose chain may lead to more images) with `image` marked
+    /// as being opened; refuses an image that is already open further up the same chain (a backing
+    /// file loop) and chains deeper than `maxChainDepth`.
+    public func openingImage<T>(_ image: String, _ body: () throws(OptionError) -> T) throws(OptionError) -> T {
+        let refusal = openingImages.withLock { stack -> String? in
+            if stack.contains(image) { return "backing chain loop: '\(image)' is already part of this chain" }
+            if stack.count >= BlockGraph.maxChainDepth { return "backing chain is deeper than \(BlockGraph.maxChainDepth) images" }
+            stack.append(image)
+            return nil
+        }
+        if let refusal { throw OptionError(refusal) }
+        defer { openingImages.withLock { _ = $0.popLast() } }
+        return try body()
     }
 
     /// The nodes whose children include `node`.

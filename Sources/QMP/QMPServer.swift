@@ -49,7 +49,8 @@ public final class QMPServer: Sendable {
         listener.start { [self] fd, peer in
             let client = Client(fd: fd, pretty: pretty)
             clients.withLock { $0[fd] = client }
-            spawnThread { [self] in
+            // Commands open backing chains recursively: a monitor thread gets a full-size stack.
+            spawnThread(stackSize: 8 << 20) { [self] in
                 serve(client, peer: peer)
                 clients.withLock { _ = $0.removeValue(forKey: fd) }
                 close(fd)

@@ -51,6 +51,13 @@ public struct Qcow2Header: Sendable {
     public var lazyRefcounts: Bool { compatibleFeatures & Qcow2Header.lazyRefcountsBit != 0 }
     public var isCorrupt: Bool { incompatibleFeatures & Qcow2Header.corruptBit != 0 }
     public var isDirty: Bool { incompatibleFeatures & Qcow2Header.dirtyBit != 0 }
+    /// Autoclear feature: the bitmaps extension is consistent with the image's data.
+    public static let bitmapsAutoclearBit: UInt64 = 1 << 0
+    /// True when the image carries persistent bitmaps that are in step with its data.
+    public var hasConsistentBitmaps: Bool {
+        autoclearFeatures & Qcow2Header.bitmapsAutoclearBit != 0
+            && otherExtensions.contains { $0.type == Qcow2Header.bitmapsExtension }
+    }
 
     /// Parses and validates a header from the start of an image (at least one cluster, or 64 KiB).
     public static func parse(_ bytes: [UInt8], fileLength: UInt64) throws(BlockError) -> Qcow2Header {
@@ -106,21 +113,47 @@ public struct Qcow2Header: Sendable {
             throw .invalid("a table offset in the header is not cluster aligned")
         }
         guard refcountTableClusters > 0, refcountTableOffset > 0 else { throw .invalid("the image has no refcount table") }
-        guard UInt64(refcountTableClusters) << clusterBits <= 8 << 20 else { throw .invalid("refcount table is too large") }
-        guard UInt64(l1Size) * 8 <= 32 << 20 else { throw .invalid("L1 table is too large (\(l1Size) entries)") }
-        let l2Entries = UInt64(clusterSize / 8)
-        let needed = (size + (l2Entries << clusterBits) - 1) / (l2Entries << clusterBits)
+        // Every value here comes from the file: range checks come before any arithmetic that could overflow.
+        guard size <= Qcow2Header.maxSize else { throw .invalid("image size \(size) is out of range") }
+        guard UInt64(refcountTableClusters) << clusterBits <= Qcow2Header.maxRefcountTableBytes else {
+            throw .invalid("refcount table is too large")
+        }
+        guard UInt64(l1Size) * 8 <= Qcow2Header.maxL1Bytes else { throw .invalid("L1 table is too large (\(l1Size) entries)") }
+        let needed = Qcow2Header.l1Entries(covering: size, clusterBits: clusterBits)
         guard UInt64(l1Size) >= needed else { throw .invalid("L1 table (\(l1Size) entries) is too small for the image size \(size)") }
-        guard size <= 1 << 56 else { throw .invalid("image size \(size) is out of range") }
         for (name, offset, length) in [
             ("L1 table", l1TableOffset, UInt64(l1Size) * 8),
             ("refcount table", refcountTableOffset, UInt64(refcountTableClusters) << clusterBits),
-        ] where length > 0 && offset + length > fileLength {
+        ] where length > 0 && (offset > fileLength || length > fileLength - offset) {
             throw .invalid("\(name) at \(offset)+\(length) lies past the end of the file (\(fileLength) bytes)")
         }
-        guard backingFileOffset == 0 || (backingFileSize <= 1023 && backingFileOffset + UInt64(backingFileSize) <= UInt64(clusterSize)) else {
+        if snapshotCount > 0 {
+            guard snapshotCount <= Qcow2Header.maxSnapshots else { throw .invalid("too many snapshots (\(snapshotCount))") }
+            guard snapshotsOffset > 0, snapshotsOffset < fileLength else {
+                throw .invalid("snapshot table at \(snapshotsOffset) lies past the end of the file (\(fileLength) bytes)")
+            }
+        }
+        guard backingFileOffset == 0
+            || (backingFileSize <= 1023 && backingFileOffset < UInt64(clusterSize)
+                && UInt64(backingFileSize) <= UInt64(clusterSize) - backingFileOffset) else {
             throw .invalid("backing file name is out of range")
         }
+    }
+
+    /// Largest guest size accepted (at open and on resize).
+    public static let maxSize: UInt64 = 1 << 56
+    /// Largest L1 table, in bytes (QEMU's limit too).
+    public static let maxL1Bytes: UInt64 = 32 << 20
+    /// Largest refcount table, in bytes.
+    public static let maxRefcountTableBytes: UInt64 = 8 << 20
+    /// Most internal snapshots (QEMU's limit).
+    public static let maxSnapshots: UInt32 = 65536
+
+    /// L1 entries needed to map `size` guest bytes with clusters of 2^`clusterBits` bytes (no overflow for any size).
+    public static func l1Entries(covering size: UInt64, clusterBits: UInt32) -> UInt64 {
+        let coverageBits = UInt64(clusterBits) * 2 - 3
+        let whole = size >> coverageBits
+        return size & ((1 << coverageBits) - 1) == 0 ? whole : whole + 1
     }
 
     private mutating func parseExtensions(_ bytes: [UInt8]) throws(BlockError) {

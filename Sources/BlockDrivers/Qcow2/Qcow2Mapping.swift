@@ -19,13 +19,40 @@ extension Qcow2Metadata {
         (Int(guestCluster / UInt64(l2Entries)), Int(guestCluster % UInt64(l2Entries)))
     }
 
-    /// The raw L2 entry of a guest cluster (0 when its L2 table is absent).
+    /// The raw L2 entry of a guest cluster (0 when its L2 table is absent), checked against the format:
+    /// an L1 or L2 entry with reserved bits set or an unaligned offset fails with EIO and marks the
+    /// image corrupt, so no request is ever served from metadata the image does not really hold.
     func l2Entry(_ guestCluster: UInt64) throws(BlockError) -> UInt64 {
         let (l1Index, l2Index) = split(guestCluster)
         guard l1Index < l1.count else { return 0 }
-        let l2Offset = l1[l1Index] & Qcow2Metadata.offsetMask
+        let l1Entry = l1[l1Index]
+        let l2Offset = l1Entry & Qcow2Metadata.offsetMask
+        if l1Entry & Qcow2Metadata.l1Reserved != 0 || l2Offset & UInt64(clusterSize - 1) != 0 {
+            throw corruption("L1 entry \(l1Index) (0x\(String(l1Entry, radix: 16))) is invalid: reserved bits or an unaligned L2 table offset",
+                             offset: header.l1TableOffset + UInt64(l1Index) * 8)
+        }
         guard l2Offset != 0 else { return 0 }
-        return try table(l2Cache, at: l2Offset, what: "L2 table").word(l2Index)
+        let entry = try table(l2Cache, at: l2Offset, what: "L2 table").word(l2Index)
+        guard entry & Qcow2Metadata.compressedFlag == 0 else { return entry }
+        let host = entry & Qcow2Metadata.offsetMask
+        let reserved = header.version >= 3 ? Qcow2Metadata.l2Reserved : Qcow2Metadata.l2Reserved | Qcow2Metadata.zeroFlag
+        if entry & reserved != 0 || host & UInt64(clusterSize - 1) != 0 {
+            throw corruption("L2 entry \(l2Index) of the table at \(l2Offset) (0x\(String(entry, radix: 16))) is invalid: reserved bits or an unaligned cluster offset",
+                             offset: l2Offset + UInt64(l2Index) * 8)
+        }
+        return entry
+    }
+
+    /// Records metadata that breaks the format: the image takes no more writes (the corrupt bit is set
+    /// when the file is writable), `BLOCK_IMAGE_CORRUPTED` is raised once, and the request fails with EIO.
+    func corruption(_ problem: String, offset: UInt64?) -> BlockError {
+        if !corrupt {
+            corrupt = true
+            try? markCorrupt()
+            Log.error("qcow2 image '\(file.driver.filename)': \(problem); image marked corrupt")
+            events?.send(.imageCorrupted(nodeName: nodeName, message: problem, offset: offset, size: offset.map { _ in 8 }, fatal: true))
+        }
+        return .io("qcow2: \(problem)")
     }
 
     /// Decodes an L2 entry.
@@ -114,9 +141,9 @@ extension Qcow2Metadata {
         }
     }
 
-    /// Sets the corrupt bit in the header (v3).
+    /// Sets the corrupt bit in the header (v3, when the file is writable).
     func markCorrupt() throws(BlockError) {
-        guard header.version >= 3 else { return }
+        guard header.version >= 3, !file.readOnly else { return }
         header.incompatibleFeatures |= Qcow2Header.corruptBit
         var bytes = [UInt8](repeating: 0, count: 8)
         bytes.withUnsafeMutableBytes { Qcow2Bytes.put(header.incompatibleFeatures, $0, 0) }

@@ -55,6 +55,12 @@ final class Qcow2Metadata {
     static let copiedFlag: UInt64 = 1 << 63
     static let compressedFlag: UInt64 = 1 << 62
     static let zeroFlag: UInt64 = 1
+    /// Bits of an L1 entry that must be zero (1-8 and 56-62; bit 0 too).
+    static let l1Reserved: UInt64 = 0x7f00_0000_0000_01ff
+    /// Bits of a standard L2 entry that must be zero (1-8 and 56-61; bit 0 too before version 3).
+    static let l2Reserved: UInt64 = 0x3f00_0000_0000_01fe
+    /// Bits of a refcount table entry that must be zero (0-8).
+    static let refcountTableReserved: UInt64 = 0x1ff
 
     // MARK: - Reading and writing clusters of the file
 
@@ -145,7 +151,7 @@ final class Qcow2Metadata {
     func refcount(_ cluster: UInt64) throws(BlockError) -> UInt64 {
         let tableIndex = Int(cluster / UInt64(refcountEntries))
         guard tableIndex < refcountTable.count else { return 0 }
-        let blockOffset = refcountTable[tableIndex] & Qcow2Metadata.offsetMask
+        let blockOffset = try refcountBlockOffset(tableIndex)
         guard blockOffset != 0 else { return 0 }
         let block = try table(refcountCache, at: blockOffset, what: "refcount block")
         return refcountValue(block, Int(cluster % UInt64(refcountEntries)))
@@ -159,7 +165,7 @@ final class Qcow2Metadata {
         }
         let tableIndex = Int(cluster / UInt64(refcountEntries))
         if tableIndex >= refcountTable.count { try growRefcountTable(toCover: tableIndex) }
-        var blockOffset = refcountTable[tableIndex] & Qcow2Metadata.offsetMask
+        var blockOffset = try refcountBlockOffset(tableIndex)
         if blockOffset == 0 {
             blockOffset = try createRefcountBlock(tableIndex)
         }
@@ -168,11 +174,27 @@ final class Qcow2Metadata {
         if value == 0 && cluster < freeHint { freeHint = cluster }
     }
 
+    /// The offset of the refcount block of table entry `index` (0 when there is none), checked
+    /// against the format: reserved bits or an unaligned offset mark the image corrupt.
+    func refcountBlockOffset(_ index: Int) throws(BlockError) -> UInt64 {
+        let entry = refcountTable[index]
+        let offset = entry & ~Qcow2Metadata.refcountTableReserved
+        if entry & Qcow2Metadata.refcountTableReserved != 0 || offset & UInt64(clusterSize - 1) != 0 {
+            throw corruption("refcount table entry \(index) (0x\(String(entry, radix: 16))) is invalid: reserved bits or an unaligned refcount block offset",
+                             offset: header.refcountTableOffset + UInt64(index) * 8)
+        }
+        return offset
+    }
+
     /// Creates the refcount block for table entry `index` in the first cluster of the range it describes
     /// (free by definition, since nothing counts it), so the block describes itself.
     private func createRefcountBlock(_ index: Int) throws(BlockError) -> UInt64 {
         let first = UInt64(index) * UInt64(refcountEntries)
         let offset = first << UInt64(clusterBits)
+        guard !isFixedMetadata(first) else {
+            // Only a damaged refcount table lacks the block that counts the header or the tables.
+            throw corruption("no refcount block counts cluster \(first), which holds the header or a table", offset: offset)
+        }
         file.debugEvent(.refblockAlloc)
         let block = Qcow2CachedTable(bytes: [UInt8](repeating: 0, count: clusterSize))
         setRefcountValue(block, 0, 1)
@@ -298,7 +320,7 @@ final class Qcow2Metadata {
                 try growRefcountTable(toCover: index)
                 created = true
             }
-            if refcountTable[index] & Qcow2Metadata.offsetMask == 0 {
+            if try refcountBlockOffset(index) == 0 {
                 _ = try createRefcountBlock(index)
                 created = true
             }
@@ -319,8 +341,11 @@ final class Qcow2Metadata {
 extension Qcow2Metadata {
     /// Grows the L1 table (moving it to new clusters) so that it covers `size` guest bytes.
     func resizeL1(for size: UInt64) throws(BlockError) {
-        let coverage = UInt64(l2Entries) << UInt64(clusterBits)
-        let needed = Int((size + coverage - 1) / coverage)
+        let entries = Qcow2Header.l1Entries(covering: size, clusterBits: UInt32(clusterBits))
+        guard entries * 8 <= Qcow2Header.maxL1Bytes else {
+            throw .invalid("qcow2: a size of \(size) bytes needs an L1 table larger than \(Qcow2Header.maxL1Bytes >> 20) MiB")
+        }
+        let needed = Int(entries)
         guard needed > l1.count else { return }
         let clusters = (needed * 8 + clusterSize - 1) / clusterSize
         file.debugEvent(.l1GrowAllocTable)

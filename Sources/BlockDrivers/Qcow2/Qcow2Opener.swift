@@ -14,6 +14,20 @@ public enum Qcow2Opener {
         guard let file = try context.child("file", of: options) else {
             throw OptionError(options.syntax == .qmp ? "Parameter 'file' is missing" : "\(options.context): parameter 'file' is missing")
         }
+        return try context.graph.openingImage(fileIdentity(file)) { () throws(OptionError) in
+            try open(options, context: context, file: file)
+        }
+    }
+
+    /// The identity of the file under an image (device and inode where it is a local file), to find loops.
+    static func fileIdentity(_ file: BlockNode) -> String {
+        let path = file.driver.filename
+        var info = stat()
+        guard stat(path, &info) == 0 else { return path }
+        return "\(info.st_dev):\(info.st_ino)"
+    }
+
+    private static func open(_ options: OptionReader, context: OpenContext, file: BlockNode) throws(OptionError) -> OpenedDriver {
         let readOnly = context.common.readOnly
         guard !(file.readOnly && !readOnly) else {
             throw OptionError("\(options.context): child '\(file.name)' is read-only; add read-only=on")
@@ -37,6 +51,12 @@ public enum Qcow2Opener {
                 file, at: header.refcountTableOffset, count: Int(header.refcountTableClusters) << Int(header.clusterBits)))
         } catch {
             throw fail("'\(file.driver.filename)': \(error.message)")
+        }
+        if !readOnly, header.hasConsistentBitmaps {
+            // Writes through blockd would leave the bitmaps stale, and clearing their autoclear bit would
+            // invalidate every incremental backup built on them: keep them intact instead.
+            throw fail("qcow2 image '\(file.driver.filename)' has persistent dirty bitmaps, which blockd cannot yet keep in step with writes; "
+                + "open it read-only (read-only=on), or remove the bitmaps first (qemu-img bitmap --remove)")
         }
         if header.isCorrupt && !readOnly {
             throw fail("qcow2 image '\(file.driver.filename)' is marked corrupt; it can only be opened read-only (repair it with 'blockimg check -r all')")
@@ -68,7 +88,8 @@ public enum Qcow2Opener {
         meta.events = context.graph.events
         meta.nodeName = context.nodeName
         if !readOnly && header.autoclearFeatures != 0 {
-            // Bitmaps and other autoclear extensions are not kept in step: clear their bits, as the format asks.
+            // Autoclear extensions this driver does not keep in step are cleared, as the format asks (images
+            // with consistent bitmaps were refused above, so no bitmap is invalidated here).
             meta.header.autoclearFeatures = 0
             do throws(BlockError) {
                 try meta.writeBytes([UInt8](repeating: 0, count: 8), at: 88)
