@@ -65,7 +65,7 @@ final class Qcow2Metadata {
     // MARK: - Reading and writing clusters of the file
 
     func readCluster(at offset: UInt64, what: String) throws(BlockError) -> [UInt8] {
-        guard offset + UInt64(clusterSize) <= file.length else {
+        guard offset <= file.length, UInt64(clusterSize) <= file.length - offset else {
             throw .io("qcow2: \(what) at \(offset) lies past the end of the image file (\(file.length) bytes)")
         }
         var bytes = [UInt8](repeating: 0, count: clusterSize)

@@ -117,7 +117,7 @@ public enum Qcow2Opener {
     }
 
     static func readBytes(_ file: BlockNode, at offset: UInt64, count: Int) throws(BlockError) -> [UInt8] {
-        guard offset + UInt64(count) <= file.length else {
+        guard offset <= file.length, UInt64(count) <= file.length - offset else {
             throw .invalid("a table at \(offset)+\(count) lies past the end of the file (\(file.length) bytes)")
         }
         var bytes = [UInt8](repeating: 0, count: count)

@@ -51,6 +51,10 @@ public enum Qcow2Snapshots {
                 if extraLength >= 24 { snapshot.icount = Qcow2Bytes.u64(raw, 16) }
             }
             guard l1Offset % UInt64(header.clusterSize) == 0 else { throw .invalid("qcow2: snapshot '\(snapshot.name)' has an unaligned L1 table") }
+            let l1Bytes = UInt64(l1Size) * 8
+            guard l1Bytes <= Qcow2Header.maxL1Bytes, l1Offset <= file.length, l1Bytes <= file.length - l1Offset else {
+                throw .invalid("qcow2: the L1 table of snapshot '\(snapshot.name)' (\(l1Size) entries at \(l1Offset)) is out of range")
+            }
             snapshots.append(snapshot)
             let length = 40 + extraLength + idLength + nameLength
             position += UInt64((length + 7) / 8 * 8)
