@@ -9,11 +9,19 @@
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/vfs.h>
 #include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 int blk_o_direct(void) { return O_DIRECT; }
+
+int blk_fs_type(int fd, int64_t *type) {
+    struct statfs info;
+    if (fstatfs(fd, &info) != 0) return -errno;
+    *type = (int64_t)info.f_type;
+    return 0;
+}
 
 int blk_punch_hole(int fd, uint64_t offset, uint64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0 ? 0 : -errno;

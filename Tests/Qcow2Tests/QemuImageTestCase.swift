@@ -8,10 +8,18 @@ class QemuImageTestCase: XCTestCase {
 
     override func setUpWithError() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/qemu-img") else {
+            // Under CI (CI=1 from .ci/run) a missing client is a failure, never a silent skip.
+            if ProcessInfo.processInfo.environment["CI"] != nil { throw MissingTool(name: "qemu-img") }
             throw XCTSkip("SKIPPED: qemu-img is not installed")
         }
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("qcow2tests-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    /// A tool the tests need is not installed where it must be.
+    struct MissingTool: Error, CustomStringConvertible {
+        let name: String
+        var description: String { "\(name) is required under CI (scripts/setup-deps installs it)" }
     }
 
     override func tearDownWithError() throws {

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import blockd_binary, free_port, make_image, require
+from conftest import blockd_binary, free_port, make_image, require, import_or_skip
 from client_helpers import MiB, nbdinfo_json, output, qemu_img_info, qemu_io, read_file, run
 
 
@@ -172,7 +172,7 @@ def test_daemonize_reports_start_up_failure(tmp_path):
 
 
 def test_sigterm_with_idle_client_connected(start_blockd, tmp_path):
-    nbd = pytest.importorskip("nbd")
+    nbd = import_or_skip("nbd")
     image = make_image(tmp_path / "disk.img", 4 * MiB)
     d = start_blockd(image=image)
     h = nbd.NBD()
@@ -196,7 +196,7 @@ def test_sigterm_with_idle_client_connected(start_blockd, tmp_path):
 
 def test_sigterm_with_requests_in_flight(start_blockd, tmp_path):
     """SIGTERM drains: every write the client saw succeed is in the file, and blockd exits 0."""
-    nbd = pytest.importorskip("nbd")
+    nbd = import_or_skip("nbd")
     image = make_image(tmp_path / "disk.img", 64 * MiB)
     d = start_blockd(image=image)
     h = nbd.NBD()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from conftest import make_image, require
+from conftest import make_image, require, import_or_skip, skip_or_fail
 from client_helpers import (KiB, MiB, file_extents, free_port6, ipv6_loopback_available, merge_map,
                             nbdinfo_json, nbdinfo_map, output, pattern_image, qemu_img_info, qemu_io,
                             read_file, run, wait_connectable)
@@ -15,7 +15,7 @@ from client_helpers import (KiB, MiB, file_extents, free_port6, ipv6_loopback_av
 
 def libnbd_handle(uri: str, strict: bool = True):
     """A connected libnbd handle; with strict=False libnbd sends what its client-side checks would refuse."""
-    nbd = pytest.importorskip("nbd")
+    nbd = import_or_skip("nbd")
     h = nbd.NBD()
     if not strict:
         h.set_strict_mode(0)
@@ -64,7 +64,7 @@ def test_tcp_ipv6(start_blockd, tmp_path):
     require("qemu-io", "nbdinfo")
     reason = ipv6_loopback_available()
     if reason:
-        pytest.skip(f"SKIPPED: IPv6 loopback unavailable ({reason}); the ::1 listener is NOT tested")
+        skip_or_fail(f"IPv6 loopback unavailable ({reason}); the ::1 listener is NOT tested")
     image = make_image(tmp_path / "disk.img", 4 * MiB)
     port = free_port6()
     d = start_blockd(image=image, extra=["--nbd-server", f"addr.type=inet,addr.host=::1,addr.port={port}"])
@@ -275,7 +275,7 @@ def test_read_only_node_and_export(start_blockd, tmp_path):
 
 
 def test_max_connections(start_blockd, tmp_path):
-    nbd = pytest.importorskip("nbd")
+    nbd = import_or_skip("nbd")
     require("nbdinfo")
     sock = tmp_path / "limited.sock"
     d = start_blockd(image=None, args=[

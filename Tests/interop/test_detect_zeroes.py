@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from conftest import make_image
+from conftest import make_image, import_or_skip
 from qmp_client import MiB, Schema, launcher  # noqa: F401
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 SIZE = 64 * MiB
 CHUNK = 32 * MiB  # the largest payload blockd accepts

@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from conftest import make_image, require
+from conftest import make_image, require, skip_or_fail
 
 MODES = ["", ",aio=native", ",cache.direct=on", ",aio=native,cache.direct=on", ",aio=io_uring,discard=unmap"]
 
@@ -18,7 +18,7 @@ def test_copy_in_and_out_and_fio_verify(start_blockd, tmp_path, file_opts):
         daemon = start_blockd(disk, file_opts=file_opts)
     except RuntimeError as error:
         if "O_DIRECT" in str(error) or "Invalid argument" in str(error):
-            pytest.skip(f"SKIPPED: this file system does not allow O_DIRECT: {error}")
+            skip_or_fail(f"this file system does not allow O_DIRECT: {error}")
         raise
     subprocess.run(["nbdcopy", "--connections=4", str(src), daemon.uri()], check=True)
     assert disk.read_bytes() == src.read_bytes()

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from conftest import make_image
+from conftest import make_image, import_or_skip, skip_or_fail
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 EIO, ENOSPC = 5, 28
 
@@ -204,7 +204,7 @@ def small_fs(tmp_path):
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], check=True,
                        capture_output=True)
     except (subprocess.CalledProcessError, FileNotFoundError) as error:
-        pytest.skip(f"SKIPPED: cannot mount a tmpfs (needs root): {error}")
+        skip_or_fail(f"cannot mount a tmpfs (needs root): {error}")
     yield mount_point
     subprocess.run(["umount", "-l", str(mount_point)], check=False)
 

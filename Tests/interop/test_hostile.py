@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from nbdwire import (
+from conftest import import_or_skip
     CMD_BLOCK_STATUS, CMD_CACHE, CMD_FLAG_DF, CMD_FLAG_FAST_ZERO, CMD_FLAG_FUA, CMD_FLAG_NO_HOLE,
     CMD_FLAG_PAYLOAD_LEN, CMD_FLAG_REQ_ONE, CMD_FLUSH, CMD_READ, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES,
     EXTENDED_REQUEST_MAGIC, FLAG_C_FIXED_NEWSTYLE, FLAG_C_NO_ZEROES, FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES,
@@ -34,7 +35,7 @@ from nbdwire import (
     meta_context_request, name_of,
 )
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 KiB = 1 << 10
 MiB = 1 << 20

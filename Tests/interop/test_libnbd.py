@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import import_or_skip, skip_or_fail
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -88,7 +89,7 @@ def disk(tmp_path, start_blockd) -> Disk:
             f.write(os.urandom(4 * KiB))
     layout = [(o, n) for o, n, d in file_map(image) if d]
     if not any(not d for _, _, d in file_map(image)):
-        pytest.skip("the file system under tmp_path does not report holes")
+        skip_or_fail("the file system under tmp_path does not report holes")
     assert layout[:2] == DATA[:2], f"file system allocation granularity too coarse for this test: {layout[:4]}"
     blockd = start_blockd(args=[
         "--blockdev", f"driver=file,node-name=f0,filename={image}",

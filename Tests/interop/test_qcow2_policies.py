@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from conftest import require
+from conftest import require, import_or_skip
 from qmp_client import KiB, MiB, launcher  # noqa: F401
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 
 def connect(uri: str):

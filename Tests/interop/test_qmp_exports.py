@@ -10,10 +10,10 @@ import time
 import pytest
 
 from client_helpers import run
-from conftest import free_port, make_image, require
+from conftest import free_port, make_image, require, import_or_skip
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 SIZE = 2 * MiB
 

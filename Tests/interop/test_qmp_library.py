@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import free_port, make_image
+from conftest import free_port, make_image, skip_or_fail
 from qmp_client import MiB, launcher  # noqa: F401
 
 try:
@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover - depends on the machine
     if os.environ.get("CI"):
         pytest.fail("required Python package missing in CI: qemu.qmp (scripts/setup-deps installs it)",
                     pytrace=False)
-    pytest.skip("SKIPPED: Python package qemu.qmp not installed (scripts/setup-deps)", allow_module_level=True)
+    skip_or_fail("Python package qemu.qmp not installed (scripts/setup-deps)")
 
 
 def run(coroutine, timeout: float = 20):

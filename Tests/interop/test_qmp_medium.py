@@ -9,10 +9,10 @@ import os
 import pytest
 
 from client_helpers import output, run
-from conftest import make_image, require
+from conftest import make_image, require, import_or_skip
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 
 class Env:

@@ -9,10 +9,10 @@ import time
 import pytest
 
 from client_helpers import qemu_io
-from conftest import make_image, require
+from conftest import make_image, require, import_or_skip, skip_or_fail
 from qmp_client import KiB, MiB, Schema, launcher, stats_of  # noqa: F401
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 SIZE = 4 * MiB
 
@@ -210,11 +210,11 @@ def small_tmpfs(tmp_path):
     mountpoint = tmp_path / "full"
     mountpoint.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("SKIPPED: mounting a tmpfs needs root")
+        skip_or_fail("mounting a tmpfs needs root")
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mountpoint)],
                             capture_output=True, text=True)
     if result.returncode != 0:
-        pytest.skip(f"SKIPPED: cannot mount a tmpfs here: {result.stderr.strip()}")
+        skip_or_fail(f"cannot mount a tmpfs here: {result.stderr.strip()}")
     try:
         yield mountpoint
     finally:

@@ -8,10 +8,10 @@ import os
 import pytest
 
 from client_helpers import nbd_outcome
-from conftest import make_image, require
+from conftest import make_image, require, import_or_skip
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 SIZE = 1 * MiB
 

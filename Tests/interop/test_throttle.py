@@ -11,10 +11,10 @@ import time
 import pytest
 
 from client_helpers import output, run
-from conftest import require
+from conftest import require, import_or_skip
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
-nbd = pytest.importorskip("nbd")
+nbd = import_or_skip("nbd")
 
 SIZE = 256 * MiB
 ZERO_LIMITS = {"bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0}

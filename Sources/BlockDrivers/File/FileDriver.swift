@@ -23,6 +23,9 @@ public final class FileDriver: BlockDriver {
     /// page-in becomes an error return rather than a signal. Nil for block devices and O_DIRECT.
     private let mapping: UInt
     private let mappedLength: UInt64
+    /// Read-ahead for the mapping when the file's pages come from a device (nil on tmpfs, where a
+    /// fault never reads anything, and without a mapping).
+    private let readAhead: ReadAhead?
     /// The last data range found by SEEK_DATA/SEEK_HOLE; SEEK_HOLE walks every cached page on tmpfs,
     /// so repeating it per read would cost O(file size). Writes never turn data into holes;
     /// zero-writes and discards clear it.
@@ -68,9 +71,16 @@ public final class FileDriver: BlockDriver {
            let base = mmap(nil, Int(reserved), PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED {
             self.mapping = UInt(bitPattern: base)
             self.mappedLength = reserved
+            if ReadAhead.isDeviceBacked(fd: fd) {
+                ReadAhead.adviseRandom(base, length: Int(reserved))
+                self.readAhead = ReadAhead(fd: fd)
+            } else {
+                self.readAhead = nil
+            }
         } else {
             self.mapping = 0
             self.mappedLength = 0
+            self.readAhead = nil
         }
         var features = DriverFeatures()
         features.fua = .native
@@ -213,6 +223,7 @@ public final class FileDriver: BlockDriver {
 
     public func mappedBytes(at offset: UInt64, length: Int) -> UnsafeRawPointer? {
         guard mapping != 0, offset + UInt64(length) <= min(mappedLength, currentLength.load(ordering: .relaxed)) else { return nil }
+        readAhead?.willRead(at: offset, length: length)
         return UnsafeRawPointer(bitPattern: mapping + UInt(offset))
     }
 

@@ -7,6 +7,8 @@
 
 /// open(2) flag for direct I/O.
 int blk_o_direct(void);
+/// The file system type (statfs f_type) of an open file; returns 0 or -errno.
+int blk_fs_type(int fd, int64_t *type);
 /// Deallocates a range of a file, keeping its size; returns 0 or -errno.
 int blk_punch_hole(int fd, uint64_t offset, uint64_t length);
 /// Zeroes a range of a file efficiently (FALLOC_FL_ZERO_RANGE); returns 0 or -errno.
