@@ -361,3 +361,16 @@ def test_images_with_bitmaps_keep_them(start_blockd, tmp_path, image):
     assert [b["name"] for b in bitmaps_of(image)] == ["cbt0"]
     assert "flags" in bitmaps_of(image)[0] and "in-use" not in bitmaps_of(image)[0]["flags"]
     assert_clean(image)
+
+
+# --- option values near 2^64 -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("offset,size", [(0, (1 << 64) - 1), (512, (1 << 64) - 512), ((1 << 63), 512)])
+def test_raw_windows_past_the_end_are_refused(tmp_path, image, offset, size):
+    """A raw window whose offset + size overflows once trapped the daemon at start."""
+    proc = subprocess.run([blockd_binary(), "--blockdev", f"driver=file,node-name=f0,filename={image}",
+                           "--blockdev", f"driver=raw,node-name=w,file=f0,offset={offset},size={size}",
+                           "--nbd-server", f"addr.type=unix,addr.path={tmp_path}/s.sock"],
+                          capture_output=True, text=True, timeout=30)
+    assert 0 < proc.returncode < 128, f"crashed: {proc.returncode}\n{proc.stderr}"
+    assert "'w'" in proc.stderr, proc.stderr

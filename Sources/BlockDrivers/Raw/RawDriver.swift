@@ -81,7 +81,7 @@ public final class RawDriver: BlockDriver {
         guard offset % align == 0, (size ?? 0) % align == 0 else {
             throw OptionError("\(options.context): offset and size must be multiples of \(align)")
         }
-        guard offset <= child.length, offset + (size ?? 0) <= child.length else {
+        guard offset <= child.length, size ?? 0 <= child.length - offset else {
             throw OptionError("\(options.context): offset \(offset) + size \(size ?? 0) is past the end of '\(child.name)' (\(child.length) bytes)")
         }
         guard !(child.readOnly && !context.common.readOnly) else {
