@@ -26,6 +26,8 @@ public struct ExportSpec: Sendable, Equatable {
     public var writable: Bool
     /// `x-resize`: clients may resize the medium with `NBD_CMD_RESIZE` (experimental RESIZE extension).
     public var resizable = false
+    /// `allocation-depth`: offer the `qemu:allocation-depth` meta context.
+    public var allocationDepth = false
 }
 
 /// One `--chardev socket`: a listening socket a monitor can use.
@@ -249,12 +251,11 @@ public struct DaemonConfiguration: Sendable {
         if case .array(let bitmaps)? = reader.value("bitmaps"), !bitmaps.isEmpty {
             throw OptionError("\(context): dirty bitmap exports are not supported yet")
         }
-        if try reader.bool("allocation-depth") == true {
-            throw OptionError("\(context): allocation-depth is not supported yet")
-        }
+        let allocationDepth = try reader.bool("allocation-depth") ?? false
         try reader.finish()
         guard name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
-        return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable, resizable: resizable)
+        return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable,
+                          resizable: resizable, allocationDepth: allocationDepth)
     }
 }
 

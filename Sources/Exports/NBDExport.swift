@@ -17,13 +17,16 @@ public final class NBDExport: Sendable {
     public let writable: Bool
     /// True when clients may change the size with `NBD_CMD_RESIZE` (experimental `x-resize`).
     public let resizable: Bool
+    /// The meta contexts clients may select (`qemu:allocation-depth` only when the export asks for it).
+    public let metaContexts: [MetaContext]
 
     /// Largest read or write payload accepted (`NBD_INFO_BLOCK_SIZE` maximum).
     public static let maxPayload = 32 << 20
 
     /// Creates an export of a device; `writable` needs a writable medium (when one is inserted).
     public init(
-        id: String, name: String, description: String?, backend: BlockBackend, writable: Bool, resizable: Bool = false
+        id: String, name: String, description: String?, backend: BlockBackend, writable: Bool, resizable: Bool = false,
+        metaContexts: [MetaContext] = [.baseAllocation]
     ) throws(OptionError) {
         if writable, let node = backend.medium, node.readOnly {
             throw OptionError("export '\(id)': node '\(node.name)' is read-only; it cannot be exported with writable=on")
@@ -34,6 +37,7 @@ public final class NBDExport: Sendable {
         self.backend = backend
         self.writable = writable
         self.resizable = resizable
+        self.metaContexts = metaContexts
     }
 
     /// The node requests reach now: nil while the device has no medium or its tray is open.

@@ -15,9 +15,9 @@ public enum MetaContext: UInt32, Sendable, CaseIterable {
         }
     }
 
-    /// The contexts a query selects: its exact name, or for LIST only a whole namespace (`base:`).
-    static func matching(_ query: String, listing: Bool) -> [MetaContext] {
-        allCases.filter { $0.name == query || (listing && query.hasSuffix(":") && $0.name.hasPrefix(query)) }
+    /// The contexts of `offered` a query selects: its exact name, or for LIST only a whole namespace (`base:`).
+    static func matching(_ query: String, listing: Bool, in offered: [MetaContext]) -> [MetaContext] {
+        offered.filter { $0.name == query || (listing && query.hasSuffix(":") && $0.name.hasPrefix(query)) }
     }
 }
 
@@ -192,15 +192,16 @@ public struct Negotiation {
         if option == .setMetaContext && style == .simple {
             return [reply(code, .errInvalid, "NBD_OPT_SET_META_CONTEXT needs structured replies first")]
         }
-        guard exports.export(named: request.exportName) != nil else {
+        guard let export = exports.export(named: request.exportName) else {
             return [reply(code, .errUnknown, "no export named '\(request.exportName)'")]
         }
         var chosen: [MetaContext] = []
         if request.queries.isEmpty {
-            if option == .listMetaContext { chosen = MetaContext.allCases }
+            if option == .listMetaContext { chosen = export.metaContexts }
         } else {
             for query in request.queries {
-                for context in MetaContext.matching(query, listing: option == .listMetaContext) where !chosen.contains(context) {
+                for context in MetaContext.matching(query, listing: option == .listMetaContext, in: export.metaContexts)
+                where !chosen.contains(context) {
                     chosen.append(context)
                 }
             }

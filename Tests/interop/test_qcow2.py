@@ -37,11 +37,11 @@ def check(image: Path) -> dict:
     return report
 
 
-def export_args(image: Path, writable: bool, extra: str = "") -> list[str]:
+def export_args(image: Path, writable: bool, extra: str = "", export_extra: str = "") -> list[str]:
     ro = "" if writable else ",read-only=on"
     return ["--blockdev", f"driver=file,node-name=f0,filename={image}{ro}",
             "--blockdev", f"driver=qcow2,node-name=disk0,file=f0{ro}{extra}",
-            "--export", f"type=nbd,id=e0,node-name=disk0,name=disk0,writable={'on' if writable else 'off'}"]
+            "--export", f"type=nbd,id=e0,node-name=disk0,name=disk0,writable={'on' if writable else 'off'}{export_extra}"]
 
 
 def fill_with_qemu_io(image: Path, size: int, seed: int) -> None:
@@ -344,7 +344,7 @@ def test_allocation_depth_matches_qemu_nbd(start_blockd, tmp_path):
     qemu_io_file(base, "write -P 1 0 1M", "write -z 3M 64k")
     qemu_img("create", "-f", "qcow2", "-b", base.name, "-F", "qcow2", str(top))
     qemu_io_file(top, "write -P 2 512k 128k", "write -P 3 2M 64k")
-    daemon = start_blockd(args=export_args(top, writable=False))
+    daemon = start_blockd(args=export_args(top, writable=False, export_extra=",allocation-depth=on"))
     ours = _depth_map(daemon.uri())
     sock = tmp_path / "qemu-nbd.sock"
     reference = subprocess.Popen(["qemu-nbd", "-r", "-A", "-f", "qcow2", "-k", str(sock), "-x", "disk0", str(top)])
@@ -358,6 +358,39 @@ def test_allocation_depth_matches_qemu_nbd(start_blockd, tmp_path):
         reference.wait()
     assert ours == theirs
     assert {t for _, _, t in ours} == {0, 1, 2}
+
+
+def _contexts(uri: str) -> list[str]:
+    h = nbd.NBD()
+    h.set_opt_mode(True)
+    h.connect_uri(uri)
+    found: list[str] = []
+    h.opt_list_meta_context(lambda name: found.append(name) or 0)
+    h.opt_abort()
+    return found
+
+
+def test_allocation_depth_is_offered_only_when_asked(start_blockd, tmp_path):
+    """As with qemu-storage-daemon: `--export ...,allocation-depth=on` (or block-export-add's
+    "allocation-depth": true) offers qemu:allocation-depth; an export without it offers base:allocation only."""
+    from qmp_client import QMP
+    image = tmp_path / "d.qcow2"
+    qemu_img("create", "-f", "qcow2", str(image), "1M")
+    qmp = tmp_path / "qmp.sock"
+    daemon = start_blockd(args=[*export_args(image, writable=False, export_extra=",allocation-depth=on"),
+                                "--export", "type=nbd,id=e1,node-name=disk0,name=plain",
+                                "--chardev", f"socket,id=m0,path={qmp},server=on,wait=off", "--monitor", "chardev=m0"])
+    assert _contexts(daemon.uri()) == ["base:allocation", "qemu:allocation-depth"]
+    assert _contexts(daemon.uri("plain")) == ["base:allocation"]
+    with QMP(qmp) as q:
+        q.execute("block-export-add", type="nbd", id="e2", **{"node-name": "disk0"}, name="deep",
+                  **{"allocation-depth": True})
+        q.execute("block-export-add", type="nbd", id="e3", **{"node-name": "disk0"}, name="flat",
+                  **{"allocation-depth": False})
+    assert _contexts(daemon.uri("deep")) == ["base:allocation", "qemu:allocation-depth"]
+    assert _contexts(daemon.uri("flat")) == ["base:allocation"]
+    proc = subprocess.run(["nbdinfo", "--map=qemu:allocation-depth", daemon.uri("plain")], capture_output=True, text=True)
+    assert proc.returncode != 0, "a context the export does not offer cannot be selected"
 
 
 def test_writes_to_a_snapshotted_image_copy_on_write(start_blockd, tmp_path):

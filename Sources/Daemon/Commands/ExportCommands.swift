@@ -94,7 +94,7 @@ extension Daemon {
         do throws(OptionError) {
             try server.exports.add(try NBDExport(
                 id: spec.id, name: spec.name, description: spec.description, backend: backend, writable: spec.writable,
-                resizable: spec.resizable))
+                resizable: spec.resizable, metaContexts: spec.allocationDepth ? [.baseAllocation, .allocationDepth] : [.baseAllocation]))
         } catch {
             throw error.qmp
         }
