@@ -21,10 +21,7 @@ extension Transmission {
     /// Hands a read to the engine; false when it must be done synchronously.
     func queueRead(_ header: RequestHeader, count: Int, started: UInt64) -> Bool {
         guard count > 0, engineFactory != nil else { return false }
-        if readBuffersUsed == readBuffers.count { readBuffers.append(AlignedBuffer(capacity: count)) }
-        let buffer = readBuffers[readBuffersUsed]
-        buffer.reserve(count)
-        let base = buffer.bytes.baseAddress!
+        let base = ioBuffer(count)
         guard let target = node.directTarget(at: header.offset, length: count, buffer: base),
               let engine = batchEngine() else { return false }
         if !engine.queueRead(target, into: base, length: count, token: pending.count) {
@@ -38,18 +35,42 @@ extension Transmission {
 
     /// Hands a write to the engine; false when it must be done synchronously. The payload must stay
     /// where it is until `drainPending`, which every input refill and large payload read calls first.
+    /// Where the node needs aligned buffers (O_DIRECT) the payload, which follows its header in the
+    /// input, is copied into an aligned one, so that aligned writes still go through the engine.
     func queueWrite(_ header: RequestHeader, _ payload: UnsafeRawBufferPointer, started: UInt64) -> Bool {
-        guard payload.count > 0, engineFactory != nil, UnsafeRawPointer(payloadBuffer?.bytes.baseAddress) != payload.baseAddress,
-              let target = node.directTarget(at: header.offset, length: payload.count, buffer: payload.baseAddress!),
-              let engine = batchEngine() else { return false }
-        let fua = header.commandFlags.contains(.fua)
-        let base = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
-        if !engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) {
-            drainPending()
-            guard engine.queueWrite(target, from: base, length: payload.count, fua: fua, token: pending.count) else { return false }
+        guard payload.count > 0, engineFactory != nil, UnsafeRawPointer(payloadBuffer?.bytes.baseAddress) != payload.baseAddress
+        else { return false }
+        var source = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
+        var target = node.directTarget(at: header.offset, length: payload.count, buffer: source)
+        var bounced = false
+        let alignment = node.features.alignment
+        if target == nil, alignment > 1,
+           header.offset % UInt64(alignment) == 0, payload.count % alignment == 0,
+           node.directTarget(at: header.offset, length: payload.count) != nil {
+            let buffer = ioBuffer(payload.count)
+            buffer.copyMemory(from: payload.baseAddress!, byteCount: payload.count)
+            target = node.directTarget(at: header.offset, length: payload.count, buffer: buffer)
+            source = buffer
+            bounced = true
         }
-        pending.append(PendingIO(header: header, buffer: base, isRead: false, started: started))
+        guard let target, let engine = batchEngine() else { return false }
+        let fua = header.commandFlags.contains(.fua)
+        if !engine.queueWrite(target, from: source, length: payload.count, fua: fua, token: pending.count) {
+            drainPending()
+            guard engine.queueWrite(target, from: source, length: payload.count, fua: fua, token: pending.count) else { return false }
+        }
+        if bounced { readBuffersUsed += 1 }
+        pending.append(PendingIO(header: header, buffer: source, isRead: false, started: started))
         return true
+    }
+
+    /// The next free buffer of the connection's aligned pool, large enough for `count` bytes; it is
+    /// taken by raising `readBuffersUsed` (the pool is given back whole when the output is flushed).
+    func ioBuffer(_ count: Int) -> UnsafeMutableRawPointer {
+        if readBuffersUsed == readBuffers.count { readBuffers.append(AlignedBuffer(capacity: count)) }
+        let buffer = readBuffers[readBuffersUsed]
+        buffer.reserve(count)
+        return buffer.bytes.baseAddress!
     }
 
     /// Runs the queued reads and writes and appends their replies in the order they complete.
