@@ -37,7 +37,8 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         self.readOnly = readOnly
         self.clusterBits = UInt64(meta.clusterBits)
         self.clusterSize = meta.clusterSize
-        self.size = Atomic(meta.header.size)
+        // A size that is not a multiple of 512 is rounded down, as QEMU's block layer does.
+        self.size = Atomic(meta.header.size & ~511)
         var features = DriverFeatures()
         features.fua = .emulated
         features.fastZero = meta.header.version >= 3
@@ -305,7 +306,11 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
             for cluster in clusters {
                 let entry = try meta.l2Entry(cluster)
                 entries.append(entry)
-                if case .data(_, true) = meta.state(of: entry) { continue }
+                if case .data(let host, true) = meta.state(of: entry) {
+                    // Written in place: never over metadata that a damaged entry points at.
+                    try meta.checkOverlap(host, count: 1)
+                    continue
+                }
                 owned = false
             }
         } catch {

@@ -33,6 +33,10 @@ extension Qcow2Metadata {
         }
         guard l2Offset != 0 else { return 0 }
         let entry = try table(l2Cache, at: l2Offset, what: "L2 table").word(l2Index)
+        if !staleEntries.isEmpty, staleEntries[l2Offset]?.contains(l2Index) == true {
+            throw corruption("L2 entry \(l2Index) of the table at \(l2Offset) points past the end the image file had when it was opened",
+                             offset: l2Offset + UInt64(l2Index) * 8)
+        }
         guard entry & Qcow2Metadata.compressedFlag == 0 else { return entry }
         let host = entry & Qcow2Metadata.offsetMask
         let reserved = header.version >= 3 ? Qcow2Metadata.l2Reserved : Qcow2Metadata.l2Reserved | Qcow2Metadata.zeroFlag
@@ -81,6 +85,8 @@ extension Qcow2Metadata {
         try checkOverlap(newOffset, count: 1)
         file.debugEvent(.l2AllocWrite)
         try writeBytes(bytes, at: newOffset)
+        writtenL2Tables.insert(newOffset)
+        if oldOffset != 0, let stale = staleEntries[oldOffset] { staleEntries[newOffset] = stale }
         let fresh = Qcow2CachedTable(bytes: bytes)
         if let evicted = l2Cache.insert(newOffset, fresh), evicted.table.dirty {
             try writeBack(evicted.table, at: evicted.offset, isL2: true)
@@ -123,6 +129,17 @@ extension Qcow2Metadata {
         return host..<end
     }
 
+    /// Refuses to write an L2 table or refcount block where other metadata lies (a table entry that
+    /// points at the header, the L1 or refcount table, or a cached table of the other kind).
+    func checkTableWrite(at offset: UInt64, isL2: Bool) throws(BlockError) {
+        guard overlapCheck != .none else { return }
+        let other = isL2 ? refcountCache : l2Cache
+        if isFixedMetadata(offset >> UInt64(clusterBits)) || (overlapCheck != .constant && other.contains(offset)) {
+            throw corruption("Preventing invalid write of \(isL2 ? "an L2 table" : "a refcount block") at offset \(offset) (overlaps metadata)",
+                             offset: offset)
+        }
+    }
+
     /// Refuses a data write over metadata: marks the image corrupt instead (overlap-check).
     func checkOverlap(_ offset: UInt64, count: Int) throws(BlockError) {
         guard overlapCheck != .none else { return }
@@ -159,9 +176,11 @@ extension Qcow2Metadata {
         try writeDirtyRefcounts()
         try file.flush()
         for (offset, table) in l2Cache.dirtyTables {
+            try checkTableWrite(at: offset, isL2: true)
             file.debugEvent(.l2Update)
             try writeBytes(table.bytes, at: offset)
             table.dirty = false
+            writtenL2Tables.insert(offset)
         }
         if l1Dirty {
             file.debugEvent(.l1Update)

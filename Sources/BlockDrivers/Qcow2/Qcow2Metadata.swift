@@ -33,6 +33,20 @@ final class Qcow2Metadata {
     /// Where BLOCK_IMAGE_CORRUPTED goes, and the node it names.
     var events: BlockEventSink?
     var nodeName = ""
+    /// The file's length when the image was opened. Clusters at or past it were all allocated by this
+    /// driver, so an entry loaded from the image that points there is stale: once the file has grown,
+    /// it would name another cluster's data.
+    let lengthAtOpen: UInt64
+    /// The snapshot table and the snapshots' L1 tables (read-write opens): never written over, never allocated.
+    var protectedRegions: [(start: UInt64, length: UInt64)] = []
+    /// L2 tables this driver wrote: their entries are its own, so they need no check when read again.
+    var writtenL2Tables = Set<UInt64>()
+    /// Set when the image may grow (read-write): L2 entries loaded from the image are then checked
+    /// against `lengthAtOpen`. A read-only image never grows, so a read past its end simply fails.
+    var checksStaleEntries = false
+    /// Host offsets of the L2 entries found pointing past `lengthAtOpen`, by L2 table offset: using
+    /// one is a corruption (EIO), whatever the file holds there by then.
+    var staleEntries: [UInt64: Set<Int>] = [:]
 
     init(file: BlockNode, header: Qcow2Header, l1: [UInt64], refcountTable: [UInt64],
          l2CacheClusters: Int, refcountCacheClusters: Int, overlapCheck: Qcow2OverlapCheck, passDiscard: Bool) {
@@ -49,6 +63,7 @@ final class Qcow2Metadata {
         self.refcountCache = Qcow2TableCache(capacity: refcountCacheClusters, clusterSize: clusterSize)
         self.overlapCheck = overlapCheck
         self.passDiscard = passDiscard
+        self.lengthAtOpen = file.length
     }
 
     static let offsetMask: UInt64 = 0x00ff_ffff_ffff_fe00
@@ -89,6 +104,7 @@ final class Qcow2Metadata {
         if let table = cache.cached(offset) { return table }
         file.debugEvent(cache === l2Cache ? .l2Load : .refblockLoad)
         let table = Qcow2CachedTable(bytes: try readCluster(at: offset, what: what))
+        if checksStaleEntries && cache === l2Cache && !writtenL2Tables.contains(offset) { noteStaleEntries(table, at: offset) }
         if let evicted = cache.insert(offset, table), evicted.table.dirty {
             try writeBack(evicted.table, at: evicted.offset, isL2: cache === l2Cache)
         }
@@ -97,6 +113,7 @@ final class Qcow2Metadata {
 
     /// Writes one dirty table; an L2 table goes out only after the refcounts it relies on are stable.
     func writeBack(_ table: Qcow2CachedTable, at offset: UInt64, isL2: Bool) throws(BlockError) {
+        try checkTableWrite(at: offset, isL2: isL2)
         if isL2 && refcountCache.hasDirty {
             try writeDirtyRefcounts()
             try file.flush()
@@ -104,10 +121,23 @@ final class Qcow2Metadata {
         file.debugEvent(isL2 ? .l2Update : .refblockUpdate)
         try writeBytes(table.bytes, at: offset)
         table.dirty = false
+        if isL2 { writtenL2Tables.insert(offset) }
+    }
+
+    /// Records the entries of an L2 table read from the image that point at or past the end the file
+    /// had at open (see `lengthAtOpen`): `l2Entry` refuses them.
+    func noteStaleEntries(_ table: Qcow2CachedTable, at offset: UInt64) {
+        for index in 0..<l2Entries {
+            let entry = table.word(index)
+            guard entry != 0 else { continue }
+            let host = entry & Qcow2Metadata.compressedFlag != 0 ? compressedRange(entry).lowerBound : entry & Qcow2Metadata.offsetMask
+            if host >= lengthAtOpen { staleEntries[offset, default: []].insert(index) }
+        }
     }
 
     func writeDirtyRefcounts() throws(BlockError) {
         for (offset, table) in refcountCache.dirtyTables {
+            try checkTableWrite(at: offset, isL2: false)
             file.debugEvent(.refblockUpdate)
             try writeBytes(table.bytes, at: offset)
             table.dirty = false
@@ -335,6 +365,7 @@ final class Qcow2Metadata {
         func within(_ start: UInt64, _ length: UInt64) -> Bool { offset + UInt64(clusterSize) > start && offset < start + length }
         return within(header.l1TableOffset, UInt64(header.l1Size) * 8)
             || within(header.refcountTableOffset, UInt64(header.refcountTableClusters) << UInt64(clusterBits))
+            || protectedRegions.contains { within($0.start, $0.length) }
     }
 }
 

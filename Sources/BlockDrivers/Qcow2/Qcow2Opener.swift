@@ -61,6 +61,10 @@ public enum Qcow2Opener {
         if header.isCorrupt && !readOnly {
             throw fail("qcow2 image '\(file.driver.filename)' is marked corrupt; it can only be opened read-only (repair it with 'blockimg check -r all')")
         }
+        if !readOnly, let problem = Qcow2OpenCheck.damage(file: file, header: header, l1: l1, refcountTable: refcountTable) {
+            throw fail("qcow2 image '\(file.driver.filename)' is damaged (\(problem)); it can only be opened read-only "
+                + "(repair it with 'blockimg check -r all')")
+        }
         let cacheSize = try options.size("cache-size")
         let l2Bytes = try options.size("l2-cache-size")
         let refcountBytes = try options.size("refcount-cache-size")
@@ -87,6 +91,8 @@ public enum Qcow2Opener {
             overlapCheck: overlap, passDiscard: passRequest)
         meta.events = context.graph.events
         meta.nodeName = context.nodeName
+        meta.checksStaleEntries = !readOnly
+        if !readOnly { meta.protectedRegions = Qcow2OpenCheck.snapshotRegions(file: file, header: header) }
         if !readOnly && header.autoclearFeatures != 0 {
             // Autoclear extensions this driver does not keep in step are cleared, as the format asks (images
             // with consistent bitmaps were refused above, so no bitmap is invalidated here).
