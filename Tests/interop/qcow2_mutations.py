@@ -316,15 +316,15 @@ def bitflip_cases(bases: dict[str, Base], count: int, seed: int) -> list[Case]:
     return cases
 
 
-QUOTAS = {"header": 140, "l1": 50, "l2": 70, "l2-compressed": 20, "reftable": 60, "refcount-block": 40,
-          "snapshot": 50, "snapshot-l1": 20, "backing": 100, "extension": 40}
-SHORT_FLIPS = 100
+QUOTAS = {"header": 120, "l1": 45, "l2": 65, "l2-compressed": 20, "reftable": 55, "refcount-block": 35,
+          "snapshot": 40, "snapshot-l1": 20, "backing": 100, "extension": 35}
+SHORT_FLIPS = 90
 
 
 def catalogue(bases: dict[str, Base], directory: str, *, long: bool, seed: int = 2024) -> list[Case]:
     """Every targeted case on every base, then random bit flips: 5,000 cases in all with `long`.
     Otherwise about 600: per group, the cases for the bugs listed in `_always` and a deterministic
-    sample of the rest up to the group's quota, then 100 flips."""
+    sample of the rest up to the group's quota, then 90 flips."""
     targeted: list[Case] = []
     for base in bases.values():
         layout = base.layout

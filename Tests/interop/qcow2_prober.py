@@ -80,6 +80,9 @@ class Prober:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
         self.proc = None
+        if getattr(self, "qmp", None) is not None:
+            self.qmp.close()
+            self.qmp = None
 
     def stop(self) -> int | None:
         """SIGTERM and the exit status (None when no daemon runs)."""
@@ -100,8 +103,17 @@ class Prober:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def _death(self) -> str | None:
-        if self.proc is None or self.proc.poll() is None:
+    def _death(self, grace: float = 0.0) -> str | None:
+        """How the daemon ended ("signal SIGSEGV; log tail: ..."), None while it runs; `grace`
+        seconds are given to a daemon that is still on its way out (it closed its sockets first)."""
+        if self.proc is None:
+            return None
+        if grace:
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.poll() is None:
             return None
         code = self.proc.returncode
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
@@ -123,10 +135,14 @@ class Prober:
         """Opens `image` (read-only unless `writes` are given), reads [0, min(size, read_limit))
         chunk by chunk (and the middle and last chunks of a larger image) or just the chunks at
         `offsets`, performs `writes` and a flush, then closes it."""
+        out = Outcome()
+        if self.proc is not None and self.proc.poll() is not None:
+            out.died = f"between images (after the previous one): {self._death()}"
+            self.proc = None
+            return out
         self._ensure()
         self.counter += 1
         node, export = f"q{self.counter}", f"c{self.counter}"
-        out = Outcome()
         deadline = time.monotonic() + DEADLINE
         self.step = "blockdev-add"
         added = False
@@ -156,7 +172,7 @@ class Prober:
         except Hung:
             out.hung = f"no answer within {DEADLINE:.0f} s during {self.step}"
         except (OSError, EOFError) as error:
-            if self._death() is None:
+            if self._death(grace=2.0) is None:
                 out.hung = f"{self.step} failed: {error}"
         finally:
             out.died = self._death()
@@ -198,7 +214,7 @@ class Prober:
             while not h.aio_is_closed() and not h.aio_is_dead():
                 _poll(h, deadline)
         except nbd.Error as error:
-            if self._death() is not None or out.size is None:
+            if self._death(grace=0.5) is not None or out.size is None:
                 raise OSError(str(error)) from error
             for offset in offsets or []:
                 out.chunks.setdefault(offset, "ENOTCONN")
