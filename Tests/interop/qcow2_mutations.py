@@ -346,8 +346,10 @@ def catalogue(bases: dict[str, Base], directory: str, *, long: bool, seed: int =
         members = [c for c in targeted if c.group == group]
         chosen = [c for c in members if _always(c)]
         rest = [c for c in members if not _always(c)]
-        chosen += rng.sample(rest, min(len(rest), max(0, quota - len(chosen))))
-        kept += sorted(chosen, key=members.index)
+        sampled = rng.sample(rest, min(len(rest), max(0, quota - len(chosen))))
+        for n, case in enumerate(sampled):
+            case.writable = case.writable and n % 2 == 0  # the short run writes to half of them
+        kept += sorted(chosen + sampled, key=members.index)
     return kept + bitflip_cases(bases, SHORT_FLIPS, seed)
 
 

@@ -58,7 +58,7 @@ class Prober:
             self.proc = subprocess.Popen([self.program, *monitor_args(self.qmp_path)],
                                          stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for_socket(self.qmp_path, self.proc)
+            wait_for_socket(self.qmp_path, self.proc, timeout=60)
             self.qmp = QMP(self.qmp_path, timeout=DEADLINE)
             self.qmp.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(self.nbd_path)}})
         except (OSError, RuntimeError, EOFError, AssertionError) as error:
@@ -140,7 +140,11 @@ class Prober:
             out.died = f"between images (after the previous one): {self._death()}"
             self.proc = None
             return out
-        self._ensure()
+        try:
+            self._ensure()
+        except RuntimeError as error:
+            out.hung = str(error)
+            return out
         self.counter += 1
         node, export = f"q{self.counter}", f"c{self.counter}"
         deadline = time.monotonic() + DEADLINE
