@@ -12,6 +12,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="also run the long tests: SIGKILL torture, the 5,000-case corrupt qcow2 catalogue")
+
+
+@pytest.fixture(scope="session")
+def long_mode(request) -> bool:
+    """True under --long (the corrupt-image catalogue then runs 5,000 cases instead of about 600)."""
+    return bool(request.config.getoption("--long"))
+
+
+def require_long(request) -> None:
+    """Skips a long-only test, saying how to run it (the one place such a skip comes from)."""
+    if not request.config.getoption("--long"):
+        pytest.skip("SKIPPED: long test, runs only with --long (scripts/test --long)")
+
+
 def blockd_binary() -> str:
     """The blockd under test: $BLOCKD, else the release build, else the debug build."""
     if os.environ.get("BLOCKD"):
