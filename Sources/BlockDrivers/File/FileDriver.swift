@@ -73,7 +73,7 @@ public final class FileDriver: BlockDriver {
             self.mappedLength = reserved
             if ReadAhead.isDeviceBacked(fd: fd) {
                 ReadAhead.adviseRandom(base, length: Int(reserved))
-                self.readAhead = ReadAhead(fd: fd)
+                self.readAhead = ReadAhead(fd: fd, mapping: UInt(bitPattern: base))
             } else {
                 self.readAhead = nil
             }

@@ -8,10 +8,13 @@ import Synchronization
 ///
 /// The mapping is `MADV_RANDOM`, so a fault on a cold page reads that page and nothing around it
 /// (without it, the kernel reads around every fault by the device's read-ahead size: 8 MiB of disk
-/// for a 4 KiB request). What a request needs beyond one page is asked for up front with
-/// `POSIX_FADV_WILLNEED`, which starts large reads of exactly that range; and streams of requests
-/// that follow each other get an asynchronous window ahead of them, doubling up to `maxWindow`, as
-/// the kernel gives sequential `pread`s. Random 4 KiB reads cost no system call here.
+/// for a 4 KiB request). Requests are asked for up front with `POSIX_FADV_WILLNEED`, which starts
+/// reads of exactly their range without waiting, so the requests of a batch are read from the device
+/// side by side before `sendmsg` touches their pages: large requests always, small ones while the
+/// file is found cold (one small request in `probeInterval` checks its page with `mincore`; a miss
+/// turns prefetching on for the next `coldCredit` small requests), so that reads of cached pages
+/// make no extra system call. Streams of requests that follow each other get an asynchronous window
+/// ahead of them, doubling up to `maxWindow`, as the kernel gives sequential `pread`s.
 final class ReadAhead: Sendable {
     /// One sequential stream: where its next request is expected, how far ahead has been asked for.
     private struct Stream {
@@ -26,8 +29,12 @@ final class ReadAhead: Sendable {
         var clock: UInt64 = 0
     }
 
-    /// Requests at least this long are prefetched whole before they are sent.
+    /// Requests at least this long are always prefetched whole.
     static let wholeRequestMinimum = 16 << 10
+    /// One small request in this many probes the page cache.
+    static let probeInterval: UInt32 = 16
+    /// Small requests prefetched after a probe found a page missing.
+    static let coldCredit = 256
     /// The first window of a stream, and the largest.
     static let initialWindow: UInt64 = 256 << 10
     static let maxWindow: UInt64 = 8 << 20
@@ -35,10 +42,15 @@ final class ReadAhead: Sendable {
     static let streamSlots = 8
 
     private let fd: Int32
+    /// Where the file is mapped, for the residency probe.
+    private let mapping: UInt
     private let state = Mutex(State())
+    private let requests = Atomic<UInt32>(0)
+    private let credit = Atomic<Int>(0)
 
-    init(fd: Int32) {
+    init(fd: Int32, mapping: UInt) {
         self.fd = fd
+        self.mapping = mapping
     }
 
     /// True when reads of `fd` come from a device (not tmpfs or ramfs, whose pages are the file).
@@ -56,7 +68,7 @@ final class ReadAhead: Sendable {
 
     /// Called before a request's bytes are sent from the mapping.
     func willRead(at offset: UInt64, length: Int) {
-        if length >= ReadAhead.wholeRequestMinimum {
+        if length >= ReadAhead.wholeRequestMinimum || smallRequestIsCold(at: offset) {
             _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
         }
         let end = offset + UInt64(length)
@@ -77,6 +89,25 @@ final class ReadAhead: Sendable {
             _ = posix_fadvise(fd, off_t(start), off_t(count), POSIX_FADV_WILLNEED)
         }
     }
+
+    /// Whether a small request should be prefetched: yes while credit from a recent miss lasts; else
+    /// every `probeInterval`-th request asks `mincore` whether its first page is cached.
+    private func smallRequestIsCold(at offset: UInt64) -> Bool {
+        if credit.load(ordering: .relaxed) > 0 {
+            credit.subtract(1, ordering: .relaxed)
+            return true
+        }
+        guard requests.wrappingAdd(1, ordering: .relaxed).newValue % ReadAhead.probeInterval == 0 else { return false }
+        let page = UInt64(ReadAhead.pageSize)
+        var resident: UInt8 = 0
+        guard let address = UnsafeMutableRawPointer(bitPattern: mapping + UInt(offset / page * page)),
+              mincore(address, Int(page), &resident) == 0 else { return false }
+        if resident & 1 != 0 { return false }
+        credit.store(ReadAhead.coldCredit, ordering: .relaxed)
+        return true
+    }
+
+    private static let pageSize = Int(sysconf(Int32(_SC_PAGESIZE)))
 
     /// Moves a stream past a request that continued it; the range to prefetch when its window needs
     /// topping up (once half of it has been consumed).
