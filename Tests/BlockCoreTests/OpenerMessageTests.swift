@@ -105,7 +105,7 @@ final class OpenerMessageTests: XCTestCase {
                       qmp: "blockdev-add 'w' (driver blkverify): child 'ro' is read-only; add read-only=on",
                       commandLine: "--blockdev 'w' (driver blkverify): child 'ro' is read-only; add read-only=on")
         assertWording("driver=quorum,node-name=w,vote-threshold=1,children.0=n,children.1=ro",
-                      qmp: "child 'ro' is read-only; add read-only=on",
+                      qmp: "blockdev-add 'w' (driver quorum): child 'ro' is read-only; add read-only=on",
                       commandLine: "--blockdev 'w' (driver quorum): child 'ro' is read-only; add read-only=on")
     }
 

@@ -89,24 +89,18 @@ public final class BlkdebugDriver: BlockDriver {
 
     /// Opens `blkdebug` nodes: `image` (required), `config`, `align`, `inject-error`, `set-state`.
     public static let opener: DriverOpener = { options, context throws(OptionError) in
-        guard let image = try context.child("image", of: options) else {
-            throw options.syntax == .qmp ? OptionError("A block device must be specified for \"image\"")
-                : OptionError("\(options.context): parameter 'image' is missing")
-        }
-        guard !(image.readOnly && !context.common.readOnly) else {
-            throw OptionError("\(options.context): child '\(image.name)' is read-only; add read-only=on")
-        }
+        let image = try context.requiredChild("image", of: options)
+        try context.requireWritable([image], of: options)
         let align = try options.size("align") ?? 0
         guard align == 0 || (align.nonzeroBitCount == 1 && align <= 1 << 20) else {
-            throw options.syntax == .qmp ? OptionError("Cannot meet constraints with align \(align)")
-                : OptionError("\(options.context): parameter 'align' must be a power of two up to 1M, got \(align)")
+            throw options.failure("parameter 'align' must be a power of two up to 1M, got \(align)", qmp: "Cannot meet constraints with align \(align)")
         }
         var rules = BlkdebugRuleSet()
         if let path = try options.string("config") {
             do throws(OptionError) {
                 rules = try BlkdebugConfig.read(path: path)
             } catch {
-                throw options.syntax == .qmp ? error : OptionError("\(options.context): \(error.message)")
+                throw options.failure(error.message)
             }
         }
         rules.append(try BlkdebugRuleSet(options: options))

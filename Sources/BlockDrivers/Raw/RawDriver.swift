@@ -84,9 +84,7 @@ public final class RawDriver: BlockDriver {
         guard offset <= child.length, size ?? 0 <= child.length - offset else {
             throw OptionError("\(options.context): offset \(offset) + size \(size ?? 0) is past the end of '\(child.name)' (\(child.length) bytes)")
         }
-        guard !(child.readOnly && !context.common.readOnly) else {
-            throw OptionError("\(options.context): child '\(child.name)' is read-only; add read-only=on")
-        }
+        try context.requireWritable([child], of: options)
         return OpenedDriver(driver: RawDriver(child: child, offset: offset, size: size), children: [("file", child)])
     }
 }

@@ -71,16 +71,11 @@ public final class ThrottleDriver: BlockDriver {
     public static let opener: DriverOpener = { options, context throws(OptionError) in
         let name = try options.requiredString("throttle-group")
         guard let group = context.graph.throttleGroups.group(named: name) else {
-            throw OptionError(options.syntax == .qmp ? "Throttle group '\(name)' does not exist"
-                : "\(options.context): throttle group '\(name)' does not exist (create it with --object throttle-group,id=\(name),...)")
+            throw options.failure("throttle group '\(name)' does not exist (create it with --object throttle-group,id=\(name),...)",
+                                  qmp: "Throttle group '\(name)' does not exist")
         }
-        guard let child = try context.child("file", of: options) else {
-            throw options.syntax == .qmp ? OptionError("A block device must be specified for \"file\"")
-                : OptionError("\(options.context): parameter 'file' is missing")
-        }
-        if child.readOnly && !context.common.readOnly {
-            throw OptionError("\(options.context): child '\(child.name)' is read-only; add read-only=on")
-        }
+        let child = try context.requiredChild("file", of: options)
+        try context.requireWritable([child], of: options)
         return OpenedDriver(driver: ThrottleDriver(child: child, group: group), children: [("file", child)])
     }
 }
