@@ -1,4 +1,5 @@
 import BlockCore
+import BlockDrivers
 import Synchronization
 import XCTest
 
@@ -156,5 +157,33 @@ final class FilterDriverTests: XCTestCase {
         try node.resize(to: 1 << 15)
         XCTAssertEqual(node.length, 1 << 15)
         XCTAssertEqual(leaf.take(), ["zero 0+4096 unmap=true", "discard 0+4096", "status 0+512", "resize 32768"])
+    }
+
+    /// The block layer's filters over the same child: throttle and blkdebug forward what they do not
+    /// change and keep every request on their own path; raw maps through its window.
+    func testTheDriversFiltersForwardAndCannotBeBypassed() throws {
+        let throttle = ThrottleDriver(child: leafNode, group: ThrottleGroup(name: "tg", limits: ThrottleLimits()))
+        defer { throttle.close() }
+        let filters: [any BlockDriver] = [throttle, BlkdebugDriver(child: leafNode, rules: BlkdebugRuleSet(), align: 0)]
+        for driver in filters {
+            XCTAssertNil(driver.mappedBytes(at: 0, length: 512), driver.driverName)
+            var runs: [UnsafeRawBufferPointer] = []
+            XCTAssertFalse(driver.mappedRuns(at: 0, length: 512, limit: 4, into: &runs), driver.driverName)
+            XCTAssertNil(driver.directTarget(at: 0, length: 512), driver.driverName)
+            try driver.discard(at: 0, length: 4096)
+            XCTAssertEqual(try driver.blockStatus(at: 0, length: 512), [.hole(512)], driver.driverName)
+            try driver.prefetch(at: 0, length: 512)
+            try driver.resize(to: leaf.length)
+            XCTAssertEqual(driver.filename, "/images/leaf.img")
+            XCTAssertEqual(driver.allocatedSize, 12_345)
+            XCTAssertEqual(leaf.take(), ["discard 0+4096", "status 0+512", "prefetch 0+512", "resize 65536"], driver.driverName)
+        }
+        let raw: any BlockDriver = RawDriver(child: leafNode, offset: 4096, size: nil)
+        XCTAssertEqual(raw.mappedBytes(at: 512, length: 512), leafNode.mappedBytes(at: 4608, length: 512))
+        XCTAssertEqual(raw.directTarget(at: 512, length: 512)?.offset, 4608)
+        try raw.discard(at: 0, length: 4096)
+        try raw.flush()
+        XCTAssertEqual(raw.length, leaf.length - 4096)
+        XCTAssertEqual(leaf.take(), ["discard 4096+4096", "flush"])
     }
 }

@@ -9,11 +9,12 @@ import Synchronization
 /// generic write path) drive a state machine (`BlkdebugMachine`) that arms `inject-error` rules;
 /// the next read, write, zero-write, discard or flush an armed rule covers fails with its errno,
 /// without reaching the child. Rules come from the options, from a `config` file, and can be
-/// replaced while the node is in use (`replaceRules`).
-public final class BlkdebugDriver: BlockDriver {
+/// replaced while the node is in use (`replaceRules`). Everything else forwards (`FilterDriver`),
+/// and there is no mapped or direct path, so no request escapes the rules.
+public final class BlkdebugDriver: FilterDriver {
     public let driverName = "blkdebug"
     public let features: DriverFeatures
-    private let child: BlockNode
+    public let child: BlockNode
     private let machine: Mutex<BlkdebugMachine>
 
     /// Creates a filter over `child` with `rules`; `align` (a power of two, or 0) raises the
@@ -26,10 +27,6 @@ public final class BlkdebugDriver: BlockDriver {
         features.debugEvents = true
         self.features = features
     }
-
-    public var length: UInt64 { child.length }
-    public var filename: String { child.driver.filename }
-    public var allocatedSize: UInt64? { child.driver.allocatedSize }
 
     /// The state of the rule machine (1 when opened).
     public var state: Int64 { machine.withLock { $0.state } }
@@ -73,18 +70,6 @@ public final class BlkdebugDriver: BlockDriver {
     public func flush() throws(BlockError) {
         try check("flush", at: 0, length: nil)
         try child.flush()
-    }
-
-    public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
-        try child.blockStatus(at: offset, length: length)
-    }
-
-    public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {
-        try child.prefetch(at: offset, length: length)
-    }
-
-    public func resize(to newLength: UInt64) throws(BlockError) {
-        try child.resize(to: newLength)
     }
 
     /// Opens `blkdebug` nodes: `image` (required), `config`, `align`, `inject-error`, `set-state`.
