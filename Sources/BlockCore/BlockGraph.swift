@@ -48,13 +48,28 @@ public struct OpenContext {
         return try child(value, named: key, of: options)
     }
 
+    /// Resolves a child that must be given: through QMP a missing one is worded as QEMU's filters
+    /// word it ("A block device must be specified for ...").
+    public func requiredChild(_ key: String, of options: OptionReader) throws(OptionError) -> BlockNode {
+        guard let node = try child(key, of: options) else {
+            throw options.failure("parameter '\(key)' is missing", qmp: "A block device must be specified for \"\(key)\"")
+        }
+        return node
+    }
+
+    /// Refuses read-only children under a node that is to be writable.
+    public func requireWritable(_ children: [BlockNode], of options: OptionReader) throws(OptionError) {
+        guard !common.readOnly, let child = children.first(where: \.readOnly) else { return }
+        throw OptionError("\(options.context): child '\(child.name)' is read-only; add read-only=on")
+    }
+
     /// Resolves every child of a list (`children` of quorum), named `key[0]`, `key[1]`, ... in
     /// messages; an absent key is an empty list.
     public func children(_ key: String, of options: OptionReader) throws(OptionError) -> [BlockNode] {
         guard let value = options.value(key) else { return [] }
         guard case .array(let items) = value else {
-            if options.syntax == .qmp { throw OptionError("Invalid parameter type for '\(key)', expected: array") }
-            throw OptionError("\(options.context): parameter '\(key)' expects a list (\(key).0=...), got a \(value.typeName)")
+            throw options.failure("parameter '\(key)' expects a list (\(key).0=...), got a \(value.typeName)",
+                                  qmp: "Invalid parameter type for '\(key)', expected: array")
         }
         var nodes: [BlockNode] = []
         for (index, item) in items.enumerated() {
@@ -67,15 +82,15 @@ public struct OpenContext {
         switch value {
         case .string(let reference):
             guard let node = graph.node(named: reference) else {
-                if options.syntax == .qmp { throw OptionError("Cannot find device=\(reference) nor node_name=\(reference)") }
-                throw OptionError("\(options.context): parameter '\(key)': no node named '\(reference)'")
+                throw options.failure("parameter '\(key)': no node named '\(reference)'",
+                                      qmp: "Cannot find device=\(reference) nor node_name=\(reference)")
             }
             return node
         case .object:
             return try graph.open(value, context: "\(options.context) → \(key)", inheritReadOnly: common.readOnly, syntax: options.syntax)
         default:
-            if options.syntax == .qmp { throw OptionError("Invalid parameter type for '\(key)', expected: string or object") }
-            throw OptionError("\(options.context): parameter '\(key)' expects a node-name or a definition, got a \(value.typeName)")
+            throw options.failure("parameter '\(key)' expects a node-name or a definition, got a \(value.typeName)",
+                                  qmp: "Invalid parameter type for '\(key)', expected: string or object")
         }
     }
 }
@@ -299,7 +314,7 @@ public final class BlockGraph: Sendable {
         if let detect = try options.choice("detect-zeroes", DetectZeroes.allCases.map(\.name)) {
             common.detectZeroes = DetectZeroes(name: detect)!
             if let problem = common.detectZeroes.problem(discardUnmap: common.discardUnmap) {
-                throw OptionError(options.syntax == .qmp ? problem : "\(options.context): \(problem)")
+                throw options.failure(problem)
             }
         }
         return common

@@ -31,16 +31,30 @@ public final class OptionReader {
         self.syntax = syntax
     }
 
+    /// An error worded for this reader's syntax: `qmp` through QMP, `commandLine` otherwise, each as it is.
+    public func error(qmp: String, commandLine: String) -> OptionError {
+        OptionError(syntax == .qmp ? qmp : commandLine)
+    }
+
+    /// An error about these options: through QMP, `qmp` (QEMU's wording) or else `message` alone;
+    /// otherwise `message` after the context that names the options.
+    public func failure(_ message: String, qmp: String? = nil) -> OptionError {
+        error(qmp: qmp ?? message, commandLine: "\(context): \(message)")
+    }
+
     /// The error for a member with a value it does not accept, in this reader's wording.
     public func badValue(_ key: String, _ value: String, expected: String) -> OptionError {
-        syntax == .qmp
-            ? OptionError("Parameter '\(prefix)\(key)' does not accept value '\(value)'")
-            : OptionError("\(context): parameter '\(prefix)\(key)' expects \(expected), got '\(value)'")
+        failure("parameter '\(prefix)\(key)' expects \(expected), got '\(value)'", qmp: "Parameter '\(prefix)\(key)' does not accept value '\(value)'")
     }
 
     /// The error for a member nobody knows, in this reader's wording.
     public func unexpected(_ key: String) -> OptionError {
-        syntax == .qmp ? OptionError("Parameter '\(prefix)\(key)' is unexpected") : OptionError("\(context): unknown parameter '\(prefix)\(key)'")
+        failure("unknown parameter '\(prefix)\(key)'", qmp: "Parameter '\(prefix)\(key)' is unexpected")
+    }
+
+    /// The error for a required member that is absent, in this reader's wording.
+    public func missing(_ key: String) -> OptionError {
+        failure("parameter '\(prefix)\(key)' is missing", qmp: "Parameter '\(prefix)\(key)' is missing")
     }
 
     /// True when the key is present.
@@ -116,8 +130,8 @@ public final class OptionReader {
     public func objects(_ key: String) throws(OptionError) -> [OptionReader] {
         guard let value = value(key) else { return [] }
         guard case .array(let items) = value else {
-            if syntax == .qmp { throw OptionError("Invalid parameter type for '\(prefix)\(key)', expected: array") }
-            throw OptionError("\(context): parameter '\(prefix)\(key)' expects a list (\(key).0.NAME=...), got a \(value.typeName)")
+            throw failure("parameter '\(prefix)\(key)' expects a list (\(key).0.NAME=...), got a \(value.typeName)",
+                          qmp: "Invalid parameter type for '\(prefix)\(key)', expected: array")
         }
         var readers: [OptionReader] = []
         for (index, item) in items.enumerated() {
@@ -186,10 +200,6 @@ public final class OptionReader {
         }
         guard multiplier > 1, let fraction = Double(digits), fraction >= 0, fraction * Double(multiplier) < 1.8e19 else { return nil }
         return UInt64(fraction * Double(multiplier))
-    }
-
-    private func missing(_ key: String) -> OptionError {
-        syntax == .qmp ? OptionError("Parameter '\(prefix)\(key)' is missing") : OptionError("\(context): parameter '\(prefix)\(key)' is missing")
     }
 
     private func typeError(_ key: String, _ expected: String, _ value: OptionValue) -> OptionError {

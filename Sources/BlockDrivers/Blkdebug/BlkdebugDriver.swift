@@ -9,11 +9,12 @@ import Synchronization
 /// generic write path) drive a state machine (`BlkdebugMachine`) that arms `inject-error` rules;
 /// the next read, write, zero-write, discard or flush an armed rule covers fails with its errno,
 /// without reaching the child. Rules come from the options, from a `config` file, and can be
-/// replaced while the node is in use (`replaceRules`).
-public final class BlkdebugDriver: BlockDriver {
+/// replaced while the node is in use (`replaceRules`). Everything else forwards (`FilterDriver`),
+/// and there is no mapped or direct path, so no request escapes the rules.
+public final class BlkdebugDriver: FilterDriver {
     public let driverName = "blkdebug"
     public let features: DriverFeatures
-    private let child: BlockNode
+    public let child: BlockNode
     private let machine: Mutex<BlkdebugMachine>
 
     /// Creates a filter over `child` with `rules`; `align` (a power of two, or 0) raises the
@@ -26,10 +27,6 @@ public final class BlkdebugDriver: BlockDriver {
         features.debugEvents = true
         self.features = features
     }
-
-    public var length: UInt64 { child.length }
-    public var filename: String { child.driver.filename }
-    public var allocatedSize: UInt64? { child.driver.allocatedSize }
 
     /// The state of the rule machine (1 when opened).
     public var state: Int64 { machine.withLock { $0.state } }
@@ -75,38 +72,20 @@ public final class BlkdebugDriver: BlockDriver {
         try child.flush()
     }
 
-    public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
-        try child.blockStatus(at: offset, length: length)
-    }
-
-    public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {
-        try child.prefetch(at: offset, length: length)
-    }
-
-    public func resize(to newLength: UInt64) throws(BlockError) {
-        try child.resize(to: newLength)
-    }
-
     /// Opens `blkdebug` nodes: `image` (required), `config`, `align`, `inject-error`, `set-state`.
     public static let opener: DriverOpener = { options, context throws(OptionError) in
-        guard let image = try context.child("image", of: options) else {
-            throw options.syntax == .qmp ? OptionError("A block device must be specified for \"image\"")
-                : OptionError("\(options.context): parameter 'image' is missing")
-        }
-        guard !(image.readOnly && !context.common.readOnly) else {
-            throw OptionError("\(options.context): child '\(image.name)' is read-only; add read-only=on")
-        }
+        let image = try context.requiredChild("image", of: options)
+        try context.requireWritable([image], of: options)
         let align = try options.size("align") ?? 0
         guard align == 0 || (align.nonzeroBitCount == 1 && align <= 1 << 20) else {
-            throw options.syntax == .qmp ? OptionError("Cannot meet constraints with align \(align)")
-                : OptionError("\(options.context): parameter 'align' must be a power of two up to 1M, got \(align)")
+            throw options.failure("parameter 'align' must be a power of two up to 1M, got \(align)", qmp: "Cannot meet constraints with align \(align)")
         }
         var rules = BlkdebugRuleSet()
         if let path = try options.string("config") {
             do throws(OptionError) {
                 rules = try BlkdebugConfig.read(path: path)
             } catch {
-                throw options.syntax == .qmp ? error : OptionError("\(options.context): \(error.message)")
+                throw options.failure(error.message)
             }
         }
         rules.append(try BlkdebugRuleSet(options: options))

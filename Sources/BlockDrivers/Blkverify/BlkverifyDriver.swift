@@ -89,17 +89,9 @@ public final class BlkverifyDriver: BlockDriver {
 
     /// Opens `blkverify` nodes: `test` and `raw`, both required.
     public static let opener: DriverOpener = { options, context throws(OptionError) in
-        guard let test = try context.child("test", of: options) else {
-            throw options.syntax == .qmp ? OptionError("A block device must be specified for \"test\"")
-                : OptionError("\(options.context): parameter 'test' is missing")
-        }
-        guard let reference = try context.child("raw", of: options) else {
-            throw options.syntax == .qmp ? OptionError("A block device must be specified for \"raw\"")
-                : OptionError("\(options.context): parameter 'raw' is missing")
-        }
-        for child in [test, reference] where child.readOnly && !context.common.readOnly {
-            throw OptionError("\(options.context): child '\(child.name)' is read-only; add read-only=on")
-        }
+        let test = try context.requiredChild("test", of: options)
+        let reference = try context.requiredChild("raw", of: options)
+        try context.requireWritable([test, reference], of: options)
         let driver = BlkverifyDriver(nodeName: context.nodeName, test: test, reference: reference)
         return OpenedDriver(driver: driver, children: [("file", reference), ("test", test)])
     }

@@ -265,7 +265,7 @@ public enum FileDriverOpener {
             do throws(OptionError) {
                 driver = try FileDriver(driverName: name, path: path, common: context.common)
             } catch {
-                throw options.syntax == .qmp ? error : OptionError("\(options.context): \(error.message)")
+                throw options.failure(error.message)
             }
             return OpenedDriver(driver: driver)
         }

@@ -12,7 +12,7 @@ public enum Qcow2Opener {
     /// Opens a qcow2 node.
     public static let opener: DriverOpener = { options, context throws(OptionError) in
         guard let file = try context.child("file", of: options) else {
-            throw OptionError(options.syntax == .qmp ? "Parameter 'file' is missing" : "\(options.context): parameter 'file' is missing")
+            throw options.missing("file")
         }
         return try context.graph.openingImage(fileIdentity(file)) { () throws(OptionError) in
             try open(options, context: context, file: file)
@@ -29,12 +29,8 @@ public enum Qcow2Opener {
 
     private static func open(_ options: OptionReader, context: OpenContext, file: BlockNode) throws(OptionError) -> OpenedDriver {
         let readOnly = context.common.readOnly
-        guard !(file.readOnly && !readOnly) else {
-            throw OptionError("\(options.context): child '\(file.name)' is read-only; add read-only=on")
-        }
-        func fail(_ message: String) -> OptionError {
-            OptionError(options.syntax == .qmp ? message : "\(options.context): \(message)")
-        }
+        try context.requireWritable([file], of: options)
+        func fail(_ message: String) -> OptionError { options.failure(message) }
         let header: Qcow2Header
         let l1: [UInt64]
         let refcountTable: [UInt64]
@@ -183,7 +179,7 @@ public enum Qcow2Opener {
         do {
             return try context.graph.open(definition, context: "\(options.context) → backing '\(path)'", inheritReadOnly: true)
         } catch {
-            throw OptionError(options.syntax == .qmp ? "Could not open backing file: \(error.message)" : error.message)
+            throw options.error(qmp: "Could not open backing file: \(error.message)", commandLine: error.message)
         }
     }
 

@@ -169,29 +169,25 @@ public final class QuorumDriver: BlockDriver {
 
     /// Opens `quorum` nodes: `children`, `vote-threshold`, `blkverify`, `rewrite-corrupted`, `read-pattern`.
     public static let opener: DriverOpener = { options, context throws(OptionError) in
-        let qmp = options.syntax == .qmp
-        func problem(_ text: String) -> OptionError { OptionError(qmp ? text : "\(options.context): \(text)") }
         let children = try context.children("children", of: options)
-        guard !children.isEmpty else { throw problem("Number of provided children must be 1 or more") }
+        guard !children.isEmpty else { throw options.failure("Number of provided children must be 1 or more") }
         let threshold = try options.requiredInteger("vote-threshold")
         guard threshold >= 1 else {
-            throw qmp ? OptionError("Parameter 'vote-threshold' expects value >= 1") : problem("vote-threshold must be 1 or more")
+            throw options.failure("vote-threshold must be 1 or more", qmp: "Parameter 'vote-threshold' expects value >= 1")
         }
-        guard threshold <= children.count else { throw problem("threshold may not exceed children count") }
+        guard threshold <= children.count else { throw options.failure("threshold may not exceed children count") }
         let blkverify = try options.bool("blkverify") ?? false
         let rewrite = try options.bool("rewrite-corrupted") ?? false
         let fifo = try options.choice("read-pattern", ["quorum", "fifo"]) == "fifo"
         if blkverify && (children.count != 2 || threshold != 2) {
-            throw problem("blkverify=on can only be set if there are exactly two files and vote-threshold is 2")
+            throw options.failure("blkverify=on can only be set if there are exactly two files and vote-threshold is 2")
         }
-        if rewrite && blkverify { throw problem("rewrite-corrupted=on cannot be used with blkverify=on") }
-        if rewrite && fifo { throw problem("rewrite-corrupted=on cannot be used with read-pattern=fifo") }
+        if rewrite && blkverify { throw options.failure("rewrite-corrupted=on cannot be used with blkverify=on") }
+        if rewrite && fifo { throw options.failure("rewrite-corrupted=on cannot be used with read-pattern=fifo") }
         for child in children where child.length != children[0].length {
-            throw problem("children differ in size: '\(children[0].name)' has \(children[0].length) bytes, '\(child.name)' \(child.length)")
+            throw options.failure("children differ in size: '\(children[0].name)' has \(children[0].length) bytes, '\(child.name)' \(child.length)")
         }
-        for child in children where child.readOnly && !context.common.readOnly {
-            throw problem("child '\(child.name)' is read-only; add read-only=on")
-        }
+        try context.requireWritable(children, of: options)
         let driver = QuorumDriver(
             nodeName: context.nodeName, children: children, threshold: Int(threshold), fifo: fifo, rewriteCorrupted: rewrite,
             blkverify: blkverify, events: context.graph.events)

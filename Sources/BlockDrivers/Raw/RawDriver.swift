@@ -1,10 +1,12 @@
 import BlockCore
 
 /// The `raw` format driver: the child's bytes as they are, optionally a window (`offset`, `size`) of them.
-public final class RawDriver: BlockDriver {
+/// A filter (`FilterDriver`) that moves offsets into the window; as it leaves the data alone, its
+/// mapped and direct paths are the child's.
+public final class RawDriver: FilterDriver {
     public let driverName = "raw"
     public let features: DriverFeatures
-    private let child: BlockNode
+    public let child: BlockNode
     private let start: UInt64
     private let windowSize: UInt64?
 
@@ -19,9 +21,6 @@ public final class RawDriver: BlockDriver {
     public var length: UInt64 {
         windowSize ?? (child.length > start ? child.length - start : 0)
     }
-
-    public var filename: String { child.driver.filename }
-    public var allocatedSize: UInt64? { child.driver.allocatedSize }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
         child.debugEvent(.readAio)
@@ -39,10 +38,6 @@ public final class RawDriver: BlockDriver {
 
     public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {
         try child.discard(at: start + offset, length: length)
-    }
-
-    public func flush() throws(BlockError) {
-        try child.flush()
     }
 
     public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
@@ -84,9 +79,7 @@ public final class RawDriver: BlockDriver {
         guard offset <= child.length, size ?? 0 <= child.length - offset else {
             throw OptionError("\(options.context): offset \(offset) + size \(size ?? 0) is past the end of '\(child.name)' (\(child.length) bytes)")
         }
-        guard !(child.readOnly && !context.common.readOnly) else {
-            throw OptionError("\(options.context): child '\(child.name)' is read-only; add read-only=on")
-        }
+        try context.requireWritable([child], of: options)
         return OpenedDriver(driver: RawDriver(child: child, offset: offset, size: size), children: [("file", child)])
     }
 }

@@ -2,12 +2,12 @@ import BlockCore
 
 /// The `throttle` filter: reads, writes and zero-writes pass through the limits of a throttle group
 /// (`throttle-group`, created by `--object throttle-group`) before they reach the `file` child.
-/// Several throttle nodes in one group share its limits, served in turn. Everything else forwards.
-/// There is no direct or mapped path through this node, so no request can go around the limits.
-public final class ThrottleDriver: BlockDriver {
+/// Several throttle nodes in one group share its limits, served in turn. Everything else forwards
+/// (`FilterDriver`), and there is no mapped or direct path, so no request goes around the limits.
+public final class ThrottleDriver: FilterDriver {
     public let driverName = "throttle"
     public let features: DriverFeatures
-    private let child: BlockNode
+    public let child: BlockNode
     /// The group whose limits apply.
     public let group: ThrottleGroup
 
@@ -19,48 +19,24 @@ public final class ThrottleDriver: BlockDriver {
         group.join(self)
     }
 
-    public var length: UInt64 { child.length }
-    public var filename: String { child.driver.filename }
-    public var allocatedSize: UInt64? { child.driver.allocatedSize }
-
     /// Waits for the group's permission; never fails a request.
-    private func admit(isWrite: Bool, bytes: Int) {
-        _ = group.admit(self, isWrite: isWrite, bytes: UInt64(bytes)) {}
+    private func admit(isWrite: Bool, bytes: UInt64) {
+        _ = group.admit(self, isWrite: isWrite, bytes: bytes) {}
     }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
-        admit(isWrite: false, bytes: buffer.count)
+        admit(isWrite: false, bytes: UInt64(buffer.count))
         try child.read(into: buffer, at: offset)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
-        admit(isWrite: true, bytes: buffer.count)
+        admit(isWrite: true, bytes: UInt64(buffer.count))
         try child.write(buffer, at: offset, fua: fua)
     }
 
     public func writeZeroes(at offset: UInt64, length: UInt64, flags: ZeroFlags) throws(BlockError) {
-        _ = group.admit(self, isWrite: true, bytes: length) {}
+        admit(isWrite: true, bytes: length)
         try child.writeZeroes(at: offset, length: length, flags: flags)
-    }
-
-    public func discard(at offset: UInt64, length: UInt64) throws(BlockError) {
-        try child.discard(at: offset, length: length)
-    }
-
-    public func flush() throws(BlockError) {
-        try child.flush()
-    }
-
-    public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
-        try child.blockStatus(at: offset, length: length)
-    }
-
-    public func prefetch(at offset: UInt64, length: UInt64) throws(BlockError) {
-        try child.prefetch(at: offset, length: length)
-    }
-
-    public func resize(to length: UInt64) throws(BlockError) {
-        try child.resize(to: length)
     }
 
     public func close() {
@@ -71,16 +47,11 @@ public final class ThrottleDriver: BlockDriver {
     public static let opener: DriverOpener = { options, context throws(OptionError) in
         let name = try options.requiredString("throttle-group")
         guard let group = context.graph.throttleGroups.group(named: name) else {
-            throw OptionError(options.syntax == .qmp ? "Throttle group '\(name)' does not exist"
-                : "\(options.context): throttle group '\(name)' does not exist (create it with --object throttle-group,id=\(name),...)")
+            throw options.failure("throttle group '\(name)' does not exist (create it with --object throttle-group,id=\(name),...)",
+                                  qmp: "Throttle group '\(name)' does not exist")
         }
-        guard let child = try context.child("file", of: options) else {
-            throw options.syntax == .qmp ? OptionError("A block device must be specified for \"file\"")
-                : OptionError("\(options.context): parameter 'file' is missing")
-        }
-        if child.readOnly && !context.common.readOnly {
-            throw OptionError("\(options.context): child '\(child.name)' is read-only; add read-only=on")
-        }
+        let child = try context.requiredChild("file", of: options)
+        try context.requireWritable([child], of: options)
         return OpenedDriver(driver: ThrottleDriver(child: child, group: group), children: [("file", child)])
     }
 }
