@@ -91,7 +91,8 @@ class Blockd:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"blockd exited with {self.proc.returncode}:\n{self.log_text()}")
-            if sock.exists() and _unix_open(sock) and (port is None or _port_open(port)):
+            if sock.exists() and _unix_open(sock) and (port is None or _port_open(port)) \
+                    and all(_unix_open(monitor) for monitor in _monitor_sockets(args)):
                 return
             time.sleep(0.02)
         self.stop()
@@ -121,6 +122,16 @@ class Blockd:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+def _monitor_sockets(args: list[str]) -> list[Path]:
+    """The unix sockets of the --chardev options: monitors start after the NBD listeners, so a test
+    that talks to one right away waits for it too."""
+    paths = []
+    for option, value in zip(args, args[1:]):
+        if option == "--chardev":
+            paths += [Path(part[len("path="):]) for part in value.split(",") if part.startswith("path=")]
+    return paths
 
 
 def _unix_open(path: Path) -> bool:
