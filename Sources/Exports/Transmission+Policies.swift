@@ -31,6 +31,30 @@ extension Transmission {
         }
     }
 
+    /// Flushes the node once for the batch's FLUSH requests and answers each of them. Runs as the
+    /// output is about to be sent: every write a FLUSH follows has completed by then.
+    func runDeferredFlushes() {
+        let flushes = deferredFlushes
+        deferredFlushes.removeAll(keepingCapacity: true)
+        var failure: BlockError?
+        do throws(BlockError) {
+            try node.flush()
+        } catch {
+            failure = error
+        }
+        for (header, started) in flushes {
+            requestFailed = false
+            if let failure {
+                if recover(header, failure, isWrite: true, flushFirst: false, retry: { () throws(BlockError) in try node.flush() }) {
+                    replyStatus(header, error: 0)
+                }
+            } else {
+                replyStatus(header, error: 0)
+            }
+            stats.done(.flush, started: started, bytes: 0, offset: header.offset, failed: requestFailed)
+        }
+    }
+
     /// Waits until the device admits a request: while it is paused, and for reads and writes
     /// (`isWrite` non-nil) until its throttle group allows `bytes`. Finished replies go out first.
     @inline(never)

@@ -75,6 +75,9 @@ final class Transmission {
     var readBuffers: [AlignedBuffer] = []
     var readBuffersUsed = 0
     var payloadBuffer: AlignedBuffer?
+    /// FLUSH requests of this batch, answered together after one flush of the node just before the
+    /// output is sent (see `runDeferredFlushes`), with when each started.
+    var deferredFlushes: [(header: RequestHeader, started: UInt64)] = []
 
     init(io: SocketIO, peer: String, session: NegotiatedSession, engineFactory: IOBatchEngineFactory?) {
         self.io = io
@@ -194,6 +197,7 @@ final class Transmission {
 
     func flushOutput() {
         drainPending()
+        if !deferredFlushes.isEmpty { runDeferredFlushes() }
         defer { readBuffersUsed = 0 }
         guard outputLength > 0 else { return }
         if external.isEmpty {
@@ -379,7 +383,8 @@ final class Transmission {
         return nil
     }
 
-    /// Runs a validated command other than WRITE; true when it was handed to the batch engine.
+    /// Runs a validated command other than WRITE; true when its reply comes later (handed to the batch
+    /// engine, or a FLUSH answered with the batch).
     func execute(_ header: RequestHeader, started: UInt64) -> Bool {
         guard medium != nil else {
             replyNoMedium(header)
@@ -391,7 +396,10 @@ final class Transmission {
         case .disconnect:
             break
         case .flush:
-            complete(header) { () throws(BlockError) in try node.flush() }
+            // Its reply cannot leave before the batch's output does, so the node is flushed once for
+            // every FLUSH of the batch, right before that output is sent, covering every write before.
+            deferredFlushes.append((header, started))
+            return true
         case .trim:
             complete(header) { () throws(BlockError) in
                 try node.discard(at: header.offset, length: header.length)

@@ -169,3 +169,32 @@ def test_same_outcomes_as_qemu_storage_daemon(launcher, tmp_path):
             q.execute("nbd-server-start", {"addr": {"type": "unix", "data": {"path": str(sock)}}})
             results[program] = sequence(q, lambda name: f"nbd+unix:///{name}?socket={sock}", image)
     assert results["blockd"] == results["qsd"] == ["ok", "ok", "ENOSPC", "ok", "ok", "EIO", "EIO"]
+
+
+def test_flushes_of_one_batch_share_one_flush_and_its_outcome(launcher, tmp_path):
+    """FLUSH requests that arrive together are answered after one flush of the node, made once every
+    write before them completed: pipelined [write, flush, write, flush] gets four good replies, the
+    data is there, and a failing flush (a blkdebug rule that fires once) fails every FLUSH of its
+    batch, with the next batch's FLUSH succeeding again."""
+    from nbdwire import CMD_FLUSH, CMD_WRITE, connect_go
+    q, h, _ = exported(launcher, tmp_path)
+    c = connect_go(tmp_path / "nbd.sock", "disk0")
+    batch = b""
+    cookies = []
+    for index in range(2):
+        cookie, raw = c.encode_request(CMD_WRITE, index * 4096, 4096, 0, bytes([0x40 + index]) * 4096)
+        cookies.append(cookie)
+        batch += raw
+        cookie, raw = c.encode_request(CMD_FLUSH)
+        cookies.append(cookie)
+        batch += raw
+    c.send(batch)
+    assert [c.read_reply(cookie).error for cookie in cookies] == [0, 0, 0, 0]
+    assert c.read(0, 8192).data == b"\x40" * 4096 + b"\x41" * 4096
+    set_rules(q, **{"inject-error": [{"event": "flush_to_os", "once": True}]})
+    flushes = [c.encode_request(CMD_FLUSH) for _ in range(3)]
+    c.send(b"".join(raw for _, raw in flushes))
+    assert [c.read_reply(cookie).error for cookie, _ in flushes] == [5, 5, 5]   # EIO, all three
+    assert c.request(CMD_FLUSH).error == 0
+    c.disconnect()
+    h.shutdown()
