@@ -79,7 +79,7 @@ public final class NBDServer: Sendable {
     /// How many clients are connected now.
     public var connectionCount: Int { connections.withLock { $0.count } }
 
-    private func accept(_ fd: Int32, peer: String) {
+    private func accept(_ fd: Int32, peer: Peer) {
         let current = limits.withLock { $0 }
         let admitted = connections.withLock { live -> Bool in
             guard !draining.load(ordering: .relaxed), live.count < current.maxConnections else { return false }
@@ -95,7 +95,7 @@ public final class NBDServer: Sendable {
         let engineFactory = self.engineFactory
         spawnThread { [self] in
             let connection = Connection(
-                fd: fd, peer: peer, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory,
+                fd: fd, peer: peer.description, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory,
                 attached: { [self] export in
                     // An export removed during the handshake must not be served.
                     connections.withLock { $0[fd] = .some(export.id) }
