@@ -17,9 +17,8 @@ final class MonitorConnection: Sendable {
     let fd: Int32
     let peer: Peer
     let pretty: Bool
+    /// Replies and events to send; it takes events once capabilities negotiation is complete.
     let outbox: MonitorOutbox
-    /// Whether capabilities negotiation is complete (events are sent only then).
-    let negotiated = Atomic<Bool>(false)
     /// True once the descriptor is closed: guards `disconnect` against a reused descriptor number.
     private let released = Mutex<Bool>(false)
 
@@ -76,9 +75,7 @@ final class MonitorConnection: Sendable {
                 outbox.commandStarted()
                 defer { outbox.commandFinished() }
                 guard let reply = session.handle(piece) else { continue }
-                guard outbox.post(reply: encode(reply)) else { return }
-                // After the reply is queued, so that no event overtakes it.
-                if session.negotiated { negotiated.store(true, ordering: .relaxed) }
+                guard outbox.post(reply: encode(reply), acceptingEvents: session.negotiated) else { return }
             }
         }
     }

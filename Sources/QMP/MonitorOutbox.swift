@@ -18,6 +18,8 @@ public final class MonitorOutbox: @unchecked Sendable {
         case overflowed
         /// The outbox was already closed; dropped.
         case closed
+        /// The client does not take events yet (it has not finished capabilities negotiation); dropped.
+        case notAccepting
     }
 
     /// Most bytes of events waiting or being written; an event beyond them overflows the outbox.
@@ -34,6 +36,8 @@ public final class MonitorOutbox: @unchecked Sendable {
     private var writerDone = false
     /// A command is being handled: its reply is still to come.
     private var commandPending = false
+    /// Events are taken: set with the reply that completed capabilities negotiation.
+    private var acceptingEvents = false
 
     /// One message as it goes on the wire, and whether it counts against `eventLimit`.
     public struct Message: Sendable {
@@ -53,6 +57,7 @@ public final class MonitorOutbox: @unchecked Sendable {
     public func post(event bytes: [UInt8]) -> EventOutcome {
         condition.withLock {
             guard !closed else { return .closed }
+            guard acceptingEvents else { return .notAccepting }
             guard queuedEventBytes + bytes.count <= eventLimit else {
                 closed = true
                 condition.broadcast()
@@ -66,13 +71,15 @@ public final class MonitorOutbox: @unchecked Sendable {
         }
     }
 
-    /// Queues a reply (whatever its size); false when the outbox is closed.
+    /// Queues a reply (whatever its size); false when the outbox is closed. With `acceptingEvents`
+    /// events are taken from then on, in the same step, so that none is lost or overtakes the reply.
     @discardableResult
-    public func post(reply bytes: [UInt8]) -> Bool {
+    public func post(reply bytes: [UInt8], acceptingEvents: Bool = false) -> Bool {
         condition.withLock {
             guard !closed else { return false }
             pending.append(Message(bytes: bytes, isEvent: false))
             queuedBytes += bytes.count
+            if acceptingEvents { self.acceptingEvents = true }
             condition.broadcast()
             return true
         }

@@ -60,8 +60,8 @@ public final class QMPServer: Sendable {
         }
     }
 
-    /// Queues an event, with the current time, for every negotiated client. Never blocks: a client
-    /// whose unread events pass the limit is disconnected instead.
+    /// Queues an event, with the current time, for every client that finished capabilities
+    /// negotiation. Never blocks: a client whose unread events pass the limit is disconnected instead.
     public func emit(_ name: String, data: JSONValue?) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
@@ -72,7 +72,7 @@ public final class QMPServer: Sendable {
         if let data { message["data"] = data }
         let event = JSONValue.object(message)
         var encoded: [Bool: [UInt8]] = [:]
-        for client in clients.withLock({ Array($0.values) }) where client.negotiated.load(ordering: .relaxed) {
+        for client in clients.withLock({ Array($0.values) }) {
             let bytes = encoded[client.pretty] ?? client.encode(event)
             encoded[client.pretty] = bytes
             if client.outbox.post(event: bytes) == .overflowed {

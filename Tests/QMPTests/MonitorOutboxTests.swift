@@ -6,23 +6,33 @@ import XCTest
 final class MonitorOutboxTests: XCTestCase {
     private func bytes(_ text: String) -> [UInt8] { Array(text.utf8) }
 
+    /// An outbox that takes events, with nothing queued.
+    private func negotiated(eventLimit: Int, replyBacklog: Int) -> MonitorOutbox {
+        let outbox = MonitorOutbox(eventLimit: eventLimit, replyBacklog: replyBacklog)
+        XCTAssertTrue(outbox.post(reply: [], acceptingEvents: true))
+        outbox.written(outbox.nextBatch()!)
+        return outbox
+    }
+
     func testRepliesAndEventsComeOutInTheOrderPosted() {
         let outbox = MonitorOutbox(eventLimit: 100, replyBacklog: 50)
         XCTAssertTrue(outbox.post(reply: bytes("greeting")))
+        XCTAssertEqual(outbox.post(event: bytes("early")), .notAccepting, "before negotiation")
+        XCTAssertTrue(outbox.post(reply: bytes("negotiated"), acceptingEvents: true))
         XCTAssertEqual(outbox.post(event: bytes("event-1")), .queued)
         XCTAssertTrue(outbox.post(reply: bytes("reply")))
         XCTAssertEqual(outbox.post(event: bytes("event-2")), .queued)
         let batch = outbox.nextBatch()
-        XCTAssertEqual(batch?.map { String(decoding: $0.bytes, as: UTF8.self) }, ["greeting", "event-1", "reply", "event-2"])
-        XCTAssertEqual(batch?.map(\.isEvent), [false, true, false, true])
-        XCTAssertEqual(outbox.backlog, 27, "taken but not yet written still counts")
+        XCTAssertEqual(batch?.map { String(decoding: $0.bytes, as: UTF8.self) }, ["greeting", "negotiated", "event-1", "reply", "event-2"])
+        XCTAssertEqual(batch?.map(\.isEvent), [false, false, true, false, true])
+        XCTAssertEqual(outbox.backlog, 37, "taken but not yet written still counts")
         outbox.written(batch!)
         XCTAssertEqual(outbox.backlog, 0)
         XCTAssertTrue(outbox.waitUntilWritten(deadline: 0))
     }
 
     func testUnreadEventsPastTheLimitCloseTheOutbox() {
-        let outbox = MonitorOutbox(eventLimit: 30, replyBacklog: 1000)
+        let outbox = negotiated(eventLimit: 30, replyBacklog: 1000)
         XCTAssertEqual(outbox.post(event: [UInt8](repeating: 1, count: 20)), .queued)
         XCTAssertEqual(outbox.post(event: [UInt8](repeating: 2, count: 10)), .queued, "exactly at the limit")
         // Being written still counts: the writer may be stuck on a client that does not read.
@@ -37,7 +47,7 @@ final class MonitorOutboxTests: XCTestCase {
     }
 
     func testRepliesAreNeverRefusedButCountTowardsTheBacklog() {
-        let outbox = MonitorOutbox(eventLimit: 10, replyBacklog: 10)
+        let outbox = negotiated(eventLimit: 10, replyBacklog: 10)
         XCTAssertTrue(outbox.post(reply: [UInt8](repeating: 0, count: 1000)), "a big reply is queued whole")
         XCTAssertEqual(outbox.backlog, 1000)
         // Replies do not use up the event allowance.
