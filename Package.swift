@@ -50,6 +50,7 @@ let package = Package(
         .testTarget(name: "BlockCoreTests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ExportsTests", dependencies: ["Exports", "NBDProtocol", "BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "QAPITests", dependencies: ["QAPI", "JSON"], swiftSettings: strict),
+        .testTarget(name: "JSONTests", dependencies: ["JSON"], swiftSettings: strict),
         .testTarget(name: "QMPTests", dependencies: ["QMP", "QAPI", "JSON"], swiftSettings: strict),
         .testTarget(name: "Qcow2Tests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ImageToolTests", dependencies: ["ImageTool", "BlockCore", "BlockDrivers"], swiftSettings: strict),

@@ -7,12 +7,14 @@ import Synchronization
 
 /// Limits that keep idle or hostile clients from exhausting the server.
 public struct ServerLimits: Sendable {
-    /// Most simultaneous connections; more are closed at once.
+    /// Most simultaneous connections; when all are taken, `ConnectionAdmission` decides.
     public var maxConnections = 100
+    /// Connections per peer never closed to make room for another peer.
+    public var protectedPerPeer = 16
     /// Seconds a client has to finish the handshake.
     public var handshakeTimeout = 10.0
 
-    /// The defaults: 100 connections, 10 seconds.
+    /// The defaults: 100 connections (16 per peer kept), 10 seconds.
     public init() {}
 }
 
@@ -22,8 +24,18 @@ public final class NBDServer: Sendable {
     public let exports = ExportTable()
     private let limits: Mutex<ServerLimits>
     private let listeners = Mutex<[Listener]>([])
-    /// Live connections: descriptor → the id of the export it uses (nil during the handshake).
-    private let connections = Mutex<[Int32: String?]>([:])
+    /// One live connection.
+    private struct Live {
+        var peer: Peer
+        /// The id of the export it uses (nil during the handshake).
+        var exportID: String?
+        var sequence: UInt64
+        /// Closed to make room for another peer; no longer counted.
+        var evicted = false
+    }
+
+    /// Live connections by descriptor; an entry goes before its descriptor is closed.
+    private let connections = Mutex<(live: [Int32: Live], admitted: UInt64)>(([:], 0))
     private let draining = Atomic<Bool>(false)
     private let engineFactory: IOBatchEngineFactory?
 
@@ -65,44 +77,68 @@ public final class NBDServer: Sendable {
     @discardableResult
     public func removeExport(id: String) -> NBDExport? {
         guard let export = exports.remove(id: id) else { return nil }
-        let users = connections.withLock { live in live.filter { $0.value == id }.map(\.key) }
-        for fd in users { Glibc.shutdown(fd, Int32(SHUT_RD)) }
+        let users = connections.withLock { state in
+            let users = state.live.filter { $0.value.exportID == id }.map(\.key)
+            for fd in users { Glibc.shutdown(fd, Int32(SHUT_RD)) }
+            return users
+        }
         Log.info("export '\(export.name)' removed (\(users.count) client(s) disconnected)")
         return export
     }
 
     /// How many clients use the export with that id.
     public func clientCount(exportID: String) -> Int {
-        connections.withLock { live in live.values.filter { $0 == exportID }.count }
+        connections.withLock { state in state.live.values.filter { $0.exportID == exportID }.count }
     }
 
     /// How many clients are connected now.
-    public var connectionCount: Int { connections.withLock { $0.count } }
+    public var connectionCount: Int { connections.withLock { $0.live.count } }
 
-    private func accept(_ fd: Int32, peer: String) {
+    private func accept(_ fd: Int32, peer: Peer) {
         let current = limits.withLock { $0 }
-        let admitted = connections.withLock { live -> Bool in
-            guard !draining.load(ordering: .relaxed), live.count < current.maxConnections else { return false }
-            live[fd] = .some(nil)
-            return true
+        let admission = ConnectionAdmission(maxConnections: current.maxConnections, protectedPerPeer: current.protectedPerPeer)
+        let (decision, closed) = connections.withLock { state -> (ConnectionAdmission.Decision<Int32>, Peer?) in
+            guard !draining.load(ordering: .relaxed) else { return (.refuse, nil) }
+            let counted = state.live.filter { !$0.value.evicted }.mapValues {
+                ConnectionAdmission.Slot(peer: $0.peer.identity, attached: $0.exportID != nil, sequence: $0.sequence)
+            }
+            let decision = admission.decide(peer: peer.identity, live: counted)
+            var closed: Peer?
+            switch decision {
+            case .refuse:
+                return (decision, nil)
+            case .admitClosing(let victim):
+                // Under the lock: the victim's descriptor stays open until its entry is gone.
+                state.live[victim]?.evicted = true
+                closed = state.live[victim]?.peer
+                Glibc.shutdown(victim, Int32(SHUT_RDWR))
+            case .admit:
+                break
+            }
+            state.admitted += 1
+            state.live[fd] = Live(peer: peer, exportID: nil, sequence: state.admitted)
+            return (decision, closed)
         }
-        guard admitted else {
-            Log.warning("\(peer): refused: \(draining.load(ordering: .relaxed) ? "shutting down" : "connection limit \(current.maxConnections) reached")")
+        guard decision != .refuse else {
+            Log.warning("\(peer.description): refused: \(draining.load(ordering: .relaxed) ? "shutting down" : "connection limit \(current.maxConnections) reached")")
             close(fd)
             return
+        }
+        if let closed {
+            Log.warning("\(closed.description): closed to admit \(peer.description): all \(current.maxConnections) connections were taken and '\(closed.identity)' held the most")
         }
         let exports = self.exports
         let engineFactory = self.engineFactory
         spawnThread { [self] in
             let connection = Connection(
-                fd: fd, peer: peer, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory,
+                fd: fd, peer: peer.description, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory,
                 attached: { [self] export in
                     // An export removed during the handshake must not be served.
-                    connections.withLock { $0[fd] = .some(export.id) }
+                    connections.withLock { $0.live[fd]?.exportID = export.id }
                     return self.exports.export(named: export.name) === export
                 })
             connection.run()
-            connections.withLock { _ = $0.removeValue(forKey: fd) }
+            connections.withLock { _ = $0.live.removeValue(forKey: fd) }
             close(fd)
         }
     }
@@ -112,12 +148,12 @@ public final class NBDServer: Sendable {
         draining.store(true, ordering: .relaxed)
         for listener in listeners.withLock({ $0 }) { listener.close() }
         // Half-close: threads see end of input after the requests already received, reply, and exit.
-        for fd in connections.withLock({ Array($0.keys) }) { Glibc.shutdown(fd, Int32(SHUT_RD)) }
+        connections.withLock { state in for fd in state.live.keys { Glibc.shutdown(fd, Int32(SHUT_RD)) } }
         let deadline = MonotonicClock.seconds() + timeout
         while connectionCount > 0 && MonotonicClock.seconds() < deadline { usleep(10_000) }
         if connectionCount > 0 {
             Log.warning("\(connectionCount) connection(s) still busy at shutdown")
-            for fd in connections.withLock({ Array($0.keys) }) { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+            connections.withLock { state in for fd in state.live.keys { Glibc.shutdown(fd, Int32(SHUT_RDWR)) } }
         }
     }
 }

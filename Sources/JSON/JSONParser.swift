@@ -1,9 +1,12 @@
-/// A strict RFC 8259 JSON parser producing `JSONValue`s; integers stay exact, duplicate keys are errors.
+/// A strict RFC 8259 JSON parser producing `JSONValue`s; integers stay exact, duplicate keys are errors,
+/// `\u0000` is refused, and nesting is bounded (`maxDepth`) so that hostile input cannot exhaust the
+/// stack of the (small-stacked) thread that parses it.
 struct JSONParser {
     private let bytes: [UInt8]
     private var position = 0
     private var depth = 0
-    private static let maxDepth = 64
+    /// Deepest nesting of objects and arrays accepted; the recursion is two frames per level.
+    static let maxDepth = 64
 
     init(_ bytes: [UInt8]) { self.bytes = bytes }
 
@@ -141,6 +144,8 @@ struct JSONParser {
                         guard (0xdc00..<0xe000).contains(low) else { throw error("unpaired surrogate") }
                         code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00)
                     }
+                    // A NUL would cut the string short wherever it becomes a C string (a file name).
+                    guard code != 0 else { throw error("\\u0000 is not a valid Unicode character") }
                     guard let scalar = Unicode.Scalar(code) else { throw error("invalid \\u escape") }
                     scalars.append(scalar)
                 default: throw error("invalid escape")

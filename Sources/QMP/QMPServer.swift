@@ -7,59 +7,62 @@ import QAPI
 import Sockets
 import Synchronization
 
-/// The QMP monitor: listeners from `--chardev socket` + `--monitor`, one thread per client, and
-/// events broadcast to every client that finished capabilities negotiation.
+/// The QMP monitor: listeners from `--chardev socket` + `--monitor`, a reader and a writer thread per
+/// client, and events queued to every client that finished capabilities negotiation.
 public final class QMPServer: Sendable {
-    /// One connected monitor client.
-    private final class Client: Sendable {
-        let fd: Int32
-        let pretty: Bool
-        let negotiated = Atomic<Bool>(false)
-        private let sendLock = Mutex<Void>(())
-
-        init(fd: Int32, pretty: Bool) {
-            self.fd = fd
-            self.pretty = pretty
-        }
-
-        /// Sends one JSON message and its CRLF; false when the client is gone.
-        func send(_ message: JSONValue) -> Bool {
-            var bytes = Array((pretty ? message.prettyPrinted() : message.serialized()).utf8)
-            bytes.append(contentsOf: [13, 10])
-            return sendLock.withLock { _ in
-                bytes.withUnsafeBytes { SocketIO(fd: fd).sendAll($0.baseAddress!, count: $0.count) }
-            }
-        }
-    }
+    /// Most monitor clients connected at once; more are logged and closed.
+    public static let defaultMaxClients = 64
+    /// Seconds `shutdown()` gives clients to read what is queued for them (the `SHUTDOWN` event).
+    static let shutdownGraceSeconds: UInt64 = 1
 
     private let commands: QMPCommandTable
     private let greeting: JSONValue
+    private let maxClients: Int
+    private let outboxLimits: (eventLimit: Int, replyBacklog: Int)
     private let listeners = Mutex<[Listener]>([])
-    private let clients = Mutex<[Int32: Client]>([:])
-    /// Creates a monitor server dispatching to `commands`.
-    public init(commands: QMPCommandTable, greeting: JSONValue) {
+    private let clients = Mutex<[ObjectIdentifier: MonitorConnection]>([:])
+
+    /// Creates a monitor server dispatching to `commands`, serving up to `maxClients` clients at once,
+    /// each allowed `eventLimit` bytes of unread events before it is disconnected.
+    public init(commands: QMPCommandTable, greeting: JSONValue, maxClients: Int = QMPServer.defaultMaxClients,
+                eventLimit: Int = 1 << 20, replyBacklog: Int = 256 << 10) {
         self.commands = commands
         self.greeting = greeting
+        self.maxClients = maxClients
+        self.outboxLimits = (eventLimit, replyBacklog)
     }
 
     /// Starts accepting monitor clients on `address`.
     public func listen(on address: ListenAddress, pretty: Bool) throws(OptionError) {
         let listener = try Listener(address: address)
         listeners.withLock { $0.append(listener) }
-        listener.start { [self] fd, peer in
-            let client = Client(fd: fd, pretty: pretty)
-            clients.withLock { $0[fd] = client }
-            // Commands open backing chains recursively: a monitor thread gets a full-size stack.
-            spawnThread(stackSize: 8 << 20) { [self] in
-                serve(client, peer: peer)
-                clients.withLock { _ = $0.removeValue(forKey: fd) }
-                close(fd)
-            }
-        }
+        listener.start { [self] fd, peer in admit(fd, peer: peer, pretty: pretty) }
         Log.info("QMP monitor listening on \(address)")
     }
 
-    /// Sends an event to every negotiated client, with the current time.
+    private func admit(_ fd: Int32, peer: Peer, pretty: Bool) {
+        let outbox = MonitorOutbox(eventLimit: outboxLimits.eventLimit, replyBacklog: outboxLimits.replyBacklog)
+        let client = MonitorConnection(fd: fd, peer: peer, pretty: pretty, outbox: outbox)
+        let key = ObjectIdentifier(client)
+        let admitted = clients.withLock { live -> Bool in
+            guard live.count < maxClients else { return false }
+            live[key] = client
+            return true
+        }
+        guard admitted else {
+            Log.warning("\(peer.description): QMP client refused: \(maxClients) monitor clients are connected")
+            close(fd)
+            return
+        }
+        // Commands open backing chains recursively: the thread that runs them gets a full-size stack.
+        spawnThread(stackSize: 8 << 20) { [self] in
+            client.run(commands: commands, greeting: greeting)
+            clients.withLock { _ = $0.removeValue(forKey: key) }
+        }
+    }
+
+    /// Queues an event, with the current time, for every client that finished capabilities
+    /// negotiation. Never blocks: a client whose unread events pass the limit is disconnected instead.
     public func emit(_ name: String, data: JSONValue?) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
@@ -69,38 +72,34 @@ public final class QMPServer: Sendable {
         ]
         if let data { message["data"] = data }
         let event = JSONValue.object(message)
-        for client in clients.withLock({ Array($0.values) }) where client.negotiated.load(ordering: .relaxed) {
-            _ = client.send(event)
+        var encoded: [Bool: [UInt8]] = [:]
+        for client in clients.withLock({ Array($0.values) }) {
+            let bytes = encoded[client.pretty] ?? client.encode(event)
+            encoded[client.pretty] = bytes
+            if client.outbox.post(event: bytes) == .overflowed {
+                Log.warning("\(client.peer.description): QMP client disconnected: it left more than \(client.outbox.eventLimit) bytes of events unread")
+                client.disconnect(Int32(SHUT_RDWR))
+            }
         }
         Log.debug("event \(name) \(data?.serialized() ?? "")")
     }
 
-    /// Sends a typed event.
+    /// Queues a typed event.
     public func emit<E: QAPIEvent>(_ event: E) {
         emit(E.name, data: E.hasData ? event.json : nil)
     }
 
-    /// Stops listening and disconnects every client.
+    /// How many monitor clients are connected.
+    public var clientCount: Int { clients.withLock { $0.count } }
+
+    /// Stops listening, stops reading commands, gives clients up to a second to read what is queued
+    /// for them (the `SHUTDOWN` event), and disconnects them all.
     public func shutdown() {
         for listener in listeners.withLock({ $0 }) { listener.close() }
-        for client in clients.withLock({ Array($0.values) }) { Glibc.shutdown(client.fd, Int32(SHUT_RDWR)) }
-    }
-
-    private func serve(_ client: Client, peer: String) {
-        Log.debug("\(peer): QMP client connected")
-        guard client.send(greeting) else { return }
-        var session = QMPSession(commands: commands)
-        var splitter = JSONStreamSplitter()
-        var buffer = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { SocketIO(fd: client.fd).receive(into: $0.baseAddress!, count: $0.count) }
-            guard let count, count > 0 else { break }
-            for piece in splitter.feed(buffer[0..<count]) {
-                guard let reply = session.handle(piece) else { continue }
-                if session.negotiated { client.negotiated.store(true, ordering: .relaxed) }
-                guard client.send(reply) else { return }
-            }
-        }
-        Log.debug("\(peer): QMP client disconnected")
+        let connected = clients.withLock { Array($0.values) }
+        for client in connected { client.disconnect(Int32(SHUT_RD)) }
+        let deadline = MonotonicClock.nanoseconds() + QMPServer.shutdownGraceSeconds * 1_000_000_000
+        for client in connected { client.outbox.waitUntilWritten(deadline: deadline) }
+        for client in connected { client.disconnect(Int32(SHUT_RDWR)) }
     }
 }

@@ -25,8 +25,8 @@ public struct QMPSession {
     /// Handles one piece of input; returns the reply to send, if any.
     public mutating func handle(_ piece: JSONStreamSplitter.Piece) -> JSONValue? {
         switch piece {
-        case .garbage:
-            return QMPSession.error(.genericError, "JSON parse error, invalid input outside of an object", id: nil)
+        case .error(let error):
+            return QMPSession.error(.genericError, error.message, id: nil)
         case .value(let bytes):
             let request: JSONValue
             do {

@@ -68,8 +68,8 @@ public final class Listener: Sendable {
         }
     }
 
-    /// Accepts connections on a thread of its own, handing each to `handle`.
-    public func start(_ handle: @escaping @Sendable (Int32, String) -> Void) {
+    /// Accepts connections on a thread of its own, handing each to `handle` with who connected.
+    public func start(_ handle: @escaping @Sendable (Int32, Peer) -> Void) {
         spawnThread { [self] in
             var counter = 0
             defer {
@@ -102,7 +102,7 @@ public final class Listener: Sendable {
                     break
                 }
                 counter += 1
-                let peer = Listener.describe(storage, fallback: "\(address)#\(counter)")
+                let peer = Peer.of(client, address: storage, fallback: "\(address)#\(counter)")
                 if Int32(storage.ss_family) != AF_UNIX { _ = blk_set_nodelay(client) }
                 handle(client, peer)
             }
@@ -117,23 +117,6 @@ public final class Listener: Sendable {
         _ = write(wakeWrite, &byte, 1)
         Glibc.close(wakeWrite)
         if case .unix(let path) = address { unlink(path) }
-    }
-
-    private static func describe(_ storage: sockaddr_storage, fallback: String) -> String {
-        var storage = storage
-        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
-        var service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
-        let family = Int32(storage.ss_family)
-        guard family == AF_INET || family == AF_INET6 else { return fallback }
-        let length = socklen_t(family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
-        let result = withUnsafePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                getnameinfo($0, length, &host, socklen_t(host.count), &service, socklen_t(service.count), NI_NUMERICHOST | NI_NUMERICSERV)
-            }
-        }
-        guard result == 0 else { return fallback }
-        let hostText = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return family == AF_INET6 ? "[\(hostText)]:\(String(decoding: service.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))" : "\(hostText):\(String(decoding: service.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))"
     }
 
     private static func bindUnix(_ path: String) throws(OptionError) -> Int32 {

@@ -55,6 +55,23 @@ final class QMPSessionTests: XCTestCase {
         XCTAssertEqual(send(&qmp, #"{"execute": "query-version"}"#)?["return"]?["package"], .string("test"))
     }
 
+    func testDroppedInputIsAnsweredWithQEMUsErrorsAndTheSessionGoesOn() {
+        var qmp = session()
+        _ = send(&qmp, #"{"execute": "qmp_capabilities"}"#)
+        var splitter = JSONStreamSplitter(maxLength: 80)
+        let input = Array(#"{"execute": "query-version", "arguments": {"#.utf8) + [0xFF]
+            + Array(#"{"execute": "query-version", "id": "\#(String(repeating: "x", count: 100))"}"#.utf8)
+            + Array(#"{"execute": "blockdev-del", "arguments": {"node-name": "a\u0000b"}}"#.utf8)
+            + Array(#"{"execute": "query-version", "id": 1}"#.utf8)
+        let replies = splitter.feed(input).compactMap { qmp.handle($0)?.serialized() }
+        XCTAssertEqual(replies, [
+            #"{"error": {"class": "GenericError","desc": "JSON parse error, stray '\#u{FFFD}'"}}"#,
+            #"{"error": {"class": "GenericError","desc": "JSON token size limit exceeded"}}"#,
+            #"{"error": {"class": "GenericError","desc": "JSON parse error, invalid JSON at byte 63: \\u0000 is not a valid Unicode character"}}"#,
+            #"{"id": 1,"return": {"package": "test","qemu": {"major": 2,"micro": 0,"minor": 6}}}"#,
+        ])
+    }
+
     func testSplitterHandlesEveryByteSplitAndStrings() {
         let text = #"{"execute": "x", "arguments": {"s": "}{\"]"}} {"execute":"y"}"#
         let bytes = Array(text.utf8)
