@@ -11,15 +11,13 @@ def render_types(schema):
     """One file per schema module that defines types, holding all of them in schema order."""
     files = []
     for module in schema.modules:
-        defs = [d for d in schema.definitions if d.module == module]
+        defs = [d for d in schema.definitions
+                if d.module == module and isinstance(d, (EnumDef, StructDef, UnionDef, AlternateDef))]
         if not defs:
             continue
         f = SwiftFile(f"Types+{module_swift(module)}.swift", f"Types defined in {module}.")
         for d in defs:
-            block = [f"// MARK: - {d.name}", ""]
-            if isinstance(d, (EnumDef, StructDef, UnionDef, AlternateDef)):
-                block += render_type(d, schema)
-            f.add(block)
+            f.add([f"// MARK: - {d.name}", ""] + render_type(d, schema))
         files.append(f)
     return files
 

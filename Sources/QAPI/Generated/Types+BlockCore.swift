@@ -853,9 +853,6 @@ public struct BlockInfo: QAPIValue, Equatable {
     }
 }
 
-// MARK: - query-block
-
-
 // MARK: - BlockDeviceTimedStats
 
 /// I/O latency and queue figures gathered over one accounting interval.
@@ -1156,9 +1153,6 @@ public struct BlockStats: QAPIValue, Equatable {
     }
 }
 
-// MARK: - query-blockstats
-
-
 // MARK: - BlockdevOnError
 
 /// What to do when an I/O request fails. Guest requests and job requests read the values slightly
@@ -1276,15 +1270,6 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         return .object(object)
     }
 }
-
-// MARK: - query-block-jobs
-
-
-// MARK: - block_passwd
-
-
-// MARK: - block_resize
-
 
 // MARK: - NewImageMode
 
@@ -1531,30 +1516,6 @@ public struct BlockdevBackup: QAPIValue, Equatable {
     }
 }
 
-// MARK: - blockdev-snapshot-sync
-
-
-// MARK: - blockdev-snapshot
-
-
-// MARK: - change-backing-file
-
-
-// MARK: - block-commit
-
-
-// MARK: - drive-backup
-
-
-// MARK: - blockdev-backup
-
-
-// MARK: - query-named-block-nodes
-
-
-// MARK: - drive-mirror
-
-
 // MARK: - BlockDirtyBitmap
 
 /// Names one dirty bitmap.
@@ -1619,39 +1580,6 @@ public struct BlockDirtyBitmapAdd: QAPIValue, Equatable {
         return .object(object)
     }
 }
-
-// MARK: - block-dirty-bitmap-add
-
-
-// MARK: - block-dirty-bitmap-remove
-
-
-// MARK: - block-dirty-bitmap-clear
-
-
-// MARK: - blockdev-mirror
-
-
-// MARK: - block_set_io_throttle
-
-
-// MARK: - block-stream
-
-
-// MARK: - block-job-set-speed
-
-
-// MARK: - block-job-cancel
-
-
-// MARK: - block-job-pause
-
-
-// MARK: - block-job-resume
-
-
-// MARK: - block-job-complete
-
 
 // MARK: - BlockdevDiscardOptions
 
@@ -2626,24 +2554,6 @@ public typealias BlockdevOptions = JSONValue
 /// An alternate of definition (BlockdevOptions), reference (str), passed through as JSON.
 public typealias BlockdevRef = JSONValue
 
-// MARK: - blockdev-add
-
-
-// MARK: - x-blockdev-del
-
-
-// MARK: - blockdev-open-tray
-
-
-// MARK: - blockdev-close-tray
-
-
-// MARK: - x-blockdev-remove-medium
-
-
-// MARK: - x-blockdev-insert-medium
-
-
 // MARK: - BlockdevChangeReadOnlyMode
 
 /// Whether blockdev-change-medium changes the read-only setting.
@@ -2656,12 +2566,6 @@ public enum BlockdevChangeReadOnlyMode: String, QAPIValue, CaseIterable, Sendabl
     case readWrite = "read-write"
 }
 
-// MARK: - blockdev-change-medium
-
-
-// MARK: - DEVICE_TRAY_MOVED
-
-
 // MARK: - BlockErrorAction
 
 /// What was done about a failed I/O request.
@@ -2673,24 +2577,6 @@ public enum BlockErrorAction: String, QAPIValue, CaseIterable, Sendable {
     /// The VM was stopped
     case stop = "stop"
 }
-
-// MARK: - BLOCK_IMAGE_CORRUPTED
-
-
-// MARK: - BLOCK_IO_ERROR
-
-
-// MARK: - BLOCK_JOB_COMPLETED
-
-
-// MARK: - BLOCK_JOB_CANCELLED
-
-
-// MARK: - BLOCK_JOB_ERROR
-
-
-// MARK: - BLOCK_JOB_READY
-
 
 // MARK: - PreallocMode
 
@@ -2705,8 +2591,3 @@ public enum PreallocMode: String, QAPIValue, CaseIterable, Sendable {
     /// Everything, written with zeroes so that the space surely exists
     case full = "full"
 }
-
-// MARK: - BLOCK_WRITE_THRESHOLD
-
-
-// MARK: - block-set-write-threshold
