@@ -853,9 +853,6 @@ public struct BlockInfo: QAPIValue, Equatable {
     }
 }
 
-// MARK: - query-block
-
-
 // MARK: - BlockDeviceTimedStats
 
 /// I/O latency and queue figures gathered over one accounting interval.
@@ -1156,9 +1153,6 @@ public struct BlockStats: QAPIValue, Equatable {
     }
 }
 
-// MARK: - query-blockstats
-
-
 // MARK: - BlockdevOnError
 
 /// What to do when an I/O request fails. Guest requests and job requests read the values slightly
@@ -1276,15 +1270,6 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         return .object(object)
     }
 }
-
-// MARK: - query-block-jobs
-
-
-// MARK: - block_passwd
-
-
-// MARK: - block_resize
-
 
 // MARK: - NewImageMode
 
@@ -1465,4 +1450,1144 @@ public struct DriveBackup: QAPIValue, Equatable {
         if let onTargetError { object["on-target-error"] = onTargetError.json }
         return .object(object)
     }
+}
+
+// MARK: - BlockdevBackup
+
+/// Arguments of a backup onto a device or node that already exists.
+public struct BlockdevBackup: QAPIValue, Equatable {
+    /// The identifier of the new job; the device name when absent
+    public var jobId: String?
+    /// The device to back up
+    public var device: String
+    /// The device or node to copy to
+    public var target: String
+    /// Which data to copy
+    public var sync: MirrorSyncMode
+    /// A speed limit in bytes per second; 0 (the default) means none
+    public var speed: Int64?
+    /// What to do when reading the source fails; "report" when absent. "stop" and "enospc" need a
+    /// device that tracks its I/O status
+    public var onSourceError: BlockdevOnError?
+    /// What to do when writing the target fails; "report" when absent
+    public var onTargetError: BlockdevOnError?
+
+    /// Creates a value from its members.
+    public init(
+        jobId: String? = nil,
+        device: String,
+        target: String,
+        sync: MirrorSyncMode,
+        speed: Int64? = nil,
+        onSourceError: BlockdevOnError? = nil,
+        onTargetError: BlockdevOnError? = nil
+    ) {
+        self.jobId = jobId
+        self.device = device
+        self.target = target
+        self.sync = sync
+        self.speed = speed
+        self.onSourceError = onSourceError
+        self.onTargetError = onTargetError
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.jobId = try object.optional("job-id")
+        self.device = try object.required("device")
+        self.target = try object.required("target")
+        self.sync = try object.required("sync")
+        self.speed = try object.optional("speed")
+        self.onSourceError = try object.optional("on-source-error")
+        self.onTargetError = try object.optional("on-target-error")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        if let jobId { object["job-id"] = jobId.json }
+        object["device"] = device.json
+        object["target"] = target.json
+        object["sync"] = sync.json
+        if let speed { object["speed"] = speed.json }
+        if let onSourceError { object["on-source-error"] = onSourceError.json }
+        if let onTargetError { object["on-target-error"] = onTargetError.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockDirtyBitmap
+
+/// Names one dirty bitmap.
+public struct BlockDirtyBitmap: QAPIValue, Equatable {
+    /// The device or node the bitmap belongs to
+    public var node: String
+    /// The bitmap's name
+    public var name: String
+
+    /// Creates a value from its members.
+    public init(node: String, name: String) {
+        self.node = node
+        self.name = name
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.node = try object.required("node")
+        self.name = try object.required("name")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["node"] = node.json
+        object["name"] = name.json
+        return .object(object)
+    }
+}
+
+// MARK: - BlockDirtyBitmapAdd
+
+/// Arguments for creating a dirty bitmap.
+public struct BlockDirtyBitmapAdd: QAPIValue, Equatable {
+    /// The device or node to track
+    public var node: String
+    /// The name of the new bitmap
+    public var name: String
+    /// Bytes per bit; 64K when absent
+    public var granularity: UInt32?
+
+    /// Creates a value from its members.
+    public init(node: String, name: String, granularity: UInt32? = nil) {
+        self.node = node
+        self.name = name
+        self.granularity = granularity
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.node = try object.required("node")
+        self.name = try object.required("name")
+        self.granularity = try object.optional("granularity")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["node"] = node.json
+        object["name"] = name.json
+        if let granularity { object["granularity"] = granularity.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevDiscardOptions
+
+/// What a node does with discard requests.
+public enum BlockdevDiscardOptions: String, QAPIValue, CaseIterable, Sendable {
+    /// Drop them
+    case ignore = "ignore"
+    /// Pass them down as unmap requests
+    case unmap = "unmap"
+}
+
+// MARK: - BlockdevDetectZeroesOptions
+
+/// Whether writes that carry only zeroes are turned into efficient zero-write requests.
+public enum BlockdevDetectZeroesOptions: String, QAPIValue, CaseIterable, Sendable {
+    /// No (the default)
+    case off = "off"
+    /// Yes
+    case on = "on"
+    /// Yes, and the range is unmapped when discards are allowed ("discard": "unmap")
+    case unmap = "unmap"
+}
+
+// MARK: - BlockdevAioOptions
+
+/// How asynchronous I/O is done.
+public enum BlockdevAioOptions: String, QAPIValue, CaseIterable, Sendable {
+    /// With a pool of worker threads
+    case threads = "threads"
+    /// With the operating system's native AIO interface
+    case native = "native"
+}
+
+// MARK: - BlockdevCacheOptions
+
+/// Cache settings of a node.
+public struct BlockdevCacheOptions: QAPIValue, Equatable {
+    /// Whether writes may complete before they are stable; true when absent
+    public var writeback: Bool?
+    /// Whether to bypass the host page cache (O_DIRECT); false when absent
+    public var direct: Bool?
+    /// Whether to drop flush requests; false when absent
+    public var noFlush: Bool?
+
+    /// Creates a value from its members.
+    public init(writeback: Bool? = nil, direct: Bool? = nil, noFlush: Bool? = nil) {
+        self.writeback = writeback
+        self.direct = direct
+        self.noFlush = noFlush
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.writeback = try object.optional("writeback")
+        self.direct = try object.optional("direct")
+        self.noFlush = try object.optional("no-flush")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        if let writeback { object["writeback"] = writeback.json }
+        if let direct { object["direct"] = direct.json }
+        if let noFlush { object["no-flush"] = noFlush.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevDriver
+
+/// The block drivers blockdev-add knows by name. blockd implements a subset; the others are refused
+/// when used.
+public enum BlockdevDriver: String, QAPIValue, CaseIterable, Sendable {
+    /// Archipelago volumes
+    case archipelago = "archipelago"
+    /// Error injection for testing
+    case blkdebug = "blkdebug"
+    /// Compares a test image against a raw reference
+    case blkverify = "blkverify"
+    /// Bochs images
+    case bochs = "bochs"
+    /// Compressed loop images
+    case cloop = "cloop"
+    /// MacOS disk images
+    case dmg = "dmg"
+    /// A regular file
+    case file = "file"
+    /// A file on an FTP server
+    case ftp = "ftp"
+    /// A file on an FTP server over TLS
+    case ftps = "ftps"
+    /// A host CD-ROM drive
+    case hostCdrom = "host_cdrom"
+    /// A host block device
+    case hostDevice = "host_device"
+    /// A file on a web server
+    case http = "http"
+    /// A file on a web server over TLS
+    case https = "https"
+    /// A sink that reads zeroes, completing through AIO
+    case nullAio = "null-aio"
+    /// A sink that reads zeroes, completing in a coroutine
+    case nullCo = "null-co"
+    /// Parallels images
+    case parallels = "parallels"
+    /// The first QEMU copy-on-write format
+    case qcow = "qcow"
+    /// QEMU copy-on-write images, version 2 and later
+    case qcow2 = "qcow2"
+    /// QEMU enhanced disk images
+    case qed = "qed"
+    /// Majority voting over several children
+    case quorum = "quorum"
+    /// Raw images
+    case raw = "raw"
+    /// A file on a TFTP server
+    case tftp = "tftp"
+    /// VirtualBox images
+    case vdi = "vdi"
+    /// Hyper-V VHDX images
+    case vhdx = "vhdx"
+    /// VMware images
+    case vmdk = "vmdk"
+    /// Virtual PC images
+    case vpc = "vpc"
+    /// A host directory shown as a FAT disk
+    case vvfat = "vvfat"
+}
+
+// MARK: - BlockdevOptionsBase
+
+/// Options every node accepts, whatever its driver.
+public struct BlockdevOptionsBase: QAPIValue, Equatable {
+    /// The block driver
+    public var driver: BlockdevDriver
+    /// A device name; allowed only at the top level of blockdev-add, where giving it also creates a
+    /// device
+    public var id: String?
+    /// The name of the new node; required at the top level of blockdev-add when `id` is absent
+    public var nodeName: String?
+    /// What to do with discard requests; "ignore" when absent
+    public var discard: BlockdevDiscardOptions?
+    /// Cache settings
+    public var cache: BlockdevCacheOptions?
+    /// How asynchronous I/O is done; "threads" when absent
+    public var aio: BlockdevAioOptions?
+    /// What to do when a read fails
+    public var rerror: BlockdevOnError?
+    /// What to do when a write fails
+    public var werror: BlockdevOnError?
+    /// Whether the node refuses writes
+    public var readOnly: Bool?
+    /// Whether invalid requests count for the time of last access; true when absent
+    public var statsAccountInvalid: Bool?
+    /// Whether failed requests count for latency and the time of last access; true when absent
+    public var statsAccountFailed: Bool?
+    /// Accounting intervals, in seconds, to keep timed statistics for; none when absent
+    public var statsIntervals: [Int64]?
+    /// Whether writes of zeroes are detected and optimised
+    public var detectZeroes: BlockdevDetectZeroesOptions?
+
+    /// Creates a value from its members.
+    public init(
+        driver: BlockdevDriver,
+        id: String? = nil,
+        nodeName: String? = nil,
+        discard: BlockdevDiscardOptions? = nil,
+        cache: BlockdevCacheOptions? = nil,
+        aio: BlockdevAioOptions? = nil,
+        rerror: BlockdevOnError? = nil,
+        werror: BlockdevOnError? = nil,
+        readOnly: Bool? = nil,
+        statsAccountInvalid: Bool? = nil,
+        statsAccountFailed: Bool? = nil,
+        statsIntervals: [Int64]? = nil,
+        detectZeroes: BlockdevDetectZeroesOptions? = nil
+    ) {
+        self.driver = driver
+        self.id = id
+        self.nodeName = nodeName
+        self.discard = discard
+        self.cache = cache
+        self.aio = aio
+        self.rerror = rerror
+        self.werror = werror
+        self.readOnly = readOnly
+        self.statsAccountInvalid = statsAccountInvalid
+        self.statsAccountFailed = statsAccountFailed
+        self.statsIntervals = statsIntervals
+        self.detectZeroes = detectZeroes
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.driver = try object.required("driver")
+        self.id = try object.optional("id")
+        self.nodeName = try object.optional("node-name")
+        self.discard = try object.optional("discard")
+        self.cache = try object.optional("cache")
+        self.aio = try object.optional("aio")
+        self.rerror = try object.optional("rerror")
+        self.werror = try object.optional("werror")
+        self.readOnly = try object.optional("read-only")
+        self.statsAccountInvalid = try object.optional("stats-account-invalid")
+        self.statsAccountFailed = try object.optional("stats-account-failed")
+        self.statsIntervals = try object.optional("stats-intervals")
+        self.detectZeroes = try object.optional("detect-zeroes")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["driver"] = driver.json
+        if let id { object["id"] = id.json }
+        if let nodeName { object["node-name"] = nodeName.json }
+        if let discard { object["discard"] = discard.json }
+        if let cache { object["cache"] = cache.json }
+        if let aio { object["aio"] = aio.json }
+        if let rerror { object["rerror"] = rerror.json }
+        if let werror { object["werror"] = werror.json }
+        if let readOnly { object["read-only"] = readOnly.json }
+        if let statsAccountInvalid { object["stats-account-invalid"] = statsAccountInvalid.json }
+        if let statsAccountFailed { object["stats-account-failed"] = statsAccountFailed.json }
+        if let statsIntervals { object["stats-intervals"] = statsIntervals.json }
+        if let detectZeroes { object["detect-zeroes"] = detectZeroes.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsFile
+
+/// Options of the drivers that open a file by name (file, host_device, host_cdrom and the network
+/// protocols).
+public struct BlockdevOptionsFile: QAPIValue, Equatable {
+    /// The file name or URL
+    public var filename: String
+
+    /// Creates a value from its members.
+    public init(filename: String) {
+        self.filename = filename
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.filename = try object.required("filename")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["filename"] = filename.json
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsNull
+
+/// Options of the null drivers.
+public struct BlockdevOptionsNull: QAPIValue, Equatable {
+    /// The size the node presents, in bytes
+    public var size: Int64?
+    /// A delay added to every request, in nanoseconds; 0 (the default) completes requests at once
+    public var latencyNs: UInt64?
+
+    /// Creates a value from its members.
+    public init(size: Int64? = nil, latencyNs: UInt64? = nil) {
+        self.size = size
+        self.latencyNs = latencyNs
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.size = try object.optional("size")
+        self.latencyNs = try object.optional("latency-ns")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        if let size { object["size"] = size.json }
+        if let latencyNs { object["latency-ns"] = latencyNs.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsVVFAT
+
+/// Options of the vvfat driver.
+public struct BlockdevOptionsVVFAT: QAPIValue, Equatable {
+    /// The host directory to present
+    public var dir: String
+    /// The FAT variant: 12, 16 or 32
+    public var fatType: Int64?
+    /// Whether to present a floppy (true) or a partitioned hard disk (false, the default)
+    public var floppy: Bool?
+    /// The volume label, at most 11 bytes; "QEMU VVFAT" when absent
+    public var label: String?
+    /// Whether writes are allowed; false when absent
+    public var rw: Bool?
+
+    /// Creates a value from its members.
+    public init(
+        dir: String,
+        fatType: Int64? = nil,
+        floppy: Bool? = nil,
+        label: String? = nil,
+        rw: Bool? = nil
+    ) {
+        self.dir = dir
+        self.fatType = fatType
+        self.floppy = floppy
+        self.label = label
+        self.rw = rw
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.dir = try object.required("dir")
+        self.fatType = try object.optional("fat-type")
+        self.floppy = try object.optional("floppy")
+        self.label = try object.optional("label")
+        self.rw = try object.optional("rw")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["dir"] = dir.json
+        if let fatType { object["fat-type"] = fatType.json }
+        if let floppy { object["floppy"] = floppy.json }
+        if let label { object["label"] = label.json }
+        if let rw { object["rw"] = rw.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsGenericFormat
+
+/// Options of the formats that need nothing but their data source.
+public struct BlockdevOptionsGenericFormat: QAPIValue, Equatable {
+    /// The node holding the image data, given inline or by name
+    public var file: BlockdevRef
+
+    /// Creates a value from its members.
+    public init(file: BlockdevRef) {
+        self.file = file
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.file = try object.required("file")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["file"] = file.json
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsGenericCOWFormat
+
+/// Options of the formats that have a data source and may have a backing image.
+public struct BlockdevOptionsGenericCOWFormat: QAPIValue, Equatable {
+    /// The node holding the image data, given inline or by name
+    public var file: BlockdevRef
+    /// The backing node, given inline or by name; when absent the image's own backing file is
+    /// opened, and "" opens none
+    public var backing: BlockdevRef?
+
+    /// Creates a value from its members.
+    public init(file: BlockdevRef, backing: BlockdevRef? = nil) {
+        self.file = file
+        self.backing = backing
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.file = try object.required("file")
+        self.backing = try object.optional("backing")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["file"] = file.json
+        if let backing { object["backing"] = backing.json }
+        return .object(object)
+    }
+}
+
+// MARK: - Qcow2OverlapCheckMode
+
+/// Predefined sets of qcow2 metadata overlap checks.
+public enum Qcow2OverlapCheckMode: String, QAPIValue, CaseIterable, Sendable {
+    /// No checks
+    case none = "none"
+    /// The checks that take constant time and read nothing
+    case constant = "constant"
+    /// The checks that read nothing from disk
+    case cached = "cached"
+    /// Every check
+    case all = "all"
+}
+
+// MARK: - Qcow2OverlapCheckFlags
+
+/// Per-structure switches for qcow2 overlap checks: a structure whose switch is true is protected
+/// from being overwritten by mistake. Switches that are not given follow `template`.
+public struct Qcow2OverlapCheckFlags: QAPIValue, Equatable {
+    /// The set the other switches start from; "cached" when absent
+    public var template: Qcow2OverlapCheckMode?
+    /// Protect the image header
+    public var mainHeader: Bool?
+    /// Protect the active L1 table
+    public var activeL1: Bool?
+    /// Protect the active L2 tables
+    public var activeL2: Bool?
+    /// Protect the refcount table
+    public var refcountTable: Bool?
+    /// Protect the refcount blocks
+    public var refcountBlock: Bool?
+    /// Protect the snapshot table
+    public var snapshotTable: Bool?
+    /// Protect the L1 tables of snapshots
+    public var inactiveL1: Bool?
+    /// Protect the L2 tables of snapshots
+    public var inactiveL2: Bool?
+
+    /// Creates a value from its members.
+    public init(
+        template: Qcow2OverlapCheckMode? = nil,
+        mainHeader: Bool? = nil,
+        activeL1: Bool? = nil,
+        activeL2: Bool? = nil,
+        refcountTable: Bool? = nil,
+        refcountBlock: Bool? = nil,
+        snapshotTable: Bool? = nil,
+        inactiveL1: Bool? = nil,
+        inactiveL2: Bool? = nil
+    ) {
+        self.template = template
+        self.mainHeader = mainHeader
+        self.activeL1 = activeL1
+        self.activeL2 = activeL2
+        self.refcountTable = refcountTable
+        self.refcountBlock = refcountBlock
+        self.snapshotTable = snapshotTable
+        self.inactiveL1 = inactiveL1
+        self.inactiveL2 = inactiveL2
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.template = try object.optional("template")
+        self.mainHeader = try object.optional("main-header")
+        self.activeL1 = try object.optional("active-l1")
+        self.activeL2 = try object.optional("active-l2")
+        self.refcountTable = try object.optional("refcount-table")
+        self.refcountBlock = try object.optional("refcount-block")
+        self.snapshotTable = try object.optional("snapshot-table")
+        self.inactiveL1 = try object.optional("inactive-l1")
+        self.inactiveL2 = try object.optional("inactive-l2")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        if let template { object["template"] = template.json }
+        if let mainHeader { object["main-header"] = mainHeader.json }
+        if let activeL1 { object["active-l1"] = activeL1.json }
+        if let activeL2 { object["active-l2"] = activeL2.json }
+        if let refcountTable { object["refcount-table"] = refcountTable.json }
+        if let refcountBlock { object["refcount-block"] = refcountBlock.json }
+        if let snapshotTable { object["snapshot-table"] = snapshotTable.json }
+        if let inactiveL1 { object["inactive-l1"] = inactiveL1.json }
+        if let inactiveL2 { object["inactive-l2"] = inactiveL2.json }
+        return .object(object)
+    }
+}
+
+// MARK: - Qcow2OverlapChecks
+
+/// The qcow2 overlap checks to run, as a set name or as switches.
+///
+/// An alternate of flags (Qcow2OverlapCheckFlags), mode (Qcow2OverlapCheckMode), passed through as
+/// JSON.
+public typealias Qcow2OverlapChecks = JSONValue
+
+// MARK: - BlockdevOptionsQcow2
+
+/// Options of the qcow2 driver.
+public struct BlockdevOptionsQcow2: QAPIValue, Equatable {
+    /// The node holding the image data, given inline or by name
+    public var file: BlockdevRef
+    /// The backing node, given inline or by name; when absent the image's own backing file is
+    /// opened, and "" opens none
+    public var backing: BlockdevRef?
+    /// Whether refcount updates may be delayed; taken from the image when absent
+    public var lazyRefcounts: Bool?
+    /// Whether discard requests to the node are passed on to its data source
+    public var passDiscardRequest: Bool?
+    /// Whether clusters freed by snapshot operations are discarded in the data source
+    public var passDiscardSnapshot: Bool?
+    /// Whether clusters freed in other ways are discarded in the data source
+    public var passDiscardOther: Bool?
+    /// Which overlap checks guard writes; "cached" when absent
+    public var overlapCheck: Qcow2OverlapChecks?
+    /// The most bytes the L2 and refcount caches may use together
+    public var cacheSize: Int64?
+    /// The most bytes the L2 table cache may use
+    public var l2CacheSize: Int64?
+    /// The most bytes the refcount block cache may use
+    public var refcountCacheSize: Int64?
+    /// Seconds after which unused cache entries are dropped; 0 (the default) never drops them
+    public var cacheCleanInterval: Int64?
+
+    /// Creates a value from its members.
+    public init(
+        file: BlockdevRef,
+        backing: BlockdevRef? = nil,
+        lazyRefcounts: Bool? = nil,
+        passDiscardRequest: Bool? = nil,
+        passDiscardSnapshot: Bool? = nil,
+        passDiscardOther: Bool? = nil,
+        overlapCheck: Qcow2OverlapChecks? = nil,
+        cacheSize: Int64? = nil,
+        l2CacheSize: Int64? = nil,
+        refcountCacheSize: Int64? = nil,
+        cacheCleanInterval: Int64? = nil
+    ) {
+        self.file = file
+        self.backing = backing
+        self.lazyRefcounts = lazyRefcounts
+        self.passDiscardRequest = passDiscardRequest
+        self.passDiscardSnapshot = passDiscardSnapshot
+        self.passDiscardOther = passDiscardOther
+        self.overlapCheck = overlapCheck
+        self.cacheSize = cacheSize
+        self.l2CacheSize = l2CacheSize
+        self.refcountCacheSize = refcountCacheSize
+        self.cacheCleanInterval = cacheCleanInterval
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.file = try object.required("file")
+        self.backing = try object.optional("backing")
+        self.lazyRefcounts = try object.optional("lazy-refcounts")
+        self.passDiscardRequest = try object.optional("pass-discard-request")
+        self.passDiscardSnapshot = try object.optional("pass-discard-snapshot")
+        self.passDiscardOther = try object.optional("pass-discard-other")
+        self.overlapCheck = try object.optional("overlap-check")
+        self.cacheSize = try object.optional("cache-size")
+        self.l2CacheSize = try object.optional("l2-cache-size")
+        self.refcountCacheSize = try object.optional("refcount-cache-size")
+        self.cacheCleanInterval = try object.optional("cache-clean-interval")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["file"] = file.json
+        if let backing { object["backing"] = backing.json }
+        if let lazyRefcounts { object["lazy-refcounts"] = lazyRefcounts.json }
+        if let passDiscardRequest { object["pass-discard-request"] = passDiscardRequest.json }
+        if let passDiscardSnapshot { object["pass-discard-snapshot"] = passDiscardSnapshot.json }
+        if let passDiscardOther { object["pass-discard-other"] = passDiscardOther.json }
+        if let overlapCheck { object["overlap-check"] = overlapCheck.json }
+        if let cacheSize { object["cache-size"] = cacheSize.json }
+        if let l2CacheSize { object["l2-cache-size"] = l2CacheSize.json }
+        if let refcountCacheSize { object["refcount-cache-size"] = refcountCacheSize.json }
+        if let cacheCleanInterval { object["cache-clean-interval"] = cacheCleanInterval.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsArchipelago
+
+/// Options of the archipelago driver.
+public struct BlockdevOptionsArchipelago: QAPIValue, Equatable {
+    /// The name of the volume
+    public var volume: String
+    /// The port mapperd listens on; 1001 when absent
+    public var mport: Int64?
+    /// The port vlmcd listens on; 501 when absent
+    public var vport: Int64?
+    /// The name of the shared memory segment; "archipelago" when absent
+    public var segment: String?
+
+    /// Creates a value from its members.
+    public init(volume: String, mport: Int64? = nil, vport: Int64? = nil, segment: String? = nil) {
+        self.volume = volume
+        self.mport = mport
+        self.vport = vport
+        self.segment = segment
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.volume = try object.required("volume")
+        self.mport = try object.optional("mport")
+        self.vport = try object.optional("vport")
+        self.segment = try object.optional("segment")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["volume"] = volume.json
+        if let mport { object["mport"] = mport.json }
+        if let vport { object["vport"] = vport.json }
+        if let segment { object["segment"] = segment.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlkdebugEvent
+
+/// The points in the block layer at which blkdebug can act. Each value names an internal step of an
+/// image format driver (mostly qcow2): table loads and updates, allocations, compressed and backing
+/// reads, flushes and the stages of a read-modify-write.
+public enum BlkdebugEvent: String, QAPIValue, CaseIterable, Sendable {
+    /// An L1 table entry is written
+    case l1Update = "l1_update"
+    /// Space for a larger L1 table is allocated
+    case l1GrowAllocTable = "l1_grow_alloc_table"
+    /// The larger L1 table is written
+    case l1GrowWriteTable = "l1_grow_write_table"
+    /// The header switches to the larger L1 table
+    case l1GrowActivateTable = "l1_grow_activate_table"
+    /// An L2 table is read
+    case l2Load = "l2_load"
+    /// An L2 table entry is written
+    case l2Update = "l2_update"
+    /// An L2 entry for a compressed cluster is written
+    case l2UpdateCompressed = "l2_update_compressed"
+    /// A new L2 table's old contents are read
+    case l2AllocCowRead = "l2_alloc_cow_read"
+    /// A new L2 table is written
+    case l2AllocWrite = "l2_alloc_write"
+    /// Data is read
+    case readAio = "read_aio"
+    /// Data is read from the backing file
+    case readBackingAio = "read_backing_aio"
+    /// A compressed cluster is read
+    case readCompressed = "read_compressed"
+    /// Data is written
+    case writeAio = "write_aio"
+    /// A compressed cluster is written
+    case writeCompressed = "write_compressed"
+    /// Saved machine state is read
+    case vmstateLoad = "vmstate_load"
+    /// Machine state is saved
+    case vmstateSave = "vmstate_save"
+    /// Copy-on-write reads the old data
+    case cowRead = "cow_read"
+    /// Copy-on-write writes the copied data
+    case cowWrite = "cow_write"
+    /// The refcount table is read
+    case reftableLoad = "reftable_load"
+    /// The refcount table grows
+    case reftableGrow = "reftable_grow"
+    /// A refcount table entry is written
+    case reftableUpdate = "reftable_update"
+    /// A refcount block is read
+    case refblockLoad = "refblock_load"
+    /// A refcount block is written
+    case refblockUpdate = "refblock_update"
+    /// Part of a refcount block is written
+    case refblockUpdatePart = "refblock_update_part"
+    /// A refcount block is allocated
+    case refblockAlloc = "refblock_alloc"
+    /// A new refcount block is linked in
+    case refblockAllocHookup = "refblock_alloc_hookup"
+    /// A new refcount block is written
+    case refblockAllocWrite = "refblock_alloc_write"
+    /// Refcount blocks for a new table are written
+    case refblockAllocWriteBlocks = "refblock_alloc_write_blocks"
+    /// A new refcount table is written
+    case refblockAllocWriteTable = "refblock_alloc_write_table"
+    /// The header switches to the new refcount table
+    case refblockAllocSwitchTable = "refblock_alloc_switch_table"
+    /// Clusters are allocated
+    case clusterAlloc = "cluster_alloc"
+    /// Bytes inside a cluster are allocated
+    case clusterAllocBytes = "cluster_alloc_bytes"
+    /// Clusters are freed
+    case clusterFree = "cluster_free"
+    /// Data is flushed to the operating system
+    case flushToOs = "flush_to_os"
+    /// Data is flushed to stable storage
+    case flushToDisk = "flush_to_disk"
+    /// The head of an unaligned write is read
+    case pwritevRmwHead = "pwritev_rmw_head"
+    /// The head of an unaligned write has been read
+    case pwritevRmwAfterHead = "pwritev_rmw_after_head"
+    /// The tail of an unaligned write is read
+    case pwritevRmwTail = "pwritev_rmw_tail"
+    /// The tail of an unaligned write has been read
+    case pwritevRmwAfterTail = "pwritev_rmw_after_tail"
+    /// A write starts
+    case pwritev = "pwritev"
+    /// A write of zeroes starts
+    case pwritevZero = "pwritev_zero"
+    /// A write has finished
+    case pwritevDone = "pwritev_done"
+    /// An image is being emptied
+    case emptyImagePrepare = "empty_image_prepare"
+}
+
+// MARK: - BlkdebugInjectErrorOptions
+
+/// One error that blkdebug injects.
+public struct BlkdebugInjectErrorOptions: QAPIValue, Equatable {
+    /// Where the error is injected
+    public var event: BlkdebugEvent
+    /// The blkdebug state in which the rule applies; any state when absent
+    public var state: Int64?
+    /// The error number to fail with; EIO when absent; 0 arms the rule without failing anything
+    public var errno: Int64?
+    /// The 512-byte sector a request must touch for the rule to apply; any sector when absent (only
+    /// such rules fail flushes)
+    public var sector: Int64?
+    /// Whether the rule fires only once; false when absent
+    public var once: Bool?
+    /// Whether QEMU fails the request from the call that submits it rather than from its
+    /// completion; blockd completes every request in the call that submits it, so either way the
+    /// request fails without reaching the image; false when absent
+    public var immediately: Bool?
+
+    /// Creates a value from its members.
+    public init(
+        event: BlkdebugEvent,
+        state: Int64? = nil,
+        errno: Int64? = nil,
+        sector: Int64? = nil,
+        once: Bool? = nil,
+        immediately: Bool? = nil
+    ) {
+        self.event = event
+        self.state = state
+        self.errno = errno
+        self.sector = sector
+        self.once = once
+        self.immediately = immediately
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.event = try object.required("event")
+        self.state = try object.optional("state")
+        self.errno = try object.optional("errno")
+        self.sector = try object.optional("sector")
+        self.once = try object.optional("once")
+        self.immediately = try object.optional("immediately")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["event"] = event.json
+        if let state { object["state"] = state.json }
+        if let errno { object["errno"] = errno.json }
+        if let sector { object["sector"] = sector.json }
+        if let once { object["once"] = once.json }
+        if let immediately { object["immediately"] = immediately.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlkdebugSetStateOptions
+
+/// One blkdebug state change.
+public struct BlkdebugSetStateOptions: QAPIValue, Equatable {
+    /// Where the state changes
+    public var event: BlkdebugEvent
+    /// The state blkdebug must be in for the change; any state when absent
+    public var state: Int64?
+    /// The state to switch to
+    public var newState: Int64
+
+    /// Creates a value from its members.
+    public init(event: BlkdebugEvent, state: Int64? = nil, newState: Int64) {
+        self.event = event
+        self.state = state
+        self.newState = newState
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.event = try object.required("event")
+        self.state = try object.optional("state")
+        self.newState = try object.required("new_state")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["event"] = event.json
+        if let state { object["state"] = state.json }
+        object["new_state"] = newState.json
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsBlkdebug
+
+/// Options of the blkdebug driver, a filter that fails requests as its rules say. Drivers raise
+/// BlkdebugEvent values on their children; a set-state rule of an event changes the node's state (1
+/// when opened), an inject-error rule of an event arms itself, and the next request an armed rule
+/// covers fails without reaching `image`. x-blockd-blkdebug-set-rules replaces the rules while the
+/// node is in use.
+public struct BlockdevOptionsBlkdebug: QAPIValue, Equatable {
+    /// The node whose requests are observed
+    public var image: BlockdevRef
+    /// A configuration file with further rules, read before `inject-error` and `set-state`: QEMU's
+    /// format, groups "[inject-error]" and "[set-state]" with one 'key = "value"' line per member
+    /// of the rule
+    public var config: String?
+    /// The alignment requests must have, in bytes (a power of two); unaligned ones are emulated by
+    /// read-modify-write, which raises the pwritev_rmw events
+    public var align: Int64?
+    /// Errors to inject
+    public var injectError: [BlkdebugInjectErrorOptions]?
+    /// State changes to make
+    public var setState: [BlkdebugSetStateOptions]?
+
+    /// Creates a value from its members.
+    public init(
+        image: BlockdevRef,
+        config: String? = nil,
+        align: Int64? = nil,
+        injectError: [BlkdebugInjectErrorOptions]? = nil,
+        setState: [BlkdebugSetStateOptions]? = nil
+    ) {
+        self.image = image
+        self.config = config
+        self.align = align
+        self.injectError = injectError
+        self.setState = setState
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.image = try object.required("image")
+        self.config = try object.optional("config")
+        self.align = try object.optional("align")
+        self.injectError = try object.optional("inject-error")
+        self.setState = try object.optional("set-state")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["image"] = image.json
+        if let config { object["config"] = config.json }
+        if let align { object["align"] = align.json }
+        if let injectError { object["inject-error"] = injectError.json }
+        if let setState { object["set-state"] = setState.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsBlkverify
+
+/// Options of the blkverify driver.
+public struct BlockdevOptionsBlkverify: QAPIValue, Equatable {
+    /// The node under test
+    public var test: BlockdevRef
+    /// The raw image every read is compared with
+    public var raw: BlockdevRef
+
+    /// Creates a value from its members.
+    public init(test: BlockdevRef, raw: BlockdevRef) {
+        self.test = test
+        self.raw = raw
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.test = try object.required("test")
+        self.raw = try object.required("raw")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["test"] = test.json
+        object["raw"] = raw.json
+        return .object(object)
+    }
+}
+
+// MARK: - QuorumReadPattern
+
+/// How a quorum node serves reads.
+public enum QuorumReadPattern: String, QAPIValue, CaseIterable, Sendable {
+    /// Read every child and take the majority answer
+    case quorum = "quorum"
+    /// Read the first child that has not failed
+    case fifo = "fifo"
+}
+
+// MARK: - BlockdevOptionsQuorum
+
+/// Options of the quorum driver.
+public struct BlockdevOptionsQuorum: QAPIValue, Equatable {
+    /// Whether to report content mismatches; false when absent
+    public var blkverify: Bool?
+    /// The children that vote
+    public var children: [BlockdevRef]
+    /// How many children must agree for a read to succeed
+    public var voteThreshold: Int64
+    /// Whether children that disagreed are rewritten with the majority data; false when absent
+    public var rewriteCorrupted: Bool?
+    /// How reads are served; "quorum" when absent
+    public var readPattern: QuorumReadPattern?
+
+    /// Creates a value from its members.
+    public init(
+        blkverify: Bool? = nil,
+        children: [BlockdevRef],
+        voteThreshold: Int64,
+        rewriteCorrupted: Bool? = nil,
+        readPattern: QuorumReadPattern? = nil
+    ) {
+        self.blkverify = blkverify
+        self.children = children
+        self.voteThreshold = voteThreshold
+        self.rewriteCorrupted = rewriteCorrupted
+        self.readPattern = readPattern
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.blkverify = try object.optional("blkverify")
+        self.children = try object.required("children")
+        self.voteThreshold = try object.required("vote-threshold")
+        self.rewriteCorrupted = try object.optional("rewrite-corrupted")
+        self.readPattern = try object.optional("read-pattern")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        if let blkverify { object["blkverify"] = blkverify.json }
+        object["children"] = children.json
+        object["vote-threshold"] = voteThreshold.json
+        if let rewriteCorrupted { object["rewrite-corrupted"] = rewriteCorrupted.json }
+        if let readPattern { object["read-pattern"] = readPattern.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptions
+
+/// The options of a new node: the members of `BlockdevOptionsBase`, of which "driver" selects which
+/// further members apply.
+///
+/// A flat union on 'driver' (cases 'archipelago', 'blkdebug', 'blkverify', 'bochs', 'cloop', 'dmg',
+/// 'file', 'ftp', 'ftps', 'host_cdrom', 'host_device', 'http', 'https', 'null-aio', 'null-co',
+/// 'parallels', 'qcow2', 'qcow', 'qed', 'quorum', 'raw', 'tftp', 'vdi', 'vhdx', 'vmdk', 'vpc',
+/// 'vvfat'), passed through as JSON: the block layer decodes it.
+public typealias BlockdevOptions = JSONValue
+
+// MARK: - BlockdevRef
+
+/// A node given either inline or by name.
+///
+/// An alternate of definition (BlockdevOptions), reference (str), passed through as JSON.
+public typealias BlockdevRef = JSONValue
+
+// MARK: - BlockdevChangeReadOnlyMode
+
+/// Whether blockdev-change-medium changes the read-only setting.
+public enum BlockdevChangeReadOnlyMode: String, QAPIValue, CaseIterable, Sendable {
+    /// Keep the device's current setting
+    case retain = "retain"
+    /// Make the device read-only
+    case readOnly = "read-only"
+    /// Make the device writable
+    case readWrite = "read-write"
+}
+
+// MARK: - BlockErrorAction
+
+/// What was done about a failed I/O request.
+public enum BlockErrorAction: String, QAPIValue, CaseIterable, Sendable {
+    /// The error was ignored
+    case ignore = "ignore"
+    /// The error was passed on to the requester
+    case report = "report"
+    /// The VM was stopped
+    case stop = "stop"
+}
+
+// MARK: - PreallocMode
+
+/// How much of a new image is allocated up front.
+public enum PreallocMode: String, QAPIValue, CaseIterable, Sendable {
+    /// Nothing
+    case off = "off"
+    /// Only the metadata
+    case metadata = "metadata"
+    /// Everything, reserved with posix_fallocate() and not written
+    case falloc = "falloc"
+    /// Everything, written with zeroes so that the space surely exists
+    case full = "full"
 }

@@ -3,15 +3,6 @@
 
 import JSON
 
-// MARK: - blockdev-del
-
-
-// MARK: - blockdev-remove-medium
-
-
-// MARK: - blockdev-insert-medium
-
-
 // MARK: - BlockExportType
 
 /// The kinds of export.
@@ -155,12 +146,6 @@ public struct BlockExportOptionsNbd: QAPIValue, Equatable {
 /// A flat union on 'type' (cases 'nbd'), passed through as JSON: the block layer decodes it.
 public typealias BlockExportOptions = JSONValue
 
-// MARK: - block-export-add
-
-
-// MARK: - block-export-del
-
-
 // MARK: - BlockExportInfo
 
 /// The state of one export.
@@ -200,8 +185,3 @@ public struct BlockExportInfo: QAPIValue, Equatable {
         return .object(object)
     }
 }
-
-// MARK: - query-block-exports
-
-
-// MARK: - BLOCK_EXPORT_DELETED

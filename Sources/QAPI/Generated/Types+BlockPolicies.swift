@@ -3,12 +3,6 @@
 
 import JSON
 
-// MARK: - x-blockd-set-detect-zeroes
-
-
-// MARK: - x-blockd-blkdebug-set-rules
-
-
 // MARK: - QuorumOpType
 
 /// The operation a quorum child failed or disagreed on.
@@ -20,8 +14,3 @@ public enum QuorumOpType: String, QAPIValue, CaseIterable, Sendable {
     /// A flush
     case flush = "flush"
 }
-
-// MARK: - QUORUM_FAILURE
-
-
-// MARK: - QUORUM_REPORT_BAD

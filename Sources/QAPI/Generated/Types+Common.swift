@@ -105,9 +105,6 @@ public struct VersionInfo: QAPIValue, Equatable {
     }
 }
 
-// MARK: - query-version
-
-
 // MARK: - CommandInfo
 
 /// One entry of the command list.
@@ -132,5 +129,3 @@ public struct CommandInfo: QAPIValue, Equatable {
         return .object(object)
     }
 }
-
-// MARK: - query-commands

@@ -3,12 +3,6 @@
 
 import JSON
 
-// MARK: - nbd-server-start
-
-
-// MARK: - nbd-server-add
-
-
 // MARK: - NbdServerRemoveMode
 
 /// What nbd-server-remove does with connected clients.
@@ -18,8 +12,3 @@ public enum NbdServerRemoveMode: String, QAPIValue, CaseIterable, Sendable {
     /// Disconnect the clients and remove the export
     case hard = "hard"
 }
-
-// MARK: - nbd-server-remove
-
-
-// MARK: - nbd-server-stop

@@ -11,26 +11,3 @@ public enum QMPCapability: String, QAPIValue, CaseIterable, Sendable {
     /// Out-of-band command execution
     case oob = "oob"
 }
-
-// MARK: - qmp_capabilities
-
-
-// MARK: - query-qmp-schema
-
-
-// MARK: - quit
-
-
-// MARK: - stop
-
-
-// MARK: - cont
-
-
-// MARK: - SHUTDOWN
-
-
-// MARK: - STOP
-
-
-// MARK: - RESUME
