@@ -169,7 +169,15 @@ class Daemon:
             raise AssertionError(f"{program} did not start:\n{self.log_text()}")
 
     def qmp(self, negotiate: bool = True) -> QMP:
-        return QMP(self.qmp_path, negotiate=negotiate)
+        # The socket file exists from bind() on; until listen() a connection is refused.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return QMP(self.qmp_path, negotiate=negotiate)
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.02)
 
     def tcp_qmp(self, negotiate: bool = True) -> QMP:
         return QMP(("127.0.0.1", self.tcp_port), negotiate=negotiate)

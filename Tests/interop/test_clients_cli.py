@@ -106,6 +106,11 @@ def test_json_options_accepted(start_blockd):
 def test_pidfile(start_blockd, tmp_path):
     pidfile = tmp_path / "blockd.pid"
     d = start_blockd(image=None, extra=["--pidfile", str(pidfile)])
+    # Written just after the listeners are up, which is when start_blockd returns: wait a moment for it.
+    deadline = time.monotonic() + 10
+    while not pidfile.exists() or not pidfile.read_text().endswith("\n"):
+        assert time.monotonic() < deadline and d.proc.poll() is None, "no pidfile"
+        time.sleep(0.01)
     assert pidfile.read_text().strip() == str(d.proc.pid)
     assert d.stop() == 0
     assert not pidfile.exists(), "the pidfile outlived the daemon"
