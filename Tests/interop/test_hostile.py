@@ -540,9 +540,10 @@ def test_stalled_handshake_dropped_after_limit(hostile, stage):
     if stage == "mid-option":
         c.send(struct.pack(">I", FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) + struct.pack(">Q", IHAVEOPT)[:5])
     env.bystander.progress()
-    assert c.read_until_closed(4) == b""
+    assert c.read_until_closed(8) == b""
     elapsed = time.monotonic() - start
-    assert 0.8 <= elapsed <= 2.5, f"dropped after {elapsed:.2f}s with handshake-max-seconds=1"
+    # Not before the limit; well before the 10 s default (a generous bound for a busy machine).
+    assert 0.8 <= elapsed <= 5, f"dropped after {elapsed:.2f}s with handshake-max-seconds=1"
     env.assert_serving()
     env.finish()
 
@@ -554,11 +555,11 @@ def test_handshake_limit_covers_the_whole_negotiation(hostile):
     c = env.conn()
     c.handshake()
     with pytest.raises(Closed):
-        while time.monotonic() - start < 4:
+        while time.monotonic() - start < 8:
             assert c.opt_list()[-1].type == REP_ACK
             time.sleep(0.2)
     elapsed = time.monotonic() - start
-    assert elapsed <= 2.5, f"negotiation still going after {elapsed:.2f}s with handshake-max-seconds=1"
+    assert elapsed <= 5, f"negotiation still going after {elapsed:.2f}s with handshake-max-seconds=1"
     env.assert_serving()
     env.finish()
 
@@ -571,7 +572,7 @@ def test_handshake_limit_against_drip_fed_option(hostile):
     c.handshake()
     c.send_option(OPT_INFO, length=4096)
     closed_at = None
-    while time.monotonic() - start < 4:
+    while time.monotonic() - start < 8:
         if c.is_closed_by_peer(0.25):
             closed_at = time.monotonic() - start
             break
@@ -581,8 +582,8 @@ def test_handshake_limit_against_drip_fed_option(hostile):
             closed_at = time.monotonic() - start
             break
     env.bystander.progress()
-    assert closed_at is not None, "drip-fed handshake still open after 4s with handshake-max-seconds=1"
-    assert closed_at <= 2.5, f"dropped only after {closed_at:.2f}s"
+    assert closed_at is not None, "drip-fed handshake still open after 8s with handshake-max-seconds=1"
+    assert closed_at <= 5, f"dropped only after {closed_at:.2f}s"
     env.finish()
 
 
