@@ -1,8 +1,8 @@
 """What the README promises about the daemon's life: a request the server has read is completed and
 answered before the connection closes — at SIGTERM, at SIGINT and when its export is removed, also
 when it waits for slow storage, a throttle group or a paused device; SIGINT and SIGTERM flush every
-node and exit 0; the exit status of a start that fails (64: the command line cannot be parsed, 1: a
-node or a listener cannot be set up).
+node and exit 0; the exit status of a start that fails (64: the command line does not parse, 1: an
+option value is wrong, or a node or a listener cannot be set up).
 
 The raw client (nbdwire) sends the requests, so that the test knows exactly what was sent; the
 kernel's count of the bytes the server has not read yet (SIOCOUTQ) tells when the server has read
@@ -237,6 +237,17 @@ def test_a_command_line_that_does_not_parse_exits_64(tmp_path, args, words):
     assert proc.returncode == 64, output(proc)
     for word in words:
         assert word in output(proc), output(proc)
+    assert not (tmp_path / "s.sock").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["--blockdev", '{"driver": "null-co",'],
+    ["--blockdev", "driver=null-co,node-name=n0,sise=1M"],
+    ["--log-level", "loud"],
+], ids=["bad-json", "unknown-key", "bad-log-level"])
+def test_an_option_value_that_is_wrong_exits_1(tmp_path, args):
+    proc = run([blockd_binary(), *args, "--nbd-server", f"addr.type=unix,addr.path={tmp_path}/s.sock"], ok=False)
+    assert proc.returncode == 1, output(proc)
     assert not (tmp_path / "s.sock").exists()
 
 
