@@ -111,21 +111,27 @@ final class ThrottleTests: XCTestCase {
     }
 
     func testGroupAdmitsMembersOnlyAndLeavingReleasesWaiters() {
-        let group = ThrottleGroup(name: "g", limits: limits(.iopsTotal, 1))
+        // 1 byte/s: after 1000 bytes the next request would wait about 1000 s, far past any timeout
+        // here, so only `leave` waking it can end the wait.
+        let group = ThrottleGroup(name: "g", limits: limits(.bpsTotal, 1))
         let member = Member(), stranger = Member()
         group.join(member)
         XCTAssertFalse(group.admit(stranger, isWrite: false, bytes: 1) {})
-        XCTAssertTrue(group.admit(member, isWrite: false, bytes: 1) {}, "an empty bucket lets a request go")
-        // The bucket is now over its capacity of 0.1: the next request would wait ~0.9 s. Leaving frees it.
+        XCTAssertTrue(group.admit(member, isWrite: false, bytes: 1000) {}, "an empty bucket lets a request go")
+        let sleeping = expectation(description: "about to sleep")
         let released = expectation(description: "released")
-        let thread = Thread {
-            XCTAssertFalse(group.admit(member, isWrite: false, bytes: 1) {})
+        let admittedAfterLeaving = LockedFlag()
+        Thread {
+            admittedAfterLeaving.set(group.admit(member, isWrite: false, bytes: 1) { sleeping.fulfill() })
             released.fulfill()
-        }
-        thread.start()
-        Thread.sleep(forTimeInterval: 0.1)
+        }.start()
+        wait(for: [sleeping], timeout: 10)
+        // `beforeSleeping` runs just before the request sleeps; give it time to fall asleep, so that
+        // `leave` has to wake it (a leave before the sleep is seen without a wake-up).
+        Thread.sleep(forTimeInterval: 0.2)
         XCTAssertEqual(group.leave(member), 0)
-        wait(for: [released], timeout: 1)
+        wait(for: [released], timeout: 10)
+        XCTAssertEqual(admittedAfterLeaving.value, false, "a request of a member that left is not accounted")
     }
 
     func testDevicePauseBlocksAdmissionUntilResumed() {
@@ -135,16 +141,21 @@ final class ThrottleTests: XCTestCase {
         XCTAssertTrue(device.pause(.stopped))
         XCTAssertTrue(device.needsAdmission)
         XCTAssertNotEqual(device.generation, before, "requests notice the pause through the generation")
+        let waiting = expectation(description: "the request waits")
         let admitted = expectation(description: "admitted")
+        let done = LockedFlag()
         Thread {
-            device.admit(isWrite: false, bytes: 1) {}
+            device.admit(isWrite: false, bytes: 1) { waiting.fulfill() }
+            done.set(true)
             admitted.fulfill()
         }.start()
-        Thread.sleep(forTimeInterval: 0.1)
+        // `beforeWaiting` runs only when the request has to wait: a pause that does not block fails here.
+        wait(for: [waiting], timeout: 10)
         XCTAssertFalse(device.pause(.ioError), "already paused")
         XCTAssertFalse(device.resume(.stopped), "still paused for the error")
+        XCTAssertNil(done.value, "admitted while the device was still paused")
         XCTAssertTrue(device.resume(.ioError))
-        wait(for: [admitted], timeout: 1)
+        wait(for: [admitted], timeout: 10)
         XCTAssertFalse(device.needsAdmission)
     }
 
@@ -170,3 +181,13 @@ final class ThrottleTests: XCTestCase {
 
 /// A throttle group member for the tests.
 private final class Member: Sendable {}
+
+/// A Bool set on one thread and read on another.
+private final class LockedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var stored: Bool?
+
+    func set(_ value: Bool) { lock.withLock { stored = value } }
+
+    var value: Bool? { lock.withLock { stored } }
+}

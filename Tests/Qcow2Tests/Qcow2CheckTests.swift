@@ -13,9 +13,9 @@ final class Qcow2CheckTests: QemuImageTestCase {
 
     private func image(_ options: String, writes: [String]) throws -> String {
         let path = directory.appendingPathComponent("disk.qcow2").path
-        try run(["/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", "-o", options, path, "4M"])
+        try mustRun(["/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", "-o", options, path, "4M"])
         if !writes.isEmpty {
-            try run(["/usr/bin/qemu-io", "-f", "qcow2"] + writes.flatMap { ["-c", $0] } + [path])
+            try qemuIO(format: "qcow2", writes, path)
         }
         return path
     }
@@ -69,7 +69,7 @@ final class Qcow2CheckTests: QemuImageTestCase {
     func testRefcountTooLowIsACorruptionAndRepairAllFixesIt() throws {
         let path = try image("cluster_size=4096", writes: ["write -P 1 0 16k"])
         // The first data cluster sits after header, L1, refcount table and block: drop its refcount.
-        let map = try run(["/usr/bin/qemu-img", "map", "--output=json", path]).output
+        let map = try mustRun(["/usr/bin/qemu-img", "map", "--output=json", path])
         let entries = try JSONSerialization.jsonObject(with: Data(map.utf8)) as? [[String: Any]] ?? []
         let host = entries.first { ($0["data"] as? Bool) == true }?["offset"] as? Int ?? 0
         XCTAssertGreaterThan(host, 0)
@@ -87,8 +87,8 @@ final class Qcow2CheckTests: QemuImageTestCase {
 
     func testSnapshotsAreCounted() throws {
         let path = try image("cluster_size=4096", writes: ["write -P 1 0 16k"])
-        try run(["/usr/bin/qemu-img", "snapshot", "-c", "s1", path])
-        try run(["/usr/bin/qemu-io", "-f", "qcow2", "-c", "write -P 2 0 8k", path])
+        try mustRun(["/usr/bin/qemu-img", "snapshot", "-c", "s1", path])
+        try qemuIO(format: "qcow2", ["write -P 2 0 8k"], path)
         let file = try open(path, readOnly: true)
         let header = try Qcow2Opener.readHeader(file)
         let snapshots = try Qcow2Snapshots.list(file: file, header: header)

@@ -27,9 +27,20 @@ class QMP:
 
     def __init__(self, address, negotiate: bool = True, timeout: float = 10):
         family = socket.AF_UNIX if isinstance(address, (str, Path)) else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.connect(str(address) if family == socket.AF_UNIX else address)
+        deadline = time.monotonic() + timeout
+        while True:
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            try:
+                self.sock.connect(str(address) if family == socket.AF_UNIX else address)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                # A daemon just started: the monitor's socket appears, then listens, a moment after
+                # the NBD listener its starter waited for.
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         self.buffer = b""
         self.events: list[dict] = []
         self.greeting = self.receive()

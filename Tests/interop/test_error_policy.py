@@ -106,7 +106,7 @@ def test_stop_on_read_pauses_only_that_device(launcher, tmp_path):
     for _ in range(20):
         assert other.pread(4096, 0) == bytes(4096)
         other.pwrite(b"o" * 4096, 0)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10, "the other device was held up"  # generous: ~40 ms when idle
     assert thread.is_alive()
     # A second client of the paused device waits too.
     h2 = env.connect()

@@ -540,9 +540,10 @@ def test_stalled_handshake_dropped_after_limit(hostile, stage):
     if stage == "mid-option":
         c.send(struct.pack(">I", FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) + struct.pack(">Q", IHAVEOPT)[:5])
     env.bystander.progress()
-    assert c.read_until_closed(4) == b""
+    assert c.read_until_closed(8) == b""
     elapsed = time.monotonic() - start
-    assert 0.8 <= elapsed <= 2.5, f"dropped after {elapsed:.2f}s with handshake-max-seconds=1"
+    # Not before the limit; well before the 10 s default (a generous bound for a busy machine).
+    assert 0.8 <= elapsed <= 5, f"dropped after {elapsed:.2f}s with handshake-max-seconds=1"
     env.assert_serving()
     env.finish()
 
@@ -554,11 +555,11 @@ def test_handshake_limit_covers_the_whole_negotiation(hostile):
     c = env.conn()
     c.handshake()
     with pytest.raises(Closed):
-        while time.monotonic() - start < 4:
+        while time.monotonic() - start < 8:
             assert c.opt_list()[-1].type == REP_ACK
             time.sleep(0.2)
     elapsed = time.monotonic() - start
-    assert elapsed <= 2.5, f"negotiation still going after {elapsed:.2f}s with handshake-max-seconds=1"
+    assert elapsed <= 5, f"negotiation still going after {elapsed:.2f}s with handshake-max-seconds=1"
     env.assert_serving()
     env.finish()
 
@@ -571,7 +572,7 @@ def test_handshake_limit_against_drip_fed_option(hostile):
     c.handshake()
     c.send_option(OPT_INFO, length=4096)
     closed_at = None
-    while time.monotonic() - start < 4:
+    while time.monotonic() - start < 8:
         if c.is_closed_by_peer(0.25):
             closed_at = time.monotonic() - start
             break
@@ -581,8 +582,8 @@ def test_handshake_limit_against_drip_fed_option(hostile):
             closed_at = time.monotonic() - start
             break
     env.bystander.progress()
-    assert closed_at is not None, "drip-fed handshake still open after 4s with handshake-max-seconds=1"
-    assert closed_at <= 2.5, f"dropped only after {closed_at:.2f}s"
+    assert closed_at is not None, "drip-fed handshake still open after 8s with handshake-max-seconds=1"
+    assert closed_at <= 5, f"dropped only after {closed_at:.2f}s"
     env.finish()
 
 
@@ -590,8 +591,16 @@ def test_handshake_limit_against_client_that_does_not_read(hostile):
     """A client that sends options but never reads the replies must not hold its connection slot past the
     handshake limit (the server must not block forever sending to it)."""
     env = hostile(",handshake-max-seconds=1,max-connections=2")   # the bystander holds one slot
-    c = env.conn(timeout=2)
-    c.handshake()
+    deadline = time.monotonic() + 5
+    while True:
+        # start_blockd's readiness probe may hold the other slot for a moment after it closed.
+        c = env.conn(timeout=2)
+        try:
+            c.handshake()
+            break
+        except Closed:
+            assert time.monotonic() < deadline, "the second slot never became free"
+            time.sleep(0.05)
     try:
         c.send(struct.pack(">QII", IHAVEOPT, OPT_LIST, 0) * 5000)
     except (TimeoutError, socket.timeout, Closed):
@@ -735,25 +744,37 @@ def test_read_larger_than_maximum_payload(env, style):
     env.finish()
 
 
-@pytest.mark.parametrize("style", STYLES)
+@pytest.mark.parametrize("style", ["simple", "structured"])
 def test_write_larger_than_maximum_payload(env, style):
-    """A write above the advertised maximum: the spec says the server SHOULD report NBD_EINVAL for a request
-    larger than the maximum block size (and SHOULD NOT use NBD_EOVERFLOW outside READ/DF and payload-less
-    commands); it MAY instead hard-disconnect a payload this large. With extended headers a PAYLOAD_LEN
-    above the maximum SHOULD be a hard disconnect. Either way nothing may be written."""
+    """A write above the advertised maximum (and under 64 MiB): the spec says the server SHOULD report
+    NBD_EINVAL for a request larger than the maximum block size; the README promises that blockd reads
+    and drops the payload, answers EINVAL and keeps the connection up. Nothing is written."""
     c = env.go(style=style)
     before = env.file(0, 64 * KiB)
-    flags = CMD_FLAG_PAYLOAD_LEN if style == "extended" else 0
-    try:
-        c.send_request(CMD_WRITE, 0, MAX_PAYLOAD + 4096, flags, b"\xab" * (MAX_PAYLOAD + 4096))
-        reply = c.read_reply()
-    except Closed:
-        reply = None   # hard disconnect: permitted
-    if reply is not None:
-        assert reply.error == NBD_EINVAL, f"oversized write answered {name_of('NBD_E', reply.error)}: {reply.chunks}"
-        assert c.read(0, 4096).data == before[:4096], "connection unusable after the oversized write"
-    assert env.file(0, 64 * KiB) == before
+    c.send_request(CMD_WRITE, 0, MAX_PAYLOAD + 4096, 0, b"\xab" * (MAX_PAYLOAD + 4096))
+    reply = c.read_reply()
+    assert reply.error == NBD_EINVAL, f"oversized write answered {name_of('NBD_E', reply.error)}: {reply.chunks}"
+    # The same connection goes on: the payload was skipped, the next request is read from the right place.
+    assert c.read(0, 4096).data == before[:4096]
+    assert c.write(4096, b"\x5a" * 4096).error == 0
+    assert env.file(0, 4096) == before[:4096], "the oversized write reached the image"
+    assert env.file(4096, 4096) == b"\x5a" * 4096
     env.bystander.progress()
+    env.finish()
+
+
+def test_write_larger_than_maximum_payload_with_extended_headers(env):
+    """With extended headers a PAYLOAD_LEN above the maximum SHOULD be a hard disconnect (the README:
+    the connection is dropped); nothing is written."""
+    c = env.go(style="extended")
+    before = env.file(0, 64 * KiB)
+    try:
+        c.send_request(CMD_WRITE, 0, MAX_PAYLOAD + 4096, CMD_FLAG_PAYLOAD_LEN, b"\xab" * (MAX_PAYLOAD + 4096))
+    except Closed:
+        pass  # the server hung up while the payload was still being sent
+    assert c.read_until_closed(5) == b"", "a reply to an oversized extended write instead of a disconnect"
+    assert env.file(0, 64 * KiB) == before
+    env.assert_serving()
     env.finish()
 
 
@@ -963,7 +984,14 @@ def test_stall_mid_request_header(env):
 
 def test_close_mid_payload_frees_the_connection(hostile):
     env = hostile(",max-connections=2")   # the bystander holds the other slot
-    c = env.go()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            c = env.go()   # start_blockd's readiness probe may hold the slot for a moment after it closed
+            break
+        except (Closed, AssertionError):
+            assert time.monotonic() < deadline, "the second slot never became free"
+            time.sleep(0.05)
     c.send_request(CMD_WRITE, 2 * MiB, 1 * MiB, 0, os.urandom(100 * KiB))
     c.close()
     env.bystander.progress()

@@ -202,6 +202,33 @@ def test_transmission_flags(disk, export, structured):
     h.shutdown()
 
 
+@pytest.mark.parametrize("rotational", [True, False], ids=["rotational", "non-rotational"])
+def test_rotational_comes_from_the_device_queue(start_blockd, tmp_path, rotational):
+    """NBD_FLAG_ROTATIONAL of a host_device export says what the device's queue/rotational says: a
+    loop device set to 1, then to 0 (root only; a regular file is never rotational, see above)."""
+    import subprocess
+    backing = tmp_path / "loop.img"
+    with open(backing, "wb") as f:
+        f.truncate(8 << 20)
+    attach = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True)
+    if attach.returncode != 0:
+        skip_or_fail(f"cannot attach a loop device (needs root and /dev/loop*): {attach.stderr.strip()}")
+    device = attach.stdout.strip()
+    try:
+        Path(f"/sys/block/{Path(device).name}/queue/rotational").write_text("1" if rotational else "0")
+        daemon = start_blockd(args=[
+            "--blockdev", f"driver=host_device,node-name=dev0,filename={device}",
+            "--blockdev", "driver=raw,node-name=disk0,file=dev0",
+            "--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on"])
+        h = nbd.NBD()
+        h.connect_uri(daemon.uri())
+        assert h.is_rotational() == rotational
+        h.shutdown()
+        assert daemon.stop() == 0
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+
+
 # --- Reads and writes ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("structured", [True, False])

@@ -1,7 +1,8 @@
 """Live policies on qcow2 nodes: a write threshold set on the qcow2 node is measured on host offsets
 of its image file, blkdebug under qcow2 sees qcow2's metadata events, and an allocation that would
-overwrite metadata emits BLOCK_IMAGE_CORRUPTED."""
+overwrite metadata emits BLOCK_IMAGE_CORRUPTED, and cache-clean-interval drops cached tables."""
 import subprocess
+import time
 
 import pytest
 
@@ -17,9 +18,10 @@ def connect(uri: str):
     return h
 
 
-def qcow2_daemon(launcher, tmp_path, *, blkdebug: bool = False, cluster: int = 65536, size: str = "1G", image=None):
+def qcow2_daemon(launcher, tmp_path, *, blkdebug: bool = False, cluster: int = 65536, size: str = "1G", image=None,
+                 qcow2_options: str = ""):
     """blockd exporting a writable qcow2 node "disk0" (over blkdebug "dbg0" when asked) of `image`,
-    or of a new empty image; (qmp, nbd handle, image)."""
+    or of a new empty image, with `qcow2_options` (",key=value...") on the qcow2 node; (qmp, nbd handle, image)."""
     require("qemu-img")
     if image is None:
         image = tmp_path / "img.qcow2"
@@ -28,9 +30,9 @@ def qcow2_daemon(launcher, tmp_path, *, blkdebug: bool = False, cluster: int = 6
     args = ["--blockdev", f"driver=file,node-name=f0,filename={image}"]
     if blkdebug:
         args += ["--blockdev", "driver=blkdebug,node-name=dbg0,image=f0",
-                 "--blockdev", "driver=qcow2,node-name=disk0,file=dbg0"]
+                 "--blockdev", f"driver=qcow2,node-name=disk0,file=dbg0{qcow2_options}"]
     else:
-        args += ["--blockdev", "driver=qcow2,node-name=disk0,file=f0"]
+        args += ["--blockdev", f"driver=qcow2,node-name=disk0,file=f0{qcow2_options}"]
     daemon = launcher.blockd(*args, "--nbd-server", f"addr.type=unix,addr.path={sock}",
                              "--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on")
     return daemon.qmp(), connect(f"nbd+unix:///disk0?socket={sock}"), image
@@ -101,4 +103,29 @@ def test_overlapping_allocation_emits_block_image_corrupted(launcher, tmp_path):
     assert event["node-name"] == "disk0" and event["fatal"] is True
     assert event["offset"] == l2 and event["size"] == 4096
     assert event["device"] == ""
+    h.shutdown()
+
+
+@pytest.mark.parametrize("interval", [1, 0])
+def test_cache_clean_interval_drops_the_cached_l2_tables(launcher, tmp_path, interval):
+    """With cache-clean-interval=1 the clean L2 table is dropped within two seconds, so the next read
+    loads it again: blkdebug's l2_load event fires and the error injected on it fails the read. With 0
+    (never) the table stays cached and the read succeeds. (The rule is not `once`: a read may look up
+    its cluster twice, first for the mapped path, which falls back quietly when that fails.)"""
+    q, h, _ = qcow2_daemon(launcher, tmp_path, blkdebug=True, size="16M",
+                           qcow2_options=f",cache-clean-interval={interval}")
+    h.pwrite(b"L" * 4096, 0)
+    h.flush()  # the L2 table is written back: clean, so it may be dropped
+    assert h.pread(4096, 0) == b"L" * 4096
+    assert q.execute("x-blockd-blkdebug-set-rules", {
+        "node-name": "dbg0", "inject-error": [{"event": "l2_load", "errno": 5}]}) == {}
+    time.sleep(2.5)
+    if interval:
+        with pytest.raises(nbd.Error) as failure:
+            h.pread(4096, 0)
+        assert failure.value.errno == "EIO"
+        assert q.execute("x-blockd-blkdebug-set-rules", {"node-name": "dbg0"}) == {}
+        assert h.pread(4096, 0) == b"L" * 4096, "the table loads again once the rule is gone"
+    else:
+        assert h.pread(4096, 0) == b"L" * 4096
     h.shutdown()

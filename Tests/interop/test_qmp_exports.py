@@ -1,5 +1,5 @@
-"""NBD exports managed live over QMP and used by real clients (nbdinfo, libnbd): nbd-server-start in
-both address forms, nbd-server-add/remove (safe refused while a client is connected, hard
+"""NBD exports managed live over QMP (through qemu.qmp) and used by real clients (nbdinfo, libnbd):
+nbd-server-start in both address forms, nbd-server-add/remove (safe refused while a client is connected, hard
 disconnecting it), block-export-add/del, query-block-exports, the BLOCK_EXPORT_DELETED event and
 nbd-server-stop. Data written through an export is checked in the image file."""
 import json
@@ -11,6 +11,7 @@ import pytest
 
 from client_helpers import run
 from conftest import free_port, make_image, require, import_or_skip
+from library_monitor import monitor
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
 nbd = import_or_skip("nbd")
@@ -76,7 +77,7 @@ def exports(q) -> list[dict]:
 
 def test_nbd_server_add_serves_real_clients(daemon, image, tmp_path):
     sock = tmp_path / "nbd.sock"
-    q = daemon.qmp()
+    q = monitor(daemon)
     assert q.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}}) == {}
     assert q.execute("nbd-server-add", device="disk0", name="exp", description="live disk", writable=True) == {}
     # nbd-server-add names the export's id after its name, as QEMU does.
@@ -119,7 +120,7 @@ def test_nbd_server_start_address_forms(daemon, tmp_path, form):
         "2.6 inet": {"type": "inet", "data": {"host": "127.0.0.1", "port": str(port)}},
         "flat inet": {"type": "inet", "host": "127.0.0.1", "port": str(port)},
     }[form]
-    q = daemon.qmp()
+    q = monitor(daemon)
     assert q.execute("nbd-server-start", addr=addr) == {}
     error = q.error("nbd-server-start", addr=addr)
     assert error == {"class": "GenericError", "desc": "NBD server already running"}
@@ -150,7 +151,7 @@ def nbd_greeting(sock, timeout: float = 1.0) -> bytes:
 
 def test_max_connections(daemon, tmp_path):
     sock = tmp_path / "nbd.sock"
-    q = daemon.qmp()
+    q = monitor(daemon)
     q.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}}, **{"max-connections": 1})
     q.execute("nbd-server-add", device="disk0")
     first = connect(unix_uri(sock, "disk0"))
@@ -163,7 +164,7 @@ def test_max_connections(daemon, tmp_path):
 
 def test_nbd_server_remove_safe_and_hard(daemon, tmp_path):
     sock = tmp_path / "nbd.sock"
-    q = daemon.qmp()
+    q = monitor(daemon)
     q.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}})
     q.execute("nbd-server-add", device="disk0", name="busy", writable=True)
     h = connect(unix_uri(sock, "busy"))
@@ -199,7 +200,7 @@ def test_nbd_server_remove_safe_and_hard(daemon, tmp_path):
 
 def test_block_export_add_del(daemon, tmp_path, image):
     sock = tmp_path / "nbd.sock"
-    q = daemon.qmp()
+    q = monitor(daemon)
     # Like nbd-server-add, block-export-add needs a running server (QEMU: "NBD server not running").
     error = q.error("block-export-add", type="nbd", id="early", **{"node-name": "disk0"})
     assert error == {"class": "GenericError", "desc": "NBD server not running"}
@@ -247,15 +248,15 @@ def test_block_export_add_del(daemon, tmp_path, image):
 
 def test_nbd_server_stop_removes_every_export(daemon, tmp_path):
     sock = tmp_path / "nbd.sock"
-    q = daemon.qmp()
-    watcher = daemon.qmp()
+    q = monitor(daemon)
+    watcher = monitor(daemon)
     q.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(sock)}})
     q.execute("nbd-server-add", device="disk0", name="a")
     q.execute("block-export-add", type="nbd", id="b", **{"node-name": "f0"})
     h = connect(unix_uri(sock, "a"))
     assert q.execute("nbd-server-stop") == {}
-    for monitor in (q, watcher):
-        deleted = {monitor.event("BLOCK_EXPORT_DELETED")["data"]["id"] for _ in range(2)}
+    for each in (q, watcher):
+        deleted = {each.event("BLOCK_EXPORT_DELETED")["data"]["id"] for _ in range(2)}
         assert deleted == {"a", "b"}
     assert exports(q) == []
     assert_disconnected(h)

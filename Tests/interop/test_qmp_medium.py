@@ -10,6 +10,7 @@ import pytest
 
 from client_helpers import output, run
 from conftest import make_image, require, import_or_skip
+from library_monitor import monitor
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
 nbd = import_or_skip("nbd")
@@ -25,7 +26,7 @@ class Env:
         self.b = make_image(tmp_path / "b.img", 2 * MiB, b"random")
         self.sock = tmp_path / "nbd.sock"
         self.daemon = launcher.blockd("--nbd-server", f"addr.type=unix,addr.path={self.sock}")
-        self.q = self.daemon.qmp()
+        self.q = monitor(self.daemon)
         self.q.execute("blockdev-add", options={"driver": "raw", "id": "cd0", "node-name": "a",
                                                "file": {"driver": "file", "filename": str(self.a)}})
         self.q.execute("nbd-server-add", device="cd0", writable=True)
@@ -52,7 +53,9 @@ class Env:
 
 @pytest.fixture
 def env(launcher, tmp_path):
-    return Env(launcher, tmp_path)
+    environment = Env(launcher, tmp_path)
+    yield environment
+    environment.q.close()
 
 
 def eio(call, *args):
@@ -247,10 +250,10 @@ def test_export_of_a_plain_node_has_a_device_of_its_own(launcher, tmp_path):
     image = make_image(tmp_path / "disk.img", 1 * MiB, b"random")
     other = make_image(tmp_path / "other.img", 1 * MiB, b"random")
     sock = tmp_path / "nbd.sock"
-    q = launcher.blockd("--blockdev", f"driver=file,node-name=f0,filename={image}",
-                        "--blockdev", "driver=raw,node-name=disk0,file=f0",
-                        "--nbd-server", f"addr.type=unix,addr.path={sock}",
-                        "--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on").qmp()
+    q = monitor(launcher.blockd("--blockdev", f"driver=file,node-name=f0,filename={image}",
+                                "--blockdev", "driver=raw,node-name=disk0,file=f0",
+                                "--nbd-server", f"addr.type=unix,addr.path={sock}",
+                                "--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on"))
     info = [d for d in q.execute("query-block") if d["device"] == "e0"][0]
     assert info["removable"] is True and info["tray_open"] is False and info["inserted"]["node-name"] == "disk0"
     h = nbd.NBD()
@@ -263,6 +266,7 @@ def test_export_of_a_plain_node_has_a_device_of_its_own(launcher, tmp_path):
     # The node that was exported is free again: it can be deleted.
     q.execute("blockdev-del", **{"node-name": "disk0"})
     h.shutdown()
+    q.close()
 
 
 def test_hot_swap_with_qemu_io_and_nbdcopy(env):
@@ -294,7 +298,7 @@ def test_swapping_back_and_forth_under_load(launcher, tmp_path, aio):
     b = make_image(tmp_path / "b.img", size, b"random")
     images = {str(a): a.read_bytes(), str(b): b.read_bytes()}
     sock = tmp_path / "nbd.sock"
-    q = launcher.blockd("--nbd-server", f"addr.type=unix,addr.path={sock}").qmp()
+    q = monitor(launcher.blockd("--nbd-server", f"addr.type=unix,addr.path={sock}"))
     q.execute("blockdev-add", options={"driver": "raw", "id": "cd0", "node-name": "a",
                                        "file": {"driver": "file", "filename": str(a), "aio": aio}})
     q.execute("nbd-server-add", device="cd0", writable=True)
@@ -333,3 +337,4 @@ def test_swapping_back_and_forth_under_load(launcher, tmp_path, aio):
     assert not problems, problems
     assert min(counts) >= 30, counts
     assert [d for d in q.execute("query-block") if d["device"] == "cd0"][0]["inserted"]["file"] == str(a)
+    q.close()

@@ -1,4 +1,4 @@
-"""Block nodes and devices over QMP: blockdev-add in its QEMU 2.6 form ({"options": {...}}, where
+"""Block nodes and devices over QMP (through qemu.qmp): blockdev-add in its QEMU 2.6 form ({"options": {...}}, where
 an "id" creates a device) and in the flat form, with children defined inline or named; blockdev-del
 and x-blockdev-del with their in-use checks; and what query-named-block-nodes and query-block say
 about the nodes, compared with the files themselves. Every answer is also checked against the
@@ -8,6 +8,7 @@ import os
 import pytest
 
 from conftest import make_image
+from library_monitor import monitor
 from qmp_client import KiB, MiB, Schema, launcher  # noqa: F401
 
 SIZE = 4 * MiB
@@ -51,7 +52,7 @@ def check_plain_node(node: dict, *, drv: str, filename: str, size: int, ro: bool
 
 
 def test_2_6_form_with_an_id_creates_a_device_over_an_inline_child(launcher, image):
-    q = launcher.blockd().qmp()
+    q = monitor(launcher.blockd())
     assert q.execute("blockdev-add", options={
         "driver": "raw", "id": "dev0", "node-name": "r0",
         "file": {"driver": "file", "node-name": "f0", "filename": str(image)}}) == {}
@@ -86,7 +87,7 @@ def test_2_6_form_with_an_id_creates_a_device_over_an_inline_child(launcher, ima
 
 def test_flat_form_with_references_inline_children_and_options(launcher, image, tmp_path):
     other = make_image(tmp_path / "direct.img", 1 * MiB)
-    q = launcher.blockd().qmp()
+    q = monitor(launcher.blockd())
     q.execute("blockdev-add", {"driver": "file", "node-name": "f1", "filename": str(image), "read-only": True})
     q.execute("blockdev-add", {"driver": "raw", "node-name": "r1", "file": "f1", "read-only": True})
     q.execute("blockdev-add", {"driver": "raw", "node-name": "r2", "file": {"driver": "null-co", "size": 65536}})
@@ -117,7 +118,7 @@ def test_flat_form_with_references_inline_children_and_options(launcher, image, 
 def test_a_root_node_without_node_name_or_id_is_refused(launcher, image, form):
     """QEMU: "'node-name' must be specified for the root node"; blockd's reference says the same
     ("without "id", "node-name" is required")."""
-    q = launcher.blockd().qmp()
+    q = monitor(launcher.blockd())
     options = {"driver": "file", "filename": str(image)}
     error = q.error("blockdev-add", options if form == "flat" else {"options": options})
     assert error["class"] == "GenericError" and "node-name" in error["desc"], error
@@ -126,7 +127,7 @@ def test_a_root_node_without_node_name_or_id_is_refused(launcher, image, form):
 
 
 def test_failed_blockdev_add_leaves_nothing_behind(launcher, image, tmp_path):
-    q = launcher.blockd().qmp()
+    q = monitor(launcher.blockd())
     missing = tmp_path / "missing.img"
     error = q.error("blockdev-add", {"driver": "raw", "node-name": "r9",
                                      "file": {"driver": "file", "node-name": "f9", "filename": str(missing)}})
@@ -158,7 +159,7 @@ def test_exported_and_used_nodes_cannot_be_deleted(launcher, image, tmp_path):
         "--blockdev", "driver=raw,node-name=disk0,file=f0",
         "--nbd-server", f"addr.type=unix,addr.path={sock}",
         "--export", "type=nbd,id=e0,node-name=disk0,writable=on")
-    q = daemon.qmp()
+    q = monitor(daemon)
     error = q.error("blockdev-del", {"node-name": "disk0"})
     assert error["class"] == "DeviceInUse" and "disk0" in error["desc"] and "e0" in error["desc"], error
     error = q.error("blockdev-del", {"node-name": "f0"})
@@ -180,7 +181,7 @@ def test_exported_and_used_nodes_cannot_be_deleted(launcher, image, tmp_path):
 
 
 def test_x_blockdev_del_of_a_2_6_device(launcher, image, tmp_path):
-    q = launcher.blockd().qmp()
+    q = monitor(launcher.blockd())
     q.execute("blockdev-add", options={"driver": "raw", "id": "dev0", "node-name": "r0",
                                        "file": {"driver": "file", "node-name": "f0", "filename": str(image)}})
     q.execute("nbd-server-start", addr={"type": "unix", "data": {"path": str(tmp_path / "nbd.sock")}})

@@ -10,6 +10,7 @@ import pytest
 
 from client_helpers import qemu_io
 from conftest import make_image, require, import_or_skip, skip_or_fail
+from library_monitor import monitor
 from qmp_client import KiB, MiB, Schema, launcher, stats_of  # noqa: F401
 
 nbd = import_or_skip("nbd")
@@ -51,7 +52,7 @@ def test_qemu_io_workload_is_counted_exactly(launcher, tmp_path):
     require("qemu-io")
     image = make_image(tmp_path / "disk.img", SIZE)
     sock = tmp_path / "nbd.sock"
-    q = exported_file(launcher, image, sock).qmp()
+    q = monitor(exported_file(launcher, image, sock))
     before = stats_of(blockstats(q), "device", "e0")
     assert before["node-name"] == "disk0"
     assert "idle_time_ns" not in before["stats"]  # no request yet
@@ -92,7 +93,7 @@ def test_blockstats_report_the_file_child_as_parent(launcher, tmp_path):
     require("qemu-io")
     image = make_image(tmp_path / "disk.img", SIZE)
     sock = tmp_path / "nbd.sock"
-    q = exported_file(launcher, image, sock).qmp()
+    q = monitor(exported_file(launcher, image, sock))
     qemu_io(f"nbd+unix:///disk0?socket={sock}", "write 1M 64k")
     device = stats_of(blockstats(q), "device", "e0")
     assert "parent" in device, f"no parent in {device}"
@@ -120,7 +121,7 @@ def check_interval(timed: dict, length: int) -> None:
 def test_libnbd_workload_invalid_requests_and_timed_stats(launcher, tmp_path):
     image = make_image(tmp_path / "disk.img", SIZE)
     sock = tmp_path / "nbd.sock"
-    q = launcher.blockd().qmp()
+    q = monitor(launcher.blockd())
     # The 1-second interval's window opens when the device is created: a workload that ends
     # within that second is all in the figures reported. The 60-second interval is the check for
     # a machine too slow for that.
@@ -179,7 +180,7 @@ def test_libnbd_workload_invalid_requests_and_timed_stats(launcher, tmp_path):
 
 def test_stats_account_invalid_decides_whether_invalid_requests_end_idleness(launcher, tmp_path):
     sock = tmp_path / "nbd.sock"
-    q = launcher.blockd().qmp()
+    q = monitor(launcher.blockd())
     device_26(q, "counted", "n1", make_image(tmp_path / "a.img", SIZE), sock)
     device_26(q, "ignored", "n2", make_image(tmp_path / "b.img", SIZE), sock,
               **{"stats-account-invalid": False, "stats-account-failed": False})
@@ -227,7 +228,7 @@ def test_failed_writes_on_a_full_filesystem(launcher, tmp_path, small_tmpfs):
     sock = tmp_path / "nbd.sock"
     daemon = launcher.blockd()
     try:
-        q = daemon.qmp()
+        q = monitor(daemon)
         device_26(q, "dev0", "r0", image, sock)
         h = connect(sock, "dev0")
         chunk = 256 * KiB

@@ -2,19 +2,24 @@
 
 The kernel device itself cannot be attached here: containers and CI runners have no nbd module
 (no /dev/nbd0, no netlink family). So everything up to the nbd-client call is tested, with stand-ins
-for nbd-client, modprobe and (where the test says so) nbdinfo placed alone on PATH: each records its
-argv in a file and exits with the status the test chooses. One test hands the script's command to
-the real nbd-client, which negotiates with blockd before it fails for want of the module."""
+for nbd-client and modprobe only, placed on PATH: each records its argv in a file and exits with the
+status the test chooses. The script asks the real nbdinfo whether the export advertises multi-conn,
+of real servers: blockd (it does) and nbdkit with its multi-conn filter set to disable (it does
+not). One test hands the script's command to the real nbd-client, which negotiates with blockd
+before it fails for want of the module."""
 import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, require
+from client_helpers import free_port6, ipv6_loopback_available, wait_connectable
+from conftest import ROOT, free_port, require, skip_or_fail
 from systemd_helpers import clean_env
 
 ATTACH = ROOT / "scripts" / "blockd-attach"
@@ -30,25 +35,26 @@ sys.exit(int(os.environ.get("STANDIN_RC_" + name.upper().replace("-", "_"), "0")
 
 
 class Tools:
-    """A PATH of one directory: bash and cat (what the script needs), stand-ins, maybe nbdinfo."""
+    """A PATH of one directory: bash and cat (what the script needs), the real nbdinfo (unless
+    nbdinfo="absent"), and stand-ins for nbd-client and modprobe (unless `real` names them)."""
 
-    def __init__(self, tmp_path: Path, nbdinfo: str = "standin", real: tuple[str, ...] = ()):
+    def __init__(self, tmp_path: Path, nbdinfo: str = "real", real: tuple[str, ...] = ()):
         self.bin = tmp_path / "bin"
         self.bin.mkdir()
         self.log = tmp_path / "standin.log"
         self.log.touch()
+        if nbdinfo == "real":
+            require("nbdinfo")
+            real = (*real, "nbdinfo")
         for tool in ("bash", "cat", *real):
             os.symlink(shutil.which(tool), self.bin / tool)
-        standins = ["nbd-client", "modprobe"] + (["nbdinfo"] if nbdinfo == "standin" else [])
-        for tool in standins:
+        for tool in ("nbd-client", "modprobe"):
             if tool not in real:
                 (self.bin / tool).write_text(STANDIN)
                 (self.bin / tool).chmod(0o755)
-        if nbdinfo == "real" and "nbdinfo" not in real:
-            os.symlink(shutil.which("nbdinfo"), self.bin / "nbdinfo")
 
     def run(self, *args, **rcs) -> subprocess.CompletedProcess:
-        """Runs blockd-attach; rcs sets the stand-ins' exit statuses (nbdinfo=1, nbd_client=1, modprobe=1)."""
+        """Runs blockd-attach; rcs sets the stand-ins' exit statuses (nbd_client=1, modprobe=1)."""
         env = clean_env(PATH=str(self.bin), STANDIN_LOG=str(self.log))
         for name, rc in rcs.items():
             env["STANDIN_RC_" + name.upper()] = str(rc)
@@ -62,6 +68,72 @@ class Tools:
 @pytest.fixture
 def tools(tmp_path):
     return Tools(tmp_path)
+
+
+class Server:
+    """A real NBD server serving 'disk0' and 'vm1' on a unix socket, 127.0.0.1 and ::1 (when it can be
+    bound): blockd, which advertises multi-conn, or nbdkit with the multi-conn filter set to disable,
+    which does not. `connected(name)` tells whether a client opened that export."""
+
+    def __init__(self, kind: str, tmp_path: Path, start_blockd):
+        self.kind = kind
+        self.sock = tmp_path / f"{kind}.sock"
+        self.port = free_port()
+        self.port6 = None if ipv6_loopback_available() else free_port6()
+        self.connections = "4" if kind == "blockd" else "1"
+        self.processes: list[subprocess.Popen] = []
+        if kind == "blockd":
+            extra = [] if self.port6 is None else [
+                "--nbd-server", f"addr.type=inet,addr.host=::1,addr.port={self.port6}"]
+            self.blockd = start_blockd(args=[
+                "--blockdev", "driver=null-co,node-name=n0,size=1M",
+                "--export", "type=nbd,id=e0,node-name=n0,name=disk0",
+                "--export", "type=nbd,id=e1,node-name=n0,name=vm1",
+                "--nbd-server", f"addr.type=inet,addr.host=127.0.0.1,addr.port={self.port}", *extra])
+            self.sock = self.blockd.sock  # start_blockd's own unix listener
+            return
+        require("nbdkit")
+        self.logs = []
+        listeners = [["-U", str(self.sock)], ["-i", "127.0.0.1", "-p", str(self.port)]]
+        if self.port6 is not None:
+            listeners.append(["-i", "::1", "-p", str(self.port6)])
+        for index, listener in enumerate(listeners):
+            log = tmp_path / f"nbdkit-{index}.log"
+            self.logs.append(log)
+            self.processes.append(subprocess.Popen(
+                ["nbdkit", "-f", *listener, "--filter=log", "--filter=multi-conn", "memory", "1M",
+                 f"logfile={log}", "multi-conn-mode=disable"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_connectable(socket.AF_UNIX, str(self.sock))
+        wait_connectable(socket.AF_INET, ("127.0.0.1", self.port))
+        if self.port6 is not None:
+            wait_connectable(socket.AF_INET6, ("::1", self.port6))
+
+    def fill(self, text: str) -> str:
+        return text.replace("{sock}", str(self.sock)).replace("{port}", str(self.port)).replace(
+            "{port6}", str(self.port6)).replace("{C}", self.connections)
+
+    def connected(self, name: str) -> bool:
+        deadline = time.monotonic() + 5
+        while True:  # nbdkit's log filter writes when the connection ends
+            if self.kind == "blockd":
+                found = f"connected to export '{name}'" in self.blockd.log_text()
+            else:
+                found = any(f"Connect export={name} " in log.read_text() for log in self.logs if log.exists())
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        for process in self.processes:  # ours, by PID
+            process.terminate()
+            process.wait(10)
+
+
+@pytest.fixture(params=["blockd", "nbdkit"], ids=["blockd-multi-conn", "nbdkit-no-multi-conn"])
+def server(request, tmp_path, start_blockd):
+    started = Server(request.param, tmp_path, start_blockd)
+    yield started
+    started.stop()
 
 
 @pytest.mark.parametrize("script", ["blockd-attach", "install"])
@@ -130,23 +202,20 @@ def test_argument_errors(tools, case):
     assert tools.calls("nbd-client") == [] and tools.calls("modprobe") == []
 
 
-# Each: (arguments, the nbd-client argv, the URI nbdinfo is asked about or None when -c is given).
+# Each: (arguments, the nbd-client argv, the export nbdinfo asks the test's server about, or None
+# when -c is given or the address is not the test's). {sock}, {port}, {port6}: the server's;
+# {C}: the connections that server's answer gives.
 DRY_RUNS = {
-    "unix-default": (["disk0", "/dev/nbd0"],
-                     ["-N", "disk0", "-u", "/run/blockd/nbd.sock", "/dev/nbd0", "-b", "4096", "-C", "{C}"],
-                     "nbd+unix:///disk0?socket=/run/blockd/nbd.sock"),
-    "unix-socket": (["-s", "/run/blockd/vm1.sock", "-b", "512", "vm1", "/dev/nbd3"],
-                    ["-N", "vm1", "-u", "/run/blockd/vm1.sock", "/dev/nbd3", "-b", "512", "-C", "{C}"],
-                    "nbd+unix:///vm1?socket=/run/blockd/vm1.sock"),
-    "tcp-ipv4": (["-H", "127.0.0.1", "-p", "10900", "disk0", "/dev/nbd1"],
-                 ["-N", "disk0", "127.0.0.1", "10900", "/dev/nbd1", "-b", "4096", "-C", "{C}"],
-                 "nbd://127.0.0.1:10900/disk0"),
-    "tcp-default-port": (["--host", "nbd.example", "disk0", "/dev/nbd1"],
-                         ["-N", "disk0", "nbd.example", "10809", "/dev/nbd1", "-b", "4096", "-C", "{C}"],
-                         "nbd://nbd.example:10809/disk0"),
-    "tcp-ipv6": (["-H", "::1", "-p", "10809", "--read-only", "disk0", "/dev/nbd2"],
-                 ["-N", "disk0", "::1", "10809", "/dev/nbd2", "-b", "4096", "-C", "{C}", "-R"],
-                 "nbd://[::1]:10809/disk0"),
+    "unix-default": (["-c", "3", "disk0", "/dev/nbd0"],
+                     ["-N", "disk0", "-u", "/run/blockd/nbd.sock", "/dev/nbd0", "-b", "4096", "-C", "3"], None),
+    "unix-socket": (["-s", "{sock}", "-b", "512", "vm1", "/dev/nbd3"],
+                    ["-N", "vm1", "-u", "{sock}", "/dev/nbd3", "-b", "512", "-C", "{C}"], "vm1"),
+    "tcp-ipv4": (["-H", "127.0.0.1", "-p", "{port}", "disk0", "/dev/nbd1"],
+                 ["-N", "disk0", "127.0.0.1", "{port}", "/dev/nbd1", "-b", "4096", "-C", "{C}"], "disk0"),
+    "tcp-default-port": (["--host", "nbd.example", "-c", "2", "disk0", "/dev/nbd1"],
+                         ["-N", "disk0", "nbd.example", "10809", "/dev/nbd1", "-b", "4096", "-C", "2"], None),
+    "tcp-ipv6": (["-H", "::1", "-p", "{port6}", "--read-only", "disk0", "/dev/nbd2"],
+                 ["-N", "disk0", "::1", "{port6}", "/dev/nbd2", "-b", "4096", "-C", "{C}", "-R"], "disk0"),
     "explicit-connections": (["-c", "8", "-r", "--block-size", "2048", "disk0", "/dev/nbd10"],
                              ["-N", "disk0", "-u", "/run/blockd/nbd.sock", "/dev/nbd10", "-b", "2048", "-C", "8", "-R"],
                              None),
@@ -155,18 +224,30 @@ DRY_RUNS = {
     "double-dash": (["-c", "1", "--", "-odd-name", "/dev/nbd0"],
                     ["-N", "-odd-name", "-u", "/run/blockd/nbd.sock", "/dev/nbd0", "-b", "4096", "-C", "1"], None),
 }
+ASKING = [case for case, (_, _, name) in DRY_RUNS.items() if name]
 
 
-@pytest.mark.parametrize("multi_conn", [True, False], ids=["multi-conn", "no-multi-conn"])
-@pytest.mark.parametrize("case", list(DRY_RUNS))
-def test_dry_run_prints_the_command(tools, case, multi_conn):
-    args, expected, uri = DRY_RUNS[case]
-    proc = tools.run("--dry-run", *args, nbdinfo=0 if multi_conn else 1)
+@pytest.mark.parametrize("case", ASKING)
+def test_dry_run_asks_the_server_for_multi_conn(tools, server, case):
+    """The real nbdinfo asks the real server: -C 4 from blockd, -C 1 from nbdkit without multi-conn;
+    the server saw a client of the export (so the URI the script built reached it)."""
+    args, expected, name = DRY_RUNS[case]
+    if "{port6}" in args and server.port6 is None:
+        skip_or_fail(f"IPv6 loopback: {ipv6_loopback_available()}")
+    proc = tools.run("--dry-run", *[server.fill(a) for a in args])
     assert proc.returncode == 0, proc.stderr
-    connections = "4" if multi_conn else "1"
-    assert shlex.split(proc.stdout) == ["nbd-client", *[a.replace("{C}", connections) for a in expected]], proc.stdout
+    assert shlex.split(proc.stdout) == ["nbd-client", *[server.fill(a) for a in expected]], proc.stdout
     assert tools.calls("nbd-client") == [] and tools.calls("modprobe") == []
-    assert tools.calls("nbdinfo") == ([["--can", "multi-conn", uri]] if uri else [])
+    assert server.connected(name), f"nbdinfo never reached export {name!r} of {server.kind}"
+
+
+@pytest.mark.parametrize("case", [case for case in DRY_RUNS if case not in ASKING])
+def test_dry_run_prints_the_command(tools, case):
+    args, expected, _ = DRY_RUNS[case]
+    proc = tools.run("--dry-run", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert shlex.split(proc.stdout) == ["nbd-client", *expected], proc.stdout
+    assert tools.calls("nbd-client") == [] and tools.calls("modprobe") == []
 
 
 def test_dry_run_detach(tools):
@@ -232,14 +313,21 @@ def test_attach_unreachable_server_uses_one_connection(tmp_path):
     assert tools.calls("nbd-client")[0][-2:] == ["-C", "1"]
 
 
-@pytest.mark.parametrize("nbdinfo", ["absent", "says-no", "says-yes"])
-def test_attach_connections_from_nbdinfo(tmp_path, nbdinfo):
-    tools = Tools(tmp_path, nbdinfo="absent" if nbdinfo == "absent" else "standin")
-    proc = tools.run("disk0", "/dev/nbd0", nbdinfo=0 if nbdinfo == "says-yes" else 1)
+def test_attach_without_nbdinfo_uses_one_connection(tmp_path):
+    tools = Tools(tmp_path, nbdinfo="absent")
+    proc = tools.run("disk0", "/dev/nbd0")
     assert proc.returncode == 0, proc.stderr
-    expected = "4" if nbdinfo == "says-yes" else "1"
     assert tools.calls("nbd-client") == [
-        ["-N", "disk0", "-u", "/run/blockd/nbd.sock", "/dev/nbd0", "-b", "4096", "-C", expected]]
+        ["-N", "disk0", "-u", "/run/blockd/nbd.sock", "/dev/nbd0", "-b", "4096", "-C", "1"]]
+    _expect_modprobe(tools)
+
+
+def test_attach_connections_from_the_servers_answer(tools, server):
+    """The real invocation (stand-in nbd-client): 4 connections when the server advertises multi-conn."""
+    proc = tools.run("-s", server.sock, "vm1", "/dev/nbd0")
+    assert proc.returncode == 0, proc.stderr
+    assert tools.calls("nbd-client") == [
+        ["-N", "vm1", "-u", str(server.sock), "/dev/nbd0", "-b", "4096", "-C", server.connections]]
     _expect_modprobe(tools)
 
 

@@ -111,7 +111,10 @@ extension Daemon {
 
     /// Removes an export and announces it.
     func removeExport(_ id: String) {
-        guard server.removeExport(id: id) != nil else { return }
+        guard let export = server.removeExport(id: id) else { return }
+        // The export's own device (no id) is now out of reach of `cont` and of the shutdown's release:
+        // let the requests its clients already sent run, so that they are answered before the close.
+        if export.backend.id == nil { export.backend.resume([.stopped, .ioError]) }
         monitor?.emit(BlockExportDeletedEvent(id: id))
     }
 
