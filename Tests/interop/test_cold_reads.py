@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import nbd
@@ -87,7 +88,12 @@ def test_a_cold_sequential_stream_reads_ahead_and_serves_the_right_bytes(start_b
     served = 8 << 20
     for offset in range(0, served, 1 << 20):
         assert h.pread(1 << 20, offset) == data[offset:offset + (1 << 20)]
+    # The window ahead is asked for asynchronously: give a loaded machine a moment to start reading it.
+    deadline = time.monotonic() + 3
     resident = resident_bytes(path)
+    while resident <= served and time.monotonic() < deadline:
+        time.sleep(0.1)
+        resident = resident_bytes(path)
     assert served < resident < len(data), f"{resident} bytes cached after {served} served sequentially"
     h.shutdown()
 
