@@ -101,12 +101,19 @@ extension Daemon {
         Log.info("export '\(spec.name)' of \(backend.id.map { "device '\($0)'" } ?? "node '\(spec.nodeName)'") added")
     }
 
-    /// Removes an export: in safe mode only when no client uses it; in hard mode its clients are disconnected.
+    /// Removes an export: in safe mode only when no client uses it (checked atomically with clients
+    /// attaching); in hard mode its clients are disconnected.
     func removeExport(_ id: String, hard: Bool = true) throws(QAPIError) {
-        if !hard && server.clientCount(exportID: id) > 0 {
-            throw .generic("export '\(id)' still in use (use mode 'hard' to disconnect its clients)")
+        guard !hard else { return removeExport(id) }
+        switch server.removeExportIfUnused(id: id) {
+        case .removed:
+            monitor?.emit(BlockExportDeletedEvent(id: id))
+        case .inUse:
+            // QEMU's message; its hint (use mode 'hard') is for the human monitor only.
+            throw .generic("export '\(id)' still in use")
+        case .notFound:
+            throw .generic("Export '\(id)' is not found")
         }
-        removeExport(id)
     }
 
     /// Removes an export and announces it.
