@@ -248,8 +248,15 @@ public struct DaemonConfiguration: Sendable {
         _ = try reader.bool("writethrough")
         _ = try reader.string("iothread")
         _ = try reader.bool("fixed-iothread")
-        if case .array(let bitmaps)? = reader.value("bitmaps"), !bitmaps.isEmpty {
+        switch reader.value("bitmaps") {
+        case .array(let bitmaps)? where !bitmaps.isEmpty:
             throw OptionError("\(context): dirty bitmap exports are not supported yet")
+        case nil, .array?:
+            break
+        case .some where syntax == .qmp:
+            throw OptionError("Invalid parameter type for 'bitmaps', expected: array")
+        case .some:
+            throw OptionError("\(context): 'bitmaps' must be a list of bitmap names")
         }
         let allocationDepth = try reader.bool("allocation-depth") ?? false
         try reader.finish()

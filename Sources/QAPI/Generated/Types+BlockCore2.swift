@@ -3,6 +3,88 @@
 
 import JSON
 
+// MARK: - DriveBackup
+
+/// Arguments of a backup into a file the command opens (or creates).
+public struct DriveBackup: QAPIValue, Equatable {
+    /// The identifier of the new job; the device name when absent
+    public var jobId: String?
+    /// The device to back up
+    public var device: String
+    /// The destination file; created unless it exists or is a device
+    public var target: String
+    /// The destination format; probed in mode "existing", else the source format
+    public var format: String?
+    /// Which data to copy
+    public var sync: MirrorSyncMode
+    /// Whether to create `target`; "absolute-paths" when absent
+    public var mode: NewImageMode?
+    /// A speed limit in bytes per second
+    public var speed: Int64?
+    /// The dirty bitmap to copy from; required with sync "incremental" and refused otherwise
+    public var bitmap: String?
+    /// What to do when reading the source fails; "report" when absent. "stop" and "enospc" need a
+    /// device that tracks its I/O status
+    public var onSourceError: BlockdevOnError?
+    /// What to do when writing the target fails; "report" when absent
+    public var onTargetError: BlockdevOnError?
+
+    /// Creates a value from its members.
+    public init(
+        jobId: String? = nil,
+        device: String,
+        target: String,
+        format: String? = nil,
+        sync: MirrorSyncMode,
+        mode: NewImageMode? = nil,
+        speed: Int64? = nil,
+        bitmap: String? = nil,
+        onSourceError: BlockdevOnError? = nil,
+        onTargetError: BlockdevOnError? = nil
+    ) {
+        self.jobId = jobId
+        self.device = device
+        self.target = target
+        self.format = format
+        self.sync = sync
+        self.mode = mode
+        self.speed = speed
+        self.bitmap = bitmap
+        self.onSourceError = onSourceError
+        self.onTargetError = onTargetError
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.jobId = try object.optional("job-id")
+        self.device = try object.required("device")
+        self.target = try object.required("target")
+        self.format = try object.optional("format")
+        self.sync = try object.required("sync")
+        self.mode = try object.optional("mode")
+        self.speed = try object.optional("speed")
+        self.bitmap = try object.optional("bitmap")
+        self.onSourceError = try object.optional("on-source-error")
+        self.onTargetError = try object.optional("on-target-error")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        if let jobId { object["job-id"] = jobId.json }
+        object["device"] = device.json
+        object["target"] = target.json
+        if let format { object["format"] = format.json }
+        object["sync"] = sync.json
+        if let mode { object["mode"] = mode.json }
+        if let speed { object["speed"] = speed.json }
+        if let bitmap { object["bitmap"] = bitmap.json }
+        if let onSourceError { object["on-source-error"] = onSourceError.json }
+        if let onTargetError { object["on-target-error"] = onTargetError.json }
+        return .object(object)
+    }
+}
+
 // MARK: - BlockdevBackup
 
 /// Arguments of a backup onto a device or node that already exists.
