@@ -260,7 +260,8 @@ public struct DaemonConfiguration: Sendable {
         }
         let allocationDepth = try reader.bool("allocation-depth") ?? false
         try reader.finish()
-        guard name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
+        // QMP checks the length where QEMU does, after the node and the server (Daemon.addExport).
+        guard syntax == .qmp || name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
         return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable,
                           resizable: resizable, allocationDepth: allocationDepth)
     }

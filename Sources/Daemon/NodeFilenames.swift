@@ -86,8 +86,13 @@ extension Daemon {
         if let filename = options["filename"] { dict.put("filename", Daemon.qobject(filename, key: "filename")) }
         for key in Daemon.strongOptions[driver] ?? [] {
             if key.hasSuffix(".") {
+                // QEMU flattens nested options into the node's options, then copies those under the
+                // prefix in that dictionary's order: the same order here.
                 let stem = String(key.dropLast())
-                if let value = options[stem] { Daemon.flatten(value, prefix: stem, into: &dict) }
+                guard let value = options[stem] else { continue }
+                var flat = QDict()
+                Daemon.flatten(Daemon.qobject(value, key: stem), prefix: stem, into: &flat)
+                for flatKey in flat.keys { dict.put(flatKey, flat[flatKey]!) }
             } else if let value = options[key] {
                 dict.put(key, Daemon.qobject(value, key: key))
             }
@@ -107,12 +112,17 @@ extension Daemon {
     }
 
     /// Whether a qcow2 node's backing file is not the one its header names (QEMU's
-    /// `bdrv_backing_overridden`): none where the header names one, or another image.
+    /// `bdrv_backing_overridden`): none where the header names one, or one the options name. A
+    /// backing file given in the options counts as another unless its file name is the header's
+    /// name as written (QEMU compares with the header's text, not the path made absolute).
     func backingOverridden(_ node: BlockNode, depth: Int = 0) -> Bool {
         guard let qcow2 = node.driver as? Qcow2Driver else { return false }
-        let named = fullBackingFilename(node, header: qcow2.header)
-        guard let backing = node.children.first(where: { $0.role == "backing" })?.node else { return named != nil }
-        return named != qemuFilename(backing, depth: depth + 1).filename
+        let header = qcow2.header
+        guard let backing = node.children.first(where: { $0.role == "backing" })?.node else {
+            return fullBackingFilename(node, header: header) != nil
+        }
+        guard definition(of: node)["backing"] != nil else { return false }  // opened from the header
+        return header.backingFile != qemuFilename(backing, depth: depth + 1).filename
     }
 
     /// The backing file name of a qcow2 header made absolute against the image's directory.
@@ -148,15 +158,16 @@ extension Daemon {
         }
     }
 
-    /// Puts a nested option as QEMU's flattened keys ("inject-error.0.event").
-    private static func flatten(_ value: OptionValue, prefix: String, into dict: inout QDict) {
+    /// Puts a nested option as QEMU's flattened keys ("inject-error.0.event"), in the order QEMU's
+    /// `qdict_flatten` visits them.
+    private static func flatten(_ value: QObject, prefix: String, into dict: inout QDict) {
         switch value {
-        case .object(let members):
-            for (key, item) in members { flatten(item, prefix: "\(prefix).\(key)", into: &dict) }
-        case .array(let items):
+        case .dict(let members):
+            for key in members.keys { flatten(members[key]!, prefix: "\(prefix).\(key)", into: &dict) }
+        case .list(let items):
             for (index, item) in items.enumerated() { flatten(item, prefix: "\(prefix).\(index)", into: &dict) }
         default:
-            dict.put(prefix, qobject(value, key: String(prefix.split(separator: ".").last ?? "")))
+            dict.put(prefix, value)
         }
     }
 

@@ -111,7 +111,12 @@ extension Daemon {
             }
             backend = devices.values.first { $0.medium === node } ?? BlockBackend(id: nil, medium: node)
         }
+        if spec.writable, backend.medium?.readOnly == true { throw .generic("Cannot export read-only node as writable") }
         guard !requireServer || !server.addresses.isEmpty else { throw .generic("NBD server not running") }
+        guard spec.name.utf8.count <= 4096 else { throw .generic("export name '\(spec.name)' too long") }
+        if let description = spec.description, description.utf8.count > 4096 {
+            throw .generic("description '\(description)' too long")
+        }
         guard server.exports.export(named: spec.name) == nil else {
             throw .generic("NBD server already has export named '\(spec.name)'")
         }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BlockCore
 import BlockDrivers
 import JSON
@@ -156,15 +159,20 @@ extension Daemon {
     func resize(_ arguments: BlockResizeArguments) throws(QAPIError) {
         let target = try resizeTarget(device: arguments.device, nodeName: arguments.nodeName)
         guard arguments.size >= 0 else { throw .invalidParameterValue("size", expects: "a >0 size") }
-        if target.readOnly { throw .generic("Block node is read-only") }
         if let conflict = permissionConflict(on: target, needing: .resize) { throw conflict }
+        if target.readOnly { throw .generic("Image is read-only") }
         var size = UInt64(arguments.size)
+        if target.driver.driverName == "raw" && definition(of: target)["size"] != nil {
+            throw .generic("Cannot resize fixed-size raw disks")
+        }
         if size % 512 != 0 {
             if target.driver.driverName == "qcow2" { throw .generic("The new size must be a multiple of 512") }
             size = (size + 511) / 512 * 512
         }
         do throws(BlockError) {
             try target.resize(to: size)
+        } catch where error.errno == ENOTSUP {
+            throw .generic("Image format driver does not support resize")
         } catch {
             throw .generic("Cannot resize '\(target.name)': \(error.message)")
         }
