@@ -4,11 +4,10 @@ reference. A case whose answers differ fails unless it is listed in INTENTIONAL 
 purpose; the reason is given, and the case must still differ) or PENDING (a difference someone is
 working on; it must still differ, so that fixing it makes the entry go).
 
-BLOCKD_DIFF_TABLE=path writes the outcome of every case (equal / differs / by design) as a Markdown
-table, which docs/compatibility.md reproduces."""
+BLOCKD_DIFF_TABLE=path writes the outcome of every case (equal / differs / by design) as Markdown
+tables; BLOCKD_DIFF_TABLE=docs/compatibility.md refreshes the tables of that document in place."""
 import json
 import os
-import subprocess
 
 import pytest
 
@@ -111,15 +110,32 @@ def outcomes(tmp_path_factory):
         write_table(path, table)
 
 
+BEGIN, END = "<!-- BEGIN generated case table -->", "<!-- END generated case table -->"
+
+
 def write_table(path: str, table: dict[str, str]) -> None:
+    """Writes the outcome of every case as Markdown; into a file holding the BEGIN/END markers (such
+    as docs/compatibility.md), between them."""
     counts = {kind: sum(1 for v in table.values() if v == kind) for kind in ("equal", "differs", "by design")}
-    lines = [f"{len(table)} cases: {counts['equal']} equal, {counts['by design']} differ by design, "
-             f"{counts['differs']} differ (pending).", "", "| case | outcome | reason |", "|---|---|---|"]
-    for key in sorted(table, key=lambda k: [g.name for g in GROUPS].index(k.split(":")[0])):
-        reason = INTENTIONAL.get(key) or PENDING.get(key) or ""
-        lines.append(f"| `{key}` | {table[key]} | {reason} |")
+    lines = [BEGIN, "", f"{len(table)} cases: {counts['equal']} equal, {counts['by design']} differ by design, "
+             f"{counts['differs']} differ (pending).", ""]
+    for group in GROUPS:
+        keys = [case_id(group, c) for c in group.cases if case_id(group, c) in table]
+        if not keys:
+            continue
+        lines += [f"### {group.name}", "", "| case | outcome | reason |", "|---|---|---|"]
+        for key in keys:
+            reason = (INTENTIONAL.get(key) or PENDING.get(key) or "").replace("|", "\\|")
+            lines.append(f"| `{key.split(':', 1)[1].replace('|', '/')}` | {table[key]} | {reason} |")
+        lines.append("")
+    lines.append(END)
+    text = "\n".join(lines) + "\n"
+    if os.path.exists(path):
+        old = open(path).read()
+        if BEGIN in old and END in old:
+            text = old[:old.index(BEGIN)] + text.rstrip("\n") + old[old.index(END) + len(END):]
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(text)
 
 
 @pytest.mark.parametrize("group,case", CASES, ids=[case_id(g, c) for g, c in CASES])
