@@ -19,6 +19,9 @@ public final class BlockNode: Sendable {
     public let common: CommonNodeOptions
     private let alignmentLock: ReadWriteLock?
     private let highestWrite = Atomic<UInt64>(0)
+    private let discardsSucceeded = Atomic<UInt64>(0)
+    private let discardsFailed = Atomic<UInt64>(0)
+    private let discardedBytes = Atomic<UInt64>(0)
     /// Where the node's events go.
     let events: BlockEventSink
     /// The live policies that are on (`PolicyBits`). Zero keeps every write on the plain path:
@@ -38,6 +41,12 @@ public final class BlockNode: Sendable {
 
     /// The end of the furthest write so far (`wr_highest_offset` of the node).
     public var highestWriteOffset: UInt64 { highestWrite.load(ordering: .relaxed) }
+
+    /// The discards that reached the driver: how many succeeded and failed, and the bytes of those
+    /// that succeeded (QEMU's file driver counters, `discard-nb-ok` and the others).
+    public var discardCounters: (succeeded: UInt64, failed: UInt64, bytes: UInt64) {
+        (discardsSucceeded.load(ordering: .relaxed), discardsFailed.load(ordering: .relaxed), discardedBytes.load(ordering: .relaxed))
+    }
 
     /// Creates a node over an opened driver.
     public init(
@@ -180,7 +189,14 @@ public final class BlockNode: Sendable {
         let start = (offset + align - 1) / align * align
         let end = (offset + count) / align * align
         guard end > start else { return }
-        try driver.discard(at: start, length: end - start)
+        do {
+            try driver.discard(at: start, length: end - start)
+        } catch {
+            discardsFailed.add(1, ordering: .relaxed)
+            throw error
+        }
+        discardsSucceeded.add(1, ordering: .relaxed)
+        discardedBytes.add(end - start, ordering: .relaxed)
     }
 
     /// Makes every completed write durable.

@@ -248,12 +248,20 @@ public struct DaemonConfiguration: Sendable {
         _ = try reader.bool("writethrough")
         _ = try reader.string("iothread")
         _ = try reader.bool("fixed-iothread")
-        if case .array(let bitmaps)? = reader.value("bitmaps"), !bitmaps.isEmpty {
+        switch reader.value("bitmaps") {
+        case .array(let bitmaps)? where !bitmaps.isEmpty:
             throw OptionError("\(context): dirty bitmap exports are not supported yet")
+        case nil, .array?:
+            break
+        case .some where syntax == .qmp:
+            throw OptionError("Invalid parameter type for 'bitmaps', expected: array")
+        case .some:
+            throw OptionError("\(context): 'bitmaps' must be a list of bitmap names")
         }
         let allocationDepth = try reader.bool("allocation-depth") ?? false
         try reader.finish()
-        guard name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
+        // QMP checks the length where QEMU does, after the node and the server (Daemon.addExport).
+        guard syntax == .qmp || name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
         return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable,
                           resizable: resizable, allocationDepth: allocationDepth)
     }

@@ -28,6 +28,8 @@ public final class Daemon: @unchecked Sendable {
     var runStopped = false
     /// Nodes that blockdev-change-medium opened: closed when they are taken out of their device.
     var openedMedia: Set<String> = []
+    /// The definitions top-level nodes were opened with, by node name (see NodeDefinitions.swift).
+    var nodeDefinitions: [String: NodeDefinition] = [:]
     /// The QMP monitor, when `--monitor` asked for one.
     private(set) var monitor: QMPServer?
 
@@ -112,6 +114,7 @@ public final class Daemon: @unchecked Sendable {
         for name in droppedNodes.reversed() {
             do {
                 try graph.remove(name)
+                nodeDefinitions.removeValue(forKey: name)
                 Log.info("node '\(name)' closed")
             } catch {
                 Log.error("reload: \(error.message)")
@@ -187,6 +190,7 @@ public final class Daemon: @unchecked Sendable {
         } catch {
             throw error.at(location)
         }
+        nodeDefinitions[node.name] = NodeDefinition(options: blockdev, ownedByMonitor: true)
         Log.debug("opened node '\(node.name)' (\(node.driver.driverName), \(node.length) bytes)")
     }
 
@@ -195,7 +199,7 @@ public final class Daemon: @unchecked Sendable {
             throw OptionError("--export '\(spec.id)': no node named '\(spec.nodeName)'")
         }
         do throws(QAPIError) {
-            try addExport(spec)
+            try addExport(spec, requireServer: false)
         } catch {
             throw OptionError("--export '\(spec.id)': \(error.description)")
         }

@@ -34,31 +34,43 @@ enum ThrottleOptions {
         return keys
     }()
 
-    /// The limits in `reader` (unknown keys are left for the caller's `finish`), checked.
+    /// The limits in `reader` (unknown keys are left for the caller's `finish`), checked. In QMP
+    /// syntax the values are QEMU's signed integers, and the messages QEMU's alone.
     static func limits(from reader: OptionReader) throws(OptionError) -> ThrottleLimits {
+        func read(_ key: String) throws(OptionError) -> UInt64? {
+            guard reader.syntax == .qmp else { return try reader.unsigned(key) }
+            guard let value = try reader.integer(key) else { return nil }
+            guard value >= 0, UInt64(value) <= ThrottleLimits.maximumValue else {
+                throw OptionError("bps/iops/max values must be within [0, \(ThrottleLimits.maximumValue)]")
+            }
+            return UInt64(value)
+        }
         var limits = ThrottleLimits()
         for kind in ThrottleLimits.Kind.allCases {
             let stem = stem(kind)
             var limit = ThrottleLimits.Limit()
-            limit.average = try reader.unsigned(stem) ?? 0
-            limit.burst = try reader.unsigned("\(stem)-max") ?? 0
-            limit.burstSeconds = try reader.unsigned("\(stem)-max-length") ?? 1
+            limit.average = try read(stem) ?? 0
+            limit.burst = try read("\(stem)-max") ?? 0
+            limit.burstSeconds = try read("\(stem)-max-length") ?? 1
             limits[kind] = limit
         }
-        limits.iopsSize = try reader.unsigned("iops-size") ?? 0
-        if let problem = limits.problem { throw OptionError("\(reader.context): \(problem)") }
+        limits.iopsSize = try read("iops-size") ?? 0
+        if let problem = limits.problem {
+            throw OptionError(reader.syntax == .qmp ? problem : "\(reader.context): \(problem)")
+        }
         return limits
     }
 
-    /// Reads one `--object`: only `throttle-group` objects exist in blockd.
-    static func parseObject(_ value: OptionValue) throws(OptionError) -> ThrottleGroupSpec {
-        let reader = try OptionReader(value, context: "--object")
+    /// Reads one `--object` (or object-add's arguments, in QMP syntax, whose id the caller checks):
+    /// only `throttle-group` objects exist in blockd.
+    static func parseObject(_ value: OptionValue, syntax: OptionSyntax = .commandLine) throws(OptionError) -> ThrottleGroupSpec {
+        let reader = try OptionReader(value, context: "--object", syntax: syntax)
         let type = try reader.requiredString("qom-type")
         guard type == "throttle-group" else {
             throw OptionError("--object: unknown object type '\(type)' (blockd knows throttle-group)")
         }
         let id = try reader.requiredString("id")
-        guard BlockGraph.isValidNodeName(id) else { throw OptionError("--object: invalid id '\(id)'") }
+        guard syntax == .qmp || BlockGraph.isValidNodeName(id) else { throw OptionError("--object: invalid id '\(id)'") }
         // QEMU's flat legacy properties (x-bps-total=...) or the `limits` struct, not both.
         var flat: [String: OptionValue] = [:]
         for key in ThrottleOptions.keys.sorted() {
@@ -70,7 +82,7 @@ enum ThrottleOptions {
             limits = try ThrottleOptions.limits(from: inner)
             try inner.finish()
         } else if !flat.isEmpty {
-            limits = try ThrottleOptions.limits(from: OptionReader(.object(flat), context: reader.context, prefix: "x-"))
+            limits = try ThrottleOptions.limits(from: OptionReader(.object(flat), context: reader.context, prefix: "x-", syntax: syntax))
         } else {
             limits = ThrottleLimits()
         }

@@ -13,7 +13,8 @@ struct Connection {
     let exports: ExportTable
     let handshakeTimeout: Double
     let engineFactory: IOBatchEngineFactory?
-    /// Called when the handshake chose an export; false when the export was removed meanwhile.
+    /// Called when the handshake chose an export, before the reply that ends it is sent; false when
+    /// the export was removed meanwhile.
     let attached: (NBDExport) -> Bool
 
     /// Serves the client until it leaves; the caller closes the descriptor.
@@ -21,10 +22,6 @@ struct Connection {
         let io = SocketIO(fd: fd)
         guard let session = negotiate(io) else {
             Log.debug("\(peer): handshake ended without an export")
-            return
-        }
-        guard attached(session.export) else {
-            Log.info("\(peer): export '\(session.export.name)' was removed during the handshake")
             return
         }
         Log.info("\(peer): connected to export '\(session.export.name)' (\(session.style))")
@@ -65,6 +62,12 @@ struct Connection {
             } else {
                 guard let data = io.receiveBytes(Int(header.length)) else { return nil }
                 actions = machine.receive(option: header.option, data: data)
+            }
+            // The client counts as connected once it reads the final reply, so it is attached to its
+            // export first: a safe-mode removal either sees it or makes the handshake fail.
+            for case .transmit(let session) in actions where !attached(session.export) {
+                Log.info("\(peer): export '\(session.export.name)' was removed during the handshake")
+                return nil
             }
             for action in actions {
                 switch action {

@@ -86,6 +86,29 @@ public final class NBDServer: Sendable {
         return export
     }
 
+    /// What a safe-mode removal did.
+    public enum SafeRemoval: Sendable, Equatable {
+        /// The export is gone.
+        case removed
+        /// A client uses the export; nothing changed.
+        case inUse
+        /// No export has that id.
+        case notFound
+    }
+
+    /// Removes an export only while no client uses it. The check and the removal happen under the
+    /// lock clients attach under, so a client that attaches at the same time is either counted here
+    /// or finds the export gone and fails its handshake.
+    public func removeExportIfUnused(id: String) -> SafeRemoval {
+        let outcome = connections.withLock { live -> SafeRemoval in
+            guard exports.export(id: id) != nil else { return .notFound }
+            guard !live.values.contains(where: { $0 == id }) else { return .inUse }
+            return exports.remove(id: id) == nil ? .notFound : .removed
+        }
+        if outcome == .removed { Log.info("export '\(id)' removed (no client connected)") }
+        return outcome
+    }
+
     /// How many clients use the export with that id.
     public func clientCount(exportID: String) -> Int {
         connections.withLock { state in state.live.values.filter { $0.exportID == exportID }.count }

@@ -18,8 +18,6 @@ final class SchemaCoverageTests: XCTestCase {
         // Dirty bitmaps (issue #12).
         "block-dirty-bitmap-add": "#12 dirty bitmaps", "block-dirty-bitmap-clear": "#12 dirty bitmaps",
         "block-dirty-bitmap-remove": "#12 dirty bitmaps",
-        // Answered with QEMU's later "no longer supported" error (issue #11).
-        "block_passwd": "#11 fidelity",
     ]
 
     func testEverySchemaCommandHasAHandlerOrIsListed() {

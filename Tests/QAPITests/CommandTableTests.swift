@@ -19,11 +19,13 @@ final class CommandTableTests: XCTestCase {
         table.register(QueryBlockstatsCommand.self) { arguments in
             [BlockStats(device: arguments.queryNodes == true ? nil : "drive0",
                         stats: BlockDeviceStats(
-                            rdBytes: 1, wrBytes: 2, rdOperations: 3, wrOperations: 4, flushOperations: 5,
-                            flushTotalTimeNs: 6, wrTotalTimeNs: 7, rdTotalTimeNs: 8, wrHighestOffset: 9,
-                            rdMerged: 0, wrMerged: 0, failedRdOperations: 0, failedWrOperations: 0,
-                            failedFlushOperations: 0, invalidRdOperations: 0, invalidWrOperations: 0,
-                            invalidFlushOperations: 0, accountInvalid: true, accountFailed: true, timedStats: []))]
+                            rdBytes: 1, wrBytes: 2, unmapBytes: 0, rdOperations: 3, wrOperations: 4, flushOperations: 5,
+                            unmapOperations: 0, flushTotalTimeNs: 6, wrTotalTimeNs: 7, rdTotalTimeNs: 8,
+                            unmapTotalTimeNs: 0, wrHighestOffset: 9, rdMerged: 0, wrMerged: 0, unmapMerged: 0,
+                            failedRdOperations: 0, failedWrOperations: 0, failedFlushOperations: 0,
+                            failedUnmapOperations: 0, invalidRdOperations: 0, invalidWrOperations: 0,
+                            invalidFlushOperations: 0, invalidUnmapOperations: 0, accountInvalid: true,
+                            accountFailed: true, timedStats: []))]
         }
         let result = try table.dispatch("query-blockstats", arguments: nil)
         guard case .array(let items) = result else { return XCTFail("not an array: \(result)") }

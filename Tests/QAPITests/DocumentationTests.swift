@@ -21,7 +21,7 @@ final class DocumentationTests: XCTestCase {
         XCTAssertEqual(backup?.acceptsOtherArguments, false)
 
         let stats = QAPIDocumentation.commands["query-blockstats"]
-        XCTAssertEqual(stats?.arguments.map(\.name), ["query-nodes"])
+        XCTAssertEqual(stats?.arguments.map(\.name), ["query-nodes", "x-blockd-exports"])
         XCTAssertEqual(stats?.returns, "[BlockStats]")
         XCTAssertNil(stats?.argumentsType)
 

@@ -15,8 +15,11 @@ final class CommandArgumentsTests: XCTestCase {
     }
 
     func testSchemaChecksBeforeSending() {
+        XCTAssertThrowsError(try CommandArguments.build(command: "query-version", words: ["x=1"])) {
+            XCTAssertEqual("\($0)", "query-version has no argument 'x' (it takes none)")
+        }
         XCTAssertThrowsError(try CommandArguments.build(command: "query-block", words: ["x=1"])) {
-            XCTAssertEqual("\($0)", "query-block has no argument 'x' (it takes none)")
+            XCTAssertEqual("\($0)", "query-block has no argument 'x' (it takes: x-blockd-exports)")
         }
         XCTAssertThrowsError(try CommandArguments.build(command: "nbd-server-remove", words: [])) {
             XCTAssertTrue("\($0)".hasPrefix("nbd-server-remove needs argument 'name' (str)"))

@@ -137,12 +137,18 @@ class QMP:
 
 
 def wait_for_socket(path: Path, proc: subprocess.Popen | None = None, timeout: float = 15) -> None:
+    """Waits until the unix socket accepts connections (it exists between bind and listen too)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode}")
         if path.exists():
-            return
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.connect(str(path))
+                return
+            except ConnectionRefusedError:
+                pass
         time.sleep(0.02)
     raise RuntimeError(f"{path} did not appear")
 

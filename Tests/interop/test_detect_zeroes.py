@@ -92,7 +92,7 @@ def test_toggled_live_between_writes_of_one_connection(launcher, tmp_path):
     # The same connection goes on: data that is not all zero is written as it came.
     h.pwrite(b"\0" * 4095 + b"\1", 0)
     assert h.pread(4096, 0) == b"\0" * 4095 + b"\1"
-    blocks = q.execute("query-block")
+    blocks = q.execute("query-block", **{"x-blockd-exports": True})  # the export's own device
     Schema(q.execute("query-qmp-schema")).check_return("query-block", blocks)
     assert [b["inserted"]["detect_zeroes"] for b in blocks if b["device"] == "e0"] == ["on"]
     q.execute("x-blockd-set-detect-zeroes", {"node-name": "disk0", "detect-zeroes": "off"})

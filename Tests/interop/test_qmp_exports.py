@@ -105,10 +105,11 @@ def test_nbd_server_add_serves_real_clients(daemon, image, tmp_path):
         ro.pwrite(b"x" * 512, 0)
     assert failure.value.errno == "EPERM"
     ro.shutdown()
-    # Names are unique; a missing device is DeviceNotFound (QEMU 2.6's class for nbd-server-add).
+    # Names are unique; a missing device is QEMU 7.2's GenericError.
     error = q.error("nbd-server-add", device="disk0", name="exp")
     assert error["class"] == "GenericError" and "exp" in error["desc"], error
-    assert q.error("nbd-server-add", device="nosuch")["class"] == "DeviceNotFound"
+    assert q.error("nbd-server-add", device="nosuch") == {
+        "class": "GenericError", "desc": "Cannot find device='nosuch' nor node-name='nosuch'"}
     q.close()
 
 

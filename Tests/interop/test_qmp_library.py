@@ -46,7 +46,7 @@ def test_qmp_client_runs_commands_and_receives_events(launcher, tmp_path):
         assert names == {"r0", "f0", "n0"}
         with pytest.raises(ExecuteError) as failure:
             await client.execute("blockdev-del", {"node-name": "nosuch"})
-        assert failure.value.error_class == "DeviceNotFound"
+        assert failure.value.error_class == "GenericError"
         with pytest.raises(ExecuteError) as failure:
             await client.execute("block-commit", {"device": "dev0"})
         assert failure.value.error_class == "CommandNotFound"
@@ -95,10 +95,10 @@ def test_legacy_synchronous_api(launcher, tmp_path):
     assert monitor.cmd("query-version")["qemu"]["major"] == 2
     assert monitor.cmd_raw("query-block-jobs") == {"return": []}
     reply = monitor.cmd_raw("blockdev-del", {"node-name": "nosuch"})
-    assert reply["error"]["class"] == "DeviceNotFound"
+    assert reply["error"] == {"class": "GenericError", "desc": "Failed to find node with node-name='nosuch'"}
     with pytest.raises(ExecuteError) as failure:
         monitor.cmd("blockdev-del", **{"node-name": "nosuch"})
-    assert failure.value.error_class == "DeviceNotFound"
+    assert failure.value.error_class == "GenericError"
     monitor.cmd("nbd-server-start", addr={"type": "unix", "data": {"path": str(tmp_path / "nbd.sock")}})
     assert monitor.cmd("block-export-add", type="nbd", id="e0", **{"node-name": "n0"}) == {}
     assert monitor.cmd("block-export-del", id="e0") == {}

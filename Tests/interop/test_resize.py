@@ -72,9 +72,9 @@ def test_shrink_and_errors(resizable):
     assert error.value.errno == "EINVAL"
     client.shutdown()
     missing = ctl(qmp, "block_resize", "node-name=nope", "size=4096")
-    assert missing.returncode == 1 and "DeviceNotFound" in missing.stderr
-    both = ctl(qmp, "block_resize", "size=4096")
-    assert both.returncode == 1 and "Exactly one of 'device' and 'node-name'" in both.stderr
+    assert missing.returncode == 1 and "GenericError: Cannot find device='' nor node-name='nope'" in missing.stderr
+    neither = ctl(qmp, "block_resize", "size=4096")
+    assert neither.returncode == 1 and "Cannot find device='' nor node-name=''" in neither.stderr
 
 
 def test_block_resize_of_a_device_is_seen_by_a_reconnecting_client(launcher, tmp_path):

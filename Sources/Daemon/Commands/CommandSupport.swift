@@ -16,7 +16,7 @@ extension Daemon {
         return try body()
     }
 
-    /// The node named `name`, or DeviceNotFound.
+    /// The node named `name`, or DeviceNotFound (QEMU 2.6's class, kept by the commands of its era).
     func node(_ name: String) throws(QAPIError) -> BlockNode {
         guard let node = graph.node(named: name) else { throw .deviceNotFound(name) }
         return node
@@ -32,5 +32,7 @@ extension Daemon {
         registerThrottleCommands(on: table)
         registerRunStateCommands(on: table)
         registerMediumCommands(on: table)
+        registerGraphCommands(on: table)
+        registerObjectCommands(on: table)
     }
 }

@@ -7,19 +7,16 @@ import Sockets
 extension Daemon {
     /// `nbd-server-start/add/remove/stop`, `block-export-add/del`, `query-block-exports`.
     func registerExportCommands(on table: QMPCommandTable) {
-        table.register(NbdServerStartCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                guard server.addresses.isEmpty else { throw .generic("NBD server already running") }
-                if arguments.tlsCreds != nil { throw .generic("TLS is not supported yet") }
-                let address = try Daemon.socketAddress(arguments.addr)
-                if let limit = arguments.maxConnections {
-                    server.setMaxConnections(limit == 0 ? Int(UInt32.max) : Int(limit))
-                }
-                do throws(OptionError) {
-                    try server.listen(on: address)
-                } catch {
-                    throw error.qmp
-                }
+        table.register(NbdServerStartInOrder.self) { [unowned self] arguments throws(QAPIError) in
+            // QEMU decodes "addr" to its last member before it looks at the other arguments.
+            guard case .object(let members) = arguments, let addr = members["addr"] else {
+                _ = try NbdServerStartArguments(decoding: arguments, at: "")
+                throw .missingParameter("addr")
+            }
+            let address = try Daemon.socketAddress(addr)
+            let decoded = try NbdServerStartArguments(decoding: arguments, at: "")
+            return try locked { () throws(QAPIError) in
+                try startServer(decoded, at: address)
                 return QAPIEmpty()
             }
         }
@@ -33,21 +30,14 @@ extension Daemon {
         }
         table.register(NbdServerAddCommand.self) { [unowned self] arguments throws(QAPIError) in
             try locked { () throws(QAPIError) in
-                guard !server.addresses.isEmpty else { throw .generic("NBD server not running") }
-                if arguments.bitmap != nil { throw .generic("Exporting dirty bitmaps is not supported yet") }
-                let name = arguments.name ?? arguments.device
-                try addExport(ExportSpec(
-                    id: name, nodeName: arguments.device, name: name, description: arguments.description,
-                    writable: arguments.writable ?? false))
+                try addServerExport(arguments)
                 return QAPIEmpty()
             }
         }
         table.register(NbdServerRemoveCommand.self) { [unowned self] arguments throws(QAPIError) in
             try locked { () throws(QAPIError) in
-                guard let export = server.exports.export(named: arguments.name) else {
-                    throw .generic("Export '\(arguments.name)' is not found")
-                }
-                try removeExport(export.id, hard: arguments.mode == .hard)
+                // As in QEMU, the name is the export's id (nbd-server-add gives both the same value).
+                try removeExport(arguments.name, hard: arguments.mode == .hard)
                 return QAPIEmpty()
             }
         }
@@ -59,16 +49,12 @@ extension Daemon {
                 } catch {
                     throw error.qmp
                 }
-                guard !server.addresses.isEmpty else { throw .generic("NBD server not running") }
                 try addExport(spec)
                 return QAPIEmpty()
             }
         }
         table.register(BlockExportDelCommand.self) { [unowned self] arguments throws(QAPIError) in
             try locked { () throws(QAPIError) in
-                guard server.exports.export(id: arguments.id) != nil else {
-                    throw .generic("Export '\(arguments.id)' is not found")
-                }
                 try removeExport(arguments.id, hard: arguments.mode == .hard)
                 return QAPIEmpty()
             }
@@ -80,16 +66,59 @@ extension Daemon {
         }
     }
 
+    /// `nbd-server-start` with its address decoded: listens there unless the server already runs.
+    func startServer(_ arguments: NbdServerStartArguments, at address: ListenAddress) throws(QAPIError) {
+        guard server.addresses.isEmpty else { throw .generic("NBD server already running") }
+        if arguments.tlsCreds != nil || arguments.tlsAuthz != nil { throw .generic("TLS is not supported yet") }
+        if let limit = arguments.maxConnections {
+            server.setMaxConnections(limit == 0 ? Int(UInt32.max) : Int(limit))
+        }
+        do throws(OptionError) {
+            try server.listen(on: address)
+        } catch {
+            throw error.qmp
+        }
+    }
+
+    /// `nbd-server-add`: QEMU looks the device up first (a device, else a node of that name), then
+    /// adds a block export whose id and name are the export name.
+    func addServerExport(_ arguments: NbdServerAddArguments) throws(QAPIError) {
+        guard devices[arguments.device] != nil || graph.node(named: arguments.device) != nil else {
+            throw .generic("Cannot find device='\(arguments.device)' nor node-name='\(arguments.device)'")
+        }
+        if arguments.bitmap != nil { throw .generic("Exporting dirty bitmaps is not supported yet") }
+        let name = arguments.name ?? arguments.device
+        // nbd-server-add exports a read-only node read-only rather than refusing "writable".
+        let readOnly = (devices[arguments.device]?.medium ?? graph.node(named: arguments.device))?.readOnly ?? false
+        try addExport(ExportSpec(
+            id: name, nodeName: arguments.device, name: name, description: arguments.description,
+            writable: (arguments.writable ?? false) && !readOnly))
+    }
+
     /// Adds an export of a device (named by its id, or by the node it holds) or of a node no device
-    /// holds, which gets an anonymous device of its own.
-    func addExport(_ spec: ExportSpec) throws(QAPIError) {
+    /// holds, which gets an anonymous device of its own. Checked in QEMU's order (`blk_exp_add`,
+    /// `nbd_export_create`): the id, the node, the server, the name. Exports of the configuration
+    /// are added before the listeners start (`requireServer` false).
+    func addExport(_ spec: ExportSpec, requireServer: Bool = true) throws(QAPIError) {
+        guard Daemon.isIdentifier(spec.id) else { throw .generic("Invalid block export id") }
         guard server.exports.export(id: spec.id) == nil else { throw .generic("Block export id '\(spec.id)' is already in use") }
         let backend: BlockBackend
         if let device = devices[spec.nodeName] {
             backend = device
         } else {
-            let node = try node(spec.nodeName)
+            guard let node = graph.node(named: spec.nodeName) else {
+                throw .generic("Cannot find device='' nor node-name='\(spec.nodeName)'")
+            }
             backend = devices.values.first { $0.medium === node } ?? BlockBackend(id: nil, medium: node)
+        }
+        if spec.writable, backend.medium?.readOnly == true { throw .generic("Cannot export read-only node as writable") }
+        guard !requireServer || !server.addresses.isEmpty else { throw .generic("NBD server not running") }
+        guard spec.name.utf8.count <= 4096 else { throw .generic("export name '\(spec.name)' too long") }
+        if let description = spec.description, description.utf8.count > 4096 {
+            throw .generic("description '\(description)' too long")
+        }
+        guard server.exports.export(named: spec.name) == nil else {
+            throw .generic("NBD server already has export named '\(spec.name)'")
         }
         do throws(OptionError) {
             try server.exports.add(try NBDExport(
@@ -101,12 +130,25 @@ extension Daemon {
         Log.info("export '\(spec.name)' of \(backend.id.map { "device '\($0)'" } ?? "node '\(spec.nodeName)'") added")
     }
 
-    /// Removes an export: in safe mode only when no client uses it; in hard mode its clients are disconnected.
+    /// QEMU's `id_wellformed`: a letter, then letters, digits, '-', '.' and '_'.
+    static func isIdentifier(_ id: String) -> Bool {
+        guard let first = id.unicodeScalars.first, first.isASCII, first.properties.isAlphabetic else { return false }
+        return id.unicodeScalars.allSatisfy { $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "-._".unicodeScalars.contains($0)) }
+    }
+
+    /// Removes an export: in safe mode only when no client uses it (checked atomically with clients
+    /// attaching); in hard mode its clients are disconnected.
     func removeExport(_ id: String, hard: Bool = true) throws(QAPIError) {
-        if !hard && server.clientCount(exportID: id) > 0 {
-            throw .generic("export '\(id)' still in use (use mode 'hard' to disconnect its clients)")
+        guard !hard else { return removeExport(id) }
+        switch server.removeExportIfUnused(id: id) {
+        case .removed:
+            monitor?.emit(BlockExportDeletedEvent(id: id))
+        case .inUse:
+            // QEMU's message; its hint (use mode 'hard') is for the human monitor only.
+            throw .generic("export '\(id)' still in use")
+        case .notFound:
+            throw .generic("Export '\(id)' is not found")
         }
-        removeExport(id)
     }
 
     /// Removes an export and announces it.
@@ -117,17 +159,12 @@ extension Daemon {
         if export.backend.id == nil { export.backend.resume([.stopped, .ioError]) }
         monitor?.emit(BlockExportDeletedEvent(id: id))
     }
+}
 
-    /// An address in either SocketAddress form: 2.6's `{"type": "unix", "data": {...}}` or the flat one.
-    static func socketAddress(_ value: JSONValue) throws(QAPIError) -> ListenAddress {
-        guard case .object(var members) = value else { throw .invalidParameterType("addr", expected: "object") }
-        if case .object(let data)? = members["data"], members.count == 2 {
-            members = data.merging(["type": members["type"] ?? .null]) { current, _ in current }
-        }
-        do throws(OptionError) {
-            return try ListenAddress.parse(OptionReader(.object(members), context: "nbd-server-start: addr"))
-        } catch {
-            throw error.qmp
-        }
-    }
+/// nbd-server-start with its arguments undecoded, so that the address is checked first, member by
+/// member, as QEMU visits it (the schema's NbdServerStartArguments still describes them).
+enum NbdServerStartInOrder: QAPICommand {
+    static let name = NbdServerStartCommand.name
+    typealias Arguments = JSONValue
+    typealias Result = QAPIEmpty
 }

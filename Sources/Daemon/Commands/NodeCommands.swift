@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BlockCore
 import BlockDrivers
 import JSON
@@ -51,6 +54,7 @@ extension Daemon {
                 } catch {
                     throw error.qmp
                 }
+                recordDefinition(of: node, options, ownedByMonitor: true)
                 if let device {
                     let backend = BlockBackend(id: device, medium: node, stats: stats, events: graph.events)
                     settings.apply(to: backend, groups: graph.throttleGroups)
@@ -91,31 +95,18 @@ extension Daemon {
         }
         table.register(BlockResizeCommand.self) { [unowned self] arguments throws(QAPIError) in
             try locked { () throws(QAPIError) in
-                let target: BlockNode
-                switch (arguments.device, arguments.nodeName) {
-                case (let device?, nil):
-                    guard let medium = try backend(device).medium else { throw .generic("Device '\(device)' has no medium") }
-                    target = medium
-                case (nil, let name?):
-                    target = try node(name)
-                default:
-                    throw .generic("Exactly one of 'device' and 'node-name' must be given")
-                }
-                guard arguments.size >= 0 else { throw .invalidParameterValue("size", expects: "a non-negative size") }
-                do throws(BlockError) {
-                    try target.resize(to: UInt64(arguments.size))
-                } catch {
-                    throw .generic("Cannot resize '\(target.name)': \(error.message)")
-                }
-                Log.info("node '\(target.name)' resized to \(arguments.size) bytes")
+                try resize(arguments)
                 return QAPIEmpty()
             }
         }
-        table.register(QueryNamedBlockNodesCommand.self) { [unowned self] _ throws(QAPIError) in
+        table.register(BlockPasswdCommand.self) { _ throws(QAPIError) in
+            // QEMU's answer from 2.10 until it removed the command: passwords are secret objects now.
+            throw .generic("Setting block passwords directly is no longer supported")
+        }
+        table.register(QueryNamedBlockNodesCommand.self) { [unowned self] arguments throws(QAPIError) in
             try locked { () throws(QAPIError) in
-                graph.allNodes.filter { !$0.name.hasPrefix("#") }.map { node in
-                    blockDeviceInfo(node, device: allDevices().first { $0.backend.medium === node }?.backend)
-                }
+                // Every node, generated names included, with no device's settings (QEMU passes none).
+                graph.allNodes.map { blockDeviceInfo($0, device: nil, flat: arguments.flat ?? false) }
             }
         }
     }
@@ -145,34 +136,57 @@ extension Daemon {
         return stats
     }
 
-    /// Removes a node that nothing uses.
+    /// Removes a node that blockdev-add or --blockdev created and that nothing uses, refused as
+    /// QEMU 7.2 refuses it (`qmp_blockdev_del`).
     func deleteNode(_ name: String) throws(QAPIError) {
-        let node = try node(name)
-        if let export = server.exports.all.first(where: { $0.backend.medium === node }) {
-            throw QAPIError(.deviceInUse, "Node '\(name)' is busy: it is exported as '\(export.id)'")
-        }
-        if let (id, _) = devices.first(where: { $0.value.medium === node }) {
-            throw QAPIError(.deviceInUse, "Node '\(name)' is busy: it is the medium of device '\(id)'")
+        guard let node = graph.node(named: name) else { throw .generic("Failed to find node with node-name='\(name)'") }
+        let exported = server.exports.all.contains { $0.backend.medium === node }
+        if exported || devices.values.contains(where: { $0.medium === node }) { throw .generic("Node \(name) is in use") }
+        guard isOwnedByMonitor(node) || openedMedia.contains(name) else {
+            throw .generic("Node \(name) is not owned by the monitor")
         }
         do throws(OptionError) {
             try graph.remove(name)
         } catch {
-            throw QAPIError(.deviceInUse, error.message)
+            throw .generic("Block device \(name) is in use")
         }
         openedMedia.remove(name)
+        nodeDefinitions.removeValue(forKey: name)
     }
 
-    /// A node as BlockDeviceInfo describes it, with the throttling of the device it is the medium of.
-    func blockDeviceInfo(_ node: BlockNode, device: BlockBackend?) -> BlockDeviceInfo {
-        let image = ImageInfo(
-            filename: node.driver.filename, format: node.driver.driverName,
-            actualSize: node.driver.allocatedSize.map { Int64(clamping: $0) }, virtualSize: Int64(clamping: node.length))
-        return BlockDeviceInfo(
-            file: node.driver.filename, nodeName: node.name.hasPrefix("#") ? nil : node.name, ro: node.readOnly,
-            drv: node.driver.driverName, backingFileDepth: 0, encrypted: false, encryptionKeyMissing: false,
-            detectZeroes: BlockdevDetectZeroesOptions(rawValue: node.detectZeroes.name) ?? .off, bps: 0, bpsRd: 0, bpsWr: 0, iops: 0, iopsRd: 0, iopsWr: 0, image: image,
-            cache: BlockdevCacheInfo(writeback: true, direct: node.common.cacheDirect, noFlush: node.common.cacheNoFlush),
-            writeThreshold: Int64(clamping: node.writeThreshold))
-            .withThrottling(device?.throttleGroup ?? (node.driver as? ThrottleDriver)?.group)
+    /// `block_resize`: QEMU's lookup (the device first, then the node), its checks and messages;
+    /// the size is rounded up to 512 bytes, which qcow2 refuses instead.
+    func resize(_ arguments: BlockResizeArguments) throws(QAPIError) {
+        let target = try resizeTarget(device: arguments.device, nodeName: arguments.nodeName)
+        guard arguments.size >= 0 else { throw .invalidParameterValue("size", expects: "a >0 size") }
+        if let conflict = permissionConflict(on: target, needing: .resize) { throw conflict }
+        if target.readOnly { throw .generic("Image is read-only") }
+        var size = UInt64(arguments.size)
+        if target.driver.driverName == "raw" && definition(of: target)["size"] != nil {
+            throw .generic("Cannot resize fixed-size raw disks")
+        }
+        if size % 512 != 0 {
+            if target.driver.driverName == "qcow2" { throw .generic("The new size must be a multiple of 512") }
+            size = (size + 511) / 512 * 512
+        }
+        do throws(BlockError) {
+            try target.resize(to: size)
+        } catch where error.errno == ENOTSUP {
+            throw .generic("Image format driver does not support resize")
+        } catch {
+            throw .generic("Cannot resize '\(target.name)': \(error.message)")
+        }
+        Log.info("node '\(target.name)' resized to \(size) bytes")
+    }
+
+    /// QEMU's `bdrv_lookup_bs`: the medium of device `device` when there is such a device, else the
+    /// node `nodeName`. Export ids name their export's device too (a blockd extension).
+    private func resizeTarget(device: String?, nodeName: String?) throws(QAPIError) -> BlockNode {
+        if let device, let backend = devices[device] ?? server.exports.export(id: device)?.backend {
+            guard let medium = backend.medium else { throw .generic("Device '\(device)' has no medium") }
+            return medium
+        }
+        if let nodeName, let node = graph.node(named: nodeName) { return node }
+        throw .generic("Cannot find device='\(device ?? "")' nor node-name='\(nodeName ?? "")'")
     }
 }

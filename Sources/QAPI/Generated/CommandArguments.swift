@@ -26,26 +26,57 @@ public struct QmpCapabilitiesArguments: QAPIValue, Equatable {
     }
 }
 
-/// The arguments of 'query-blockstats'.
-public struct QueryBlockstatsArguments: QAPIValue, Equatable {
-    /// When true, report every named node (with its "parent" but without "backing"); when false or
-    /// absent, report every device with its whole chain below it
-    public var queryNodes: Bool?
+/// The arguments of 'query-block'.
+public struct QueryBlockArguments: QAPIValue, Equatable {
+    /// When true, list the device of each export too, named after the export's id (a blockd
+    /// extension)
+    public var xBlockdExports: Bool?
 
     /// Creates a value from its members.
-    public init(queryNodes: Bool? = nil) {
+    public init(xBlockdExports: Bool? = nil) {
+        self.xBlockdExports = xBlockdExports
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.xBlockdExports = try object.optional("x-blockd-exports")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        if let xBlockdExports { object["x-blockd-exports"] = xBlockdExports.json }
+        return .object(object)
+    }
+}
+
+/// The arguments of 'query-blockstats'.
+public struct QueryBlockstatsArguments: QAPIValue, Equatable {
+    /// When true, report every node, generated names included (with its "parent" but without
+    /// "backing"); when false or absent, report every device with its whole chain below it
+    public var queryNodes: Bool?
+    /// When true, report the device of each export too (named after the export's id), whose
+    /// counters are the export's I/O as its clients see it. A blockd extension: like
+    /// qemu-storage-daemon, blockd does not list an export's anonymous device otherwise.
+    public var xBlockdExports: Bool?
+
+    /// Creates a value from its members.
+    public init(queryNodes: Bool? = nil, xBlockdExports: Bool? = nil) {
         self.queryNodes = queryNodes
+        self.xBlockdExports = xBlockdExports
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
         self.queryNodes = try object.optional("query-nodes")
+        self.xBlockdExports = try object.optional("x-blockd-exports")
         try object.finish()
     }
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
         if let queryNodes { object["query-nodes"] = queryNodes.json }
+        if let xBlockdExports { object["x-blockd-exports"] = xBlockdExports.json }
         return .object(object)
     }
 }
@@ -202,6 +233,30 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         if let top { object["top"] = top.json }
         if let backingFile { object["backing-file"] = backingFile.json }
         if let speed { object["speed"] = speed.json }
+        return .object(object)
+    }
+}
+
+/// The arguments of 'query-named-block-nodes'.
+public struct QueryNamedBlockNodesArguments: QAPIValue, Equatable {
+    /// When true, "image" describes the node alone, without the images below it ("backing-image");
+    /// false when absent
+    public var flat: Bool?
+
+    /// Creates a value from its members.
+    public init(flat: Bool? = nil) {
+        self.flat = flat
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.flat = try object.optional("flat")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        if let flat { object["flat"] = flat.json }
         return .object(object)
     }
 }
@@ -1255,6 +1310,29 @@ public struct NbdServerRemoveArguments: QAPIValue, Equatable {
         var object: [String: JSONValue] = [:]
         object["name"] = name.json
         if let mode { object["mode"] = mode.json }
+        return .object(object)
+    }
+}
+
+/// The arguments of 'object-del'.
+public struct ObjectDelArguments: QAPIValue, Equatable {
+    /// The object
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
         return .object(object)
     }
 }

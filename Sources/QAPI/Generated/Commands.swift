@@ -60,10 +60,12 @@ public enum ContCommand: QAPICommand {
     public typealias Result = QAPIEmpty
 }
 
-/// Lists every device with its medium.
+/// Lists every device with its medium: the devices blockdev-add created with an "id" (QEMU 2.6's
+/// form). Exports use anonymous devices, which are not listed, as qemu-storage-daemon does not list
+/// them.
 public enum QueryBlockCommand: QAPICommand {
     public static let name = "query-block"
-    public typealias Arguments = QAPIEmpty
+    public typealias Arguments = QueryBlockArguments
     public typealias Result = [BlockInfo]
 }
 
@@ -81,16 +83,19 @@ public enum QueryBlockJobsCommand: QAPICommand {
     public typealias Result = [BlockJobInfo]
 }
 
-/// Gives the password an encrypted device needs before it can be used. Name the target with exactly
-/// one of `device` and `node-name`.
+/// Once gave the password of an encrypted device. Always fails, with the error later QEMU versions
+/// gave before they removed the command: passwords are "secret" objects named in the node's options
+/// now.
 public enum BlockPasswdCommand: QAPICommand {
     public static let name = "block_passwd"
     public typealias Arguments = BlockPasswdArguments
     public typealias Result = QAPIEmpty
 }
 
-/// Changes the size of an image while it is in use. Name the target with exactly one of `device`
-/// and `node-name`.
+/// Changes the size of an image while it is in use. The target is the device `device` when there is
+/// one, else the node `node-name`. A size that is not a multiple of 512 is rounded up to one (qcow2
+/// images refuse it). A node that another node uses as its data (a qcow2 image's file, a quorum's
+/// child) cannot be resized; exports, devices and filters let their node be resized.
 public enum BlockResizeCommand: QAPICommand {
     public static let name = "block_resize"
     public typealias Arguments = BlockResizeArguments
@@ -147,10 +152,10 @@ public enum BlockdevBackupCommand: QAPICommand {
     public typealias Result = QAPIEmpty
 }
 
-/// Lists every node that has a node name.
+/// Lists every node, those with generated names ("#block...") included.
 public enum QueryNamedBlockNodesCommand: QAPICommand {
     public static let name = "query-named-block-nodes"
-    public typealias Arguments = QAPIEmpty
+    public typealias Arguments = QueryNamedBlockNodesArguments
     public typealias Result = [BlockDeviceInfo]
 }
 
@@ -379,6 +384,14 @@ public enum QueryBlockExportsCommand: QAPICommand {
     public typealias Result = [BlockExportInfo]
 }
 
+/// Describes the block graph for debugging: every device and node, and every parent-child edge with
+/// the permissions it takes and shares. Unstable, as in QEMU.
+public enum XDebugQueryBlockGraphCommand: QAPICommand {
+    public static let name = "x-debug-query-block-graph"
+    public typealias Arguments = QAPIEmpty
+    public typealias Result = XDbgBlockGraph
+}
+
 /// Changes the detect-zeroes setting of a node while it is in use. Connected NBD clients stay
 /// connected; every write that starts after the command returns sees the new setting. blockd offers
 /// this command rather than a modern-style blockdev-reopen, which would have to restate every
@@ -425,6 +438,32 @@ public enum NbdServerRemoveCommand: QAPICommand {
 public enum NbdServerStopCommand: QAPICommand {
     public static let name = "nbd-server-stop"
     public typealias Arguments = QAPIEmpty
+    public typealias Result = QAPIEmpty
+}
+
+/// Lists the jobs. blockd has none yet, so the list is empty.
+public enum QueryJobsCommand: QAPICommand {
+    public static let name = "query-jobs"
+    public typealias Arguments = QAPIEmpty
+    public typealias Result = [JobInfo]
+}
+
+/// Creates an object. The arguments are "qom-type" (an `ObjectType`), "id" (letters, digits, '-',
+/// '.', '_', starting with a letter) and the type's properties. For throttle-group: "limits" (the
+/// limits in the form of --object's limits.*: bps-total, iops-read-max, bps-write-max-length,
+/// iops-size, ...) or the same limits as flat "x-bps-total"-style properties.
+///
+/// The arguments object is handed to the handler undecoded.
+public enum ObjectAddCommand: QAPICommand {
+    public static let name = "object-add"
+    public typealias Arguments = JSONValue
+    public typealias Result = QAPIEmpty
+}
+
+/// Deletes an object that nothing uses any more.
+public enum ObjectDelCommand: QAPICommand {
+    public static let name = "object-del"
+    public typealias Arguments = ObjectDelArguments
     public typealias Result = QAPIEmpty
 }
 
@@ -477,11 +516,15 @@ public enum QAPICommands {
         BlockExportAddCommand.self,
         BlockExportDelCommand.self,
         QueryBlockExportsCommand.self,
+        XDebugQueryBlockGraphCommand.self,
         XBlockdSetDetectZeroesCommand.self,
         XBlockdBlkdebugSetRulesCommand.self,
         NbdServerStartCommand.self,
         NbdServerAddCommand.self,
         NbdServerRemoveCommand.self,
         NbdServerStopCommand.self,
+        QueryJobsCommand.self,
+        ObjectAddCommand.self,
+        ObjectDelCommand.self,
     ]
 }

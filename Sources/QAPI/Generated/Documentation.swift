@@ -90,9 +90,12 @@ public enum QAPIDocumentation {
         ),
         CommandDoc(
             name: "query-block",
-            summary: "Lists every device with its medium.",
-            text: "Lists every device with its medium.\n\nReturns: one BlockInfo per device\n\nExample:\n  -> { \"execute\": \"query-block\" }\n  <- { \"return\": [ { \"device\": \"disk0\", \"type\": \"unknown\",\n                     \"removable\": false, \"locked\": false, ... } ] }",
-            arguments: [],
+            summary: "Lists every device with its medium: the devices blockdev-add created with an \"id\" (QEMU 2.6's form).",
+            text: "Lists every device with its medium: the devices blockdev-add created with an \"id\" (QEMU 2.6's form). Exports use anonymous devices, which are not listed, as qemu-storage-daemon does not list them.\n\nArguments:\n  x-blockd-exports (bool, optional): when true, list the device of each export too, named after the export's id (a blockd extension)\n\nReturns: one BlockInfo per device\n\nExample:\n  -> { \"execute\": \"query-block\" }\n  <- { \"return\": [ { \"device\": \"disk0\", \"type\": \"unknown\",\n                     \"removable\": false, \"locked\": false, ... } ] }",
+            arguments: [
+                ArgumentDoc(name: "x-blockd-exports", type: "bool", optional: true,
+                            doc: "when true, list the device of each export too, named after the export's id (a blockd extension)"),
+            ],
             argumentsType: nil,
             acceptsOtherArguments: false,
             returns: "[BlockInfo]",
@@ -101,15 +104,17 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "query-blockstats",
             summary: "Reports I/O statistics.",
-            text: "Reports I/O statistics.\n\nArguments:\n  query-nodes (bool, optional): when true, report every named node (with its \"parent\" but without \"backing\"); when false or absent, report every device with its whole chain below it\n\nReturns: one BlockStats per device, or per named node",
+            text: "Reports I/O statistics.\n\nArguments:\n  query-nodes (bool, optional): when true, report every node, generated names included (with its \"parent\" but without \"backing\"); when false or absent, report every device with its whole chain below it\n  x-blockd-exports (bool, optional): when true, report the device of each export too (named after the export's id), whose counters are the export's I/O as its clients see it. A blockd extension: like qemu-storage-daemon, blockd does not list an export's anonymous device otherwise.\n\nReturns: one BlockStats per device, or per node",
             arguments: [
                 ArgumentDoc(name: "query-nodes", type: "bool", optional: true,
-                            doc: "when true, report every named node (with its \"parent\" but without \"backing\"); when false or absent, report every device with its whole chain below it"),
+                            doc: "when true, report every node, generated names included (with its \"parent\" but without \"backing\"); when false or absent, report every device with its whole chain below it"),
+                ArgumentDoc(name: "x-blockd-exports", type: "bool", optional: true,
+                            doc: "when true, report the device of each export too (named after the export's id), whose counters are the export's I/O as its clients see it. A blockd extension: like qemu-storage-daemon, blockd does not list an export's anonymous device otherwise."),
             ],
             argumentsType: nil,
             acceptsOtherArguments: false,
             returns: "[BlockStats]",
-            returnsDoc: "one BlockStats per device, or per named node"
+            returnsDoc: "one BlockStats per device, or per node"
         ),
         CommandDoc(
             name: "query-block-jobs",
@@ -123,8 +128,8 @@ public enum QAPIDocumentation {
         ),
         CommandDoc(
             name: "block_passwd",
-            summary: "Gives the password an encrypted device needs before it can be used.",
-            text: "Gives the password an encrypted device needs before it can be used. Name the target with exactly one of 'device' and 'node-name'.\n\nNot every encrypted format can tell a wrong password from a right one; a wrong one can corrupt data on such formats.\n\nArguments:\n  device (str, optional): the device to unlock\n  node-name (str, optional): the node to unlock\n  password (str): the password\n\nErrors: DeviceNotFound when 'device' does not exist; DeviceNotEncrypted when it is not encrypted.",
+            summary: "Once gave the password of an encrypted device.",
+            text: "Once gave the password of an encrypted device. Always fails, with the error later QEMU versions gave before they removed the command: passwords are \"secret\" objects named in the node's options now.\n\nArguments:\n  device (str, optional): the device to unlock\n  node-name (str, optional): the node to unlock\n  password (str): the password",
             arguments: [
                 ArgumentDoc(name: "device", type: "str", optional: true,
                             doc: "the device to unlock"),
@@ -141,7 +146,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "block_resize",
             summary: "Changes the size of an image while it is in use.",
-            text: "Changes the size of an image while it is in use. Name the target with exactly one of 'device' and 'node-name'.\n\nArguments:\n  device (str, optional): the device whose image is resized\n  node-name (str, optional): the node whose image is resized\n  size (int): the new size in bytes\n\nErrors: DeviceNotFound when 'device' does not exist.",
+            text: "Changes the size of an image while it is in use. The target is the device 'device' when there is one, else the node 'node-name'. A size that is not a multiple of 512 is rounded up to one (qcow2 images refuse it). A node that another node uses as its data (a qcow2 image's file, a quorum's child) cannot be resized; exports, devices and filters let their node be resized.\n\nArguments:\n  device (str, optional): the device whose image is resized\n  node-name (str, optional): the node whose image is resized\n  size (int): the new size in bytes\n\nErrors: GenericError \"Cannot find device=... nor node-name=...\" when neither names anything.",
             arguments: [
                 ArgumentDoc(name: "device", type: "str", optional: true,
                             doc: "the device whose image is resized"),
@@ -291,13 +296,16 @@ public enum QAPIDocumentation {
         ),
         CommandDoc(
             name: "query-named-block-nodes",
-            summary: "Lists every node that has a node name.",
-            text: "Lists every node that has a node name.\n\nReturns: one BlockDeviceInfo per named node",
-            arguments: [],
+            summary: "Lists every node, those with generated names (\"#block...\") included.",
+            text: "Lists every node, those with generated names (\"#block...\") included.\n\nArguments:\n  flat (bool, optional): when true, \"image\" describes the node alone, without the images below it (\"backing-image\"); false when absent\n\nReturns: one BlockDeviceInfo per node",
+            arguments: [
+                ArgumentDoc(name: "flat", type: "bool", optional: true,
+                            doc: "when true, \"image\" describes the node alone, without the images below it (\"backing-image\"); false when absent"),
+            ],
             argumentsType: nil,
             acceptsOtherArguments: false,
             returns: "[BlockDeviceInfo]",
-            returnsDoc: "one BlockDeviceInfo per named node"
+            returnsDoc: "one BlockDeviceInfo per node"
         ),
         CommandDoc(
             name: "drive-mirror",
@@ -809,6 +817,16 @@ public enum QAPIDocumentation {
             returnsDoc: "one BlockExportInfo per export"
         ),
         CommandDoc(
+            name: "x-debug-query-block-graph",
+            summary: "Describes the block graph for debugging: every device and node, and every parent-child edge with the permissions it takes and shares.",
+            text: "Describes the block graph for debugging: every device and node, and every parent-child edge with the permissions it takes and shares. Unstable, as in QEMU.\n\nReturns: the graph",
+            arguments: [],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: "XDbgBlockGraph",
+            returnsDoc: "the graph"
+        ),
+        CommandDoc(
             name: "x-blockd-set-detect-zeroes",
             summary: "Changes the detect-zeroes setting of a node while it is in use.",
             text: "Changes the detect-zeroes setting of a node while it is in use. Connected NBD clients stay connected; every write that starts after the command returns sees the new setting. blockd offers this command rather than a modern-style blockdev-reopen, which would have to restate every option of the node. query-named-block-nodes and query-block show the setting as it is now.\n\nArguments:\n  node-name (str): the node\n  detect-zeroes (BlockdevDetectZeroesOptions): the new setting; \"unmap\" needs a node opened with \"discard\": \"unmap\"\n\nErrors: GenericError when no node has that name or when \"unmap\" is asked of a node that does not unmap.\n\nExample:\n  -> { \"execute\": \"x-blockd-set-detect-zeroes\",\n       \"arguments\": { \"node-name\": \"disk0\", \"detect-zeroes\": \"unmap\" } }\n  <- { \"return\": {} }",
@@ -902,6 +920,39 @@ public enum QAPIDocumentation {
             summary: "Stops the NBD server: every export it serves is removed and its clients are disconnected.",
             text: "Stops the NBD server: every export it serves is removed and its clients are disconnected.",
             arguments: [],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "query-jobs",
+            summary: "Lists the jobs.",
+            text: "Lists the jobs. blockd has none yet, so the list is empty.\n\nReturns: one JobInfo per job",
+            arguments: [],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: "[JobInfo]",
+            returnsDoc: "one JobInfo per job"
+        ),
+        CommandDoc(
+            name: "object-add",
+            summary: "Creates an object.",
+            text: "Creates an object. The arguments are \"qom-type\" (an ObjectType), \"id\" (letters, digits, '-', '.', '_', starting with a letter) and the type's properties. For throttle-group: \"limits\" (the limits in the form of --object's limits.*: bps-total, iops-read-max, bps-write-max-length, iops-size, ...) or the same limits as flat \"x-bps-total\"-style properties.\n\nExample:\n  -> { \"execute\": \"object-add\",\n       \"arguments\": { \"qom-type\": \"throttle-group\", \"id\": \"tg0\",\n                      \"limits\": { \"bps-total\": 1048576 } } }\n  <- { \"return\": {} }",
+            arguments: [],
+            argumentsType: nil,
+            acceptsOtherArguments: true,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "object-del",
+            summary: "Deletes an object that nothing uses any more.",
+            text: "Deletes an object that nothing uses any more.\n\nArguments:\n  id (str): the object",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the object"),
+            ],
             argumentsType: nil,
             acceptsOtherArguments: false,
             returns: nil,

@@ -21,6 +21,8 @@ public struct SnapshotInfo: QAPIValue, Equatable {
     public var vmClockSec: Int64
     /// The nanoseconds part of `vm-clock-sec`
     public var vmClockNsec: Int64
+    /// The guest's instruction count at the time, when recorded (a later QEMU's member)
+    public var icount: Int64?
 
     /// Creates a value from its members.
     public init(
@@ -30,7 +32,8 @@ public struct SnapshotInfo: QAPIValue, Equatable {
         dateSec: Int64,
         dateNsec: Int64,
         vmClockSec: Int64,
-        vmClockNsec: Int64
+        vmClockNsec: Int64,
+        icount: Int64? = nil
     ) {
         self.id = id
         self.name = name
@@ -39,6 +42,7 @@ public struct SnapshotInfo: QAPIValue, Equatable {
         self.dateNsec = dateNsec
         self.vmClockSec = vmClockSec
         self.vmClockNsec = vmClockNsec
+        self.icount = icount
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -50,6 +54,7 @@ public struct SnapshotInfo: QAPIValue, Equatable {
         self.dateNsec = try object.required("date-nsec")
         self.vmClockSec = try object.required("vm-clock-sec")
         self.vmClockNsec = try object.required("vm-clock-nsec")
+        self.icount = try object.optional("icount")
         try object.finish()
     }
 
@@ -62,6 +67,7 @@ public struct SnapshotInfo: QAPIValue, Equatable {
         object["date-nsec"] = dateNsec.json
         object["vm-clock-sec"] = vmClockSec.json
         object["vm-clock-nsec"] = vmClockNsec.json
+        if let icount { object["icount"] = icount.json }
         return .object(object)
     }
 }
@@ -79,13 +85,27 @@ public struct ImageInfoSpecificQCow2: QAPIValue, Equatable {
     public var corrupt: Bool?
     /// How many bits one refcount entry takes
     public var refcountBits: Int64
+    /// Whether L2 entries describe subclusters; present only for compatibility level 1.1 and later
+    /// (a later QEMU's member)
+    public var extendedL2: Bool?
+    /// The algorithm compressed clusters use (a later QEMU's member)
+    public var compressionType: Qcow2CompressionType?
 
     /// Creates a value from its members.
-    public init(compat: String, lazyRefcounts: Bool? = nil, corrupt: Bool? = nil, refcountBits: Int64) {
+    public init(
+        compat: String,
+        lazyRefcounts: Bool? = nil,
+        corrupt: Bool? = nil,
+        refcountBits: Int64,
+        extendedL2: Bool? = nil,
+        compressionType: Qcow2CompressionType? = nil
+    ) {
         self.compat = compat
         self.lazyRefcounts = lazyRefcounts
         self.corrupt = corrupt
         self.refcountBits = refcountBits
+        self.extendedL2 = extendedL2
+        self.compressionType = compressionType
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -94,6 +114,8 @@ public struct ImageInfoSpecificQCow2: QAPIValue, Equatable {
         self.lazyRefcounts = try object.optional("lazy-refcounts")
         self.corrupt = try object.optional("corrupt")
         self.refcountBits = try object.required("refcount-bits")
+        self.extendedL2 = try object.optional("extended-l2")
+        self.compressionType = try object.optional("compression-type")
         try object.finish()
     }
 
@@ -103,8 +125,20 @@ public struct ImageInfoSpecificQCow2: QAPIValue, Equatable {
         if let lazyRefcounts { object["lazy-refcounts"] = lazyRefcounts.json }
         if let corrupt { object["corrupt"] = corrupt.json }
         object["refcount-bits"] = refcountBits.json
+        if let extendedL2 { object["extended-l2"] = extendedL2.json }
+        if let compressionType { object["compression-type"] = compressionType.json }
         return .object(object)
     }
+}
+
+// MARK: - Qcow2CompressionType
+
+/// How a qcow2 image compresses clusters.
+public enum Qcow2CompressionType: String, QAPIValue, CaseIterable, Sendable {
+    /// Deflate, as zlib writes it
+    case zlib = "zlib"
+    /// Zstandard
+    case zstd = "zstd"
 }
 
 // MARK: - ImageInfoSpecificVmdk
@@ -954,18 +988,24 @@ public struct BlockDeviceStats: QAPIValue, Equatable {
     public var rdBytes: Int64
     /// Bytes written
     public var wrBytes: Int64
+    /// Bytes discarded (a later QEMU's member, as are the other unmap_ counters)
+    public var unmapBytes: Int64
     /// Read requests completed
     public var rdOperations: Int64
     /// Write requests completed
     public var wrOperations: Int64
     /// Flush requests completed
     public var flushOperations: Int64
+    /// Discard requests completed
+    public var unmapOperations: Int64
     /// Time spent in flushes, in nanoseconds
     public var flushTotalTimeNs: Int64
     /// Time spent in writes, in nanoseconds
     public var wrTotalTimeNs: Int64
     /// Time spent in reads, in nanoseconds
     public var rdTotalTimeNs: Int64
+    /// Time spent in discards, in nanoseconds
+    public var unmapTotalTimeNs: Int64
     /// The end offset of the highest write so far, useful to tell how much of a growable image is
     /// in use
     public var wrHighestOffset: Int64
@@ -973,6 +1013,8 @@ public struct BlockDeviceStats: QAPIValue, Equatable {
     public var rdMerged: Int64
     /// Write requests that were merged into others
     public var wrMerged: Int64
+    /// Discard requests merged into others
+    public var unmapMerged: Int64
     /// Nanoseconds since the last request; absent when there has been none
     public var idleTimeNs: Int64?
     /// Read requests that failed
@@ -981,12 +1023,16 @@ public struct BlockDeviceStats: QAPIValue, Equatable {
     public var failedWrOperations: Int64
     /// Flush requests that failed
     public var failedFlushOperations: Int64
+    /// Discard requests that failed
+    public var failedUnmapOperations: Int64
     /// Read requests rejected as invalid
     public var invalidRdOperations: Int64
     /// Write requests rejected as invalid
     public var invalidWrOperations: Int64
     /// Flush requests rejected as invalid
     public var invalidFlushOperations: Int64
+    /// Discard requests rejected as invalid
+    public var invalidUnmapOperations: Int64
     /// Whether invalid requests count for `idle_time_ns`
     public var accountInvalid: Bool
     /// Whether failed requests count for the latency figures and `idle_time_ns`
@@ -998,44 +1044,56 @@ public struct BlockDeviceStats: QAPIValue, Equatable {
     public init(
         rdBytes: Int64,
         wrBytes: Int64,
+        unmapBytes: Int64,
         rdOperations: Int64,
         wrOperations: Int64,
         flushOperations: Int64,
+        unmapOperations: Int64,
         flushTotalTimeNs: Int64,
         wrTotalTimeNs: Int64,
         rdTotalTimeNs: Int64,
+        unmapTotalTimeNs: Int64,
         wrHighestOffset: Int64,
         rdMerged: Int64,
         wrMerged: Int64,
+        unmapMerged: Int64,
         idleTimeNs: Int64? = nil,
         failedRdOperations: Int64,
         failedWrOperations: Int64,
         failedFlushOperations: Int64,
+        failedUnmapOperations: Int64,
         invalidRdOperations: Int64,
         invalidWrOperations: Int64,
         invalidFlushOperations: Int64,
+        invalidUnmapOperations: Int64,
         accountInvalid: Bool,
         accountFailed: Bool,
         timedStats: [BlockDeviceTimedStats]
     ) {
         self.rdBytes = rdBytes
         self.wrBytes = wrBytes
+        self.unmapBytes = unmapBytes
         self.rdOperations = rdOperations
         self.wrOperations = wrOperations
         self.flushOperations = flushOperations
+        self.unmapOperations = unmapOperations
         self.flushTotalTimeNs = flushTotalTimeNs
         self.wrTotalTimeNs = wrTotalTimeNs
         self.rdTotalTimeNs = rdTotalTimeNs
+        self.unmapTotalTimeNs = unmapTotalTimeNs
         self.wrHighestOffset = wrHighestOffset
         self.rdMerged = rdMerged
         self.wrMerged = wrMerged
+        self.unmapMerged = unmapMerged
         self.idleTimeNs = idleTimeNs
         self.failedRdOperations = failedRdOperations
         self.failedWrOperations = failedWrOperations
         self.failedFlushOperations = failedFlushOperations
+        self.failedUnmapOperations = failedUnmapOperations
         self.invalidRdOperations = invalidRdOperations
         self.invalidWrOperations = invalidWrOperations
         self.invalidFlushOperations = invalidFlushOperations
+        self.invalidUnmapOperations = invalidUnmapOperations
         self.accountInvalid = accountInvalid
         self.accountFailed = accountFailed
         self.timedStats = timedStats
@@ -1045,22 +1103,28 @@ public struct BlockDeviceStats: QAPIValue, Equatable {
         var object = try QAPIObjectReader(value, at: path)
         self.rdBytes = try object.required("rd_bytes")
         self.wrBytes = try object.required("wr_bytes")
+        self.unmapBytes = try object.required("unmap_bytes")
         self.rdOperations = try object.required("rd_operations")
         self.wrOperations = try object.required("wr_operations")
         self.flushOperations = try object.required("flush_operations")
+        self.unmapOperations = try object.required("unmap_operations")
         self.flushTotalTimeNs = try object.required("flush_total_time_ns")
         self.wrTotalTimeNs = try object.required("wr_total_time_ns")
         self.rdTotalTimeNs = try object.required("rd_total_time_ns")
+        self.unmapTotalTimeNs = try object.required("unmap_total_time_ns")
         self.wrHighestOffset = try object.required("wr_highest_offset")
         self.rdMerged = try object.required("rd_merged")
         self.wrMerged = try object.required("wr_merged")
+        self.unmapMerged = try object.required("unmap_merged")
         self.idleTimeNs = try object.optional("idle_time_ns")
         self.failedRdOperations = try object.required("failed_rd_operations")
         self.failedWrOperations = try object.required("failed_wr_operations")
         self.failedFlushOperations = try object.required("failed_flush_operations")
+        self.failedUnmapOperations = try object.required("failed_unmap_operations")
         self.invalidRdOperations = try object.required("invalid_rd_operations")
         self.invalidWrOperations = try object.required("invalid_wr_operations")
         self.invalidFlushOperations = try object.required("invalid_flush_operations")
+        self.invalidUnmapOperations = try object.required("invalid_unmap_operations")
         self.accountInvalid = try object.required("account_invalid")
         self.accountFailed = try object.required("account_failed")
         self.timedStats = try object.required("timed_stats")
@@ -1071,25 +1135,66 @@ public struct BlockDeviceStats: QAPIValue, Equatable {
         var object: [String: JSONValue] = [:]
         object["rd_bytes"] = rdBytes.json
         object["wr_bytes"] = wrBytes.json
+        object["unmap_bytes"] = unmapBytes.json
         object["rd_operations"] = rdOperations.json
         object["wr_operations"] = wrOperations.json
         object["flush_operations"] = flushOperations.json
+        object["unmap_operations"] = unmapOperations.json
         object["flush_total_time_ns"] = flushTotalTimeNs.json
         object["wr_total_time_ns"] = wrTotalTimeNs.json
         object["rd_total_time_ns"] = rdTotalTimeNs.json
+        object["unmap_total_time_ns"] = unmapTotalTimeNs.json
         object["wr_highest_offset"] = wrHighestOffset.json
         object["rd_merged"] = rdMerged.json
         object["wr_merged"] = wrMerged.json
+        object["unmap_merged"] = unmapMerged.json
         if let idleTimeNs { object["idle_time_ns"] = idleTimeNs.json }
         object["failed_rd_operations"] = failedRdOperations.json
         object["failed_wr_operations"] = failedWrOperations.json
         object["failed_flush_operations"] = failedFlushOperations.json
+        object["failed_unmap_operations"] = failedUnmapOperations.json
         object["invalid_rd_operations"] = invalidRdOperations.json
         object["invalid_wr_operations"] = invalidWrOperations.json
         object["invalid_flush_operations"] = invalidFlushOperations.json
+        object["invalid_unmap_operations"] = invalidUnmapOperations.json
         object["account_invalid"] = accountInvalid.json
         object["account_failed"] = accountFailed.json
         object["timed_stats"] = timedStats.json
+        return .object(object)
+    }
+}
+
+// MARK: - BlockStatsSpecificFile
+
+/// Counters only file nodes keep: the discards that reached the file.
+public struct BlockStatsSpecificFile: QAPIValue, Equatable {
+    /// Discards that succeeded
+    public var discardNbOk: UInt64
+    /// Discards that failed
+    public var discardNbFailed: UInt64
+    /// Bytes the successful discards covered
+    public var discardBytesOk: UInt64
+
+    /// Creates a value from its members.
+    public init(discardNbOk: UInt64, discardNbFailed: UInt64, discardBytesOk: UInt64) {
+        self.discardNbOk = discardNbOk
+        self.discardNbFailed = discardNbFailed
+        self.discardBytesOk = discardBytesOk
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.discardNbOk = try object.required("discard-nb-ok")
+        self.discardNbFailed = try object.required("discard-nb-failed")
+        self.discardBytesOk = try object.required("discard-bytes-ok")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["discard-nb-ok"] = discardNbOk.json
+        object["discard-nb-failed"] = discardNbFailed.json
+        object["discard-bytes-ok"] = discardBytesOk.json
         return .object(object)
     }
 }
@@ -1104,6 +1209,9 @@ public struct BlockStats: QAPIValue, Equatable {
     public var nodeName: String?
     /// The counters
     public var stats: BlockDeviceStats
+    /// Counters of the node's driver, with "driver" naming it (file and host_device nodes:
+    /// `BlockStatsSpecificFile`); a later QEMU's member
+    public var driverSpecific: JSONValue?
     /// Statistics of the protocol node below this one, if any
     public var parent: BlockStats? {
         get { _parent?.value }
@@ -1122,12 +1230,14 @@ public struct BlockStats: QAPIValue, Equatable {
         device: String? = nil,
         nodeName: String? = nil,
         stats: BlockDeviceStats,
+        driverSpecific: JSONValue? = nil,
         parent: BlockStats? = nil,
         backing: BlockStats? = nil
     ) {
         self.device = device
         self.nodeName = nodeName
         self.stats = stats
+        self.driverSpecific = driverSpecific
         self._parent = parent.map { QAPIIndirect($0) }
         self._backing = backing.map { QAPIIndirect($0) }
     }
@@ -1137,6 +1247,7 @@ public struct BlockStats: QAPIValue, Equatable {
         self.device = try object.optional("device")
         self.nodeName = try object.optional("node-name")
         self.stats = try object.required("stats")
+        self.driverSpecific = try object.optional("driver-specific")
         self._parent = try object.optional("parent", as: BlockStats.self).map { QAPIIndirect($0) }
         self._backing = try object.optional("backing", as: BlockStats.self).map { QAPIIndirect($0) }
         try object.finish()
@@ -1147,6 +1258,7 @@ public struct BlockStats: QAPIValue, Equatable {
         if let device { object["device"] = device.json }
         if let nodeName { object["node-name"] = nodeName.json }
         object["stats"] = stats.json
+        if let driverSpecific { object["driver-specific"] = driverSpecific.json }
         if let parent { object["parent"] = parent.json }
         if let backing { object["backing"] = backing.json }
         return .object(object)

@@ -185,3 +185,145 @@ public struct BlockExportInfo: QAPIValue, Equatable {
         return .object(object)
     }
 }
+
+// MARK: - BlockPermission
+
+/// What a user of a node may do with it, or lets others do.
+public enum BlockPermission: String, QAPIValue, CaseIterable, Sendable {
+    /// Read data that stays consistent with what was written
+    case consistentRead = "consistent-read"
+    /// Change the data
+    case write = "write"
+    /// Write data that does not change what a reader sees
+    case writeUnchanged = "write-unchanged"
+    /// Change the size
+    case resize = "resize"
+}
+
+// MARK: - XDbgBlockGraphNodeType
+
+/// The kinds of vertex of the block graph.
+public enum XDbgBlockGraphNodeType: String, QAPIValue, CaseIterable, Sendable {
+    /// A device (an export's anonymous one, or a named one)
+    case blockBackend = "block-backend"
+    /// A block job
+    case blockJob = "block-job"
+    /// A node
+    case blockDriver = "block-driver"
+}
+
+// MARK: - XDbgBlockGraphNode
+
+/// One vertex of the block graph.
+public struct XDbgBlockGraphNode: QAPIValue, Equatable {
+    /// A number that names the vertex in the edges of this answer only
+    public var id: UInt64
+    /// What the vertex is
+    public var type: XDbgBlockGraphNodeType
+    /// The node name, device name or job id ("" for an anonymous device)
+    public var name: String
+
+    /// Creates a value from its members.
+    public init(id: UInt64, type: XDbgBlockGraphNodeType, name: String) {
+        self.id = id
+        self.type = type
+        self.name = name
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        self.type = try object.required("type")
+        self.name = try object.required("name")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        object["type"] = type.json
+        object["name"] = name.json
+        return .object(object)
+    }
+}
+
+// MARK: - XDbgBlockGraphEdge
+
+/// One edge of the block graph: a parent using a child.
+public struct XDbgBlockGraphEdge: QAPIValue, Equatable {
+    /// The parent's `id`
+    public var parent: UInt64
+    /// The child's `id`
+    public var child: UInt64
+    /// The child's role for the parent ("file", "backing", "root" for a device's node, ...)
+    public var name: String
+    /// What the parent needs of the child
+    public var perm: [BlockPermission]
+    /// What the parent lets other users of the child do
+    public var sharedPerm: [BlockPermission]
+
+    /// Creates a value from its members.
+    public init(
+        parent: UInt64,
+        child: UInt64,
+        name: String,
+        perm: [BlockPermission],
+        sharedPerm: [BlockPermission]
+    ) {
+        self.parent = parent
+        self.child = child
+        self.name = name
+        self.perm = perm
+        self.sharedPerm = sharedPerm
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.parent = try object.required("parent")
+        self.child = try object.required("child")
+        self.name = try object.required("name")
+        self.perm = try object.required("perm")
+        self.sharedPerm = try object.required("shared-perm")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["parent"] = parent.json
+        object["child"] = child.json
+        object["name"] = name.json
+        object["perm"] = perm.json
+        object["shared-perm"] = sharedPerm.json
+        return .object(object)
+    }
+}
+
+// MARK: - XDbgBlockGraph
+
+/// The block graph: devices and nodes, and who uses whom.
+public struct XDbgBlockGraph: QAPIValue, Equatable {
+    /// The vertices
+    public var nodes: [XDbgBlockGraphNode]
+    /// The edges
+    public var edges: [XDbgBlockGraphEdge]
+
+    /// Creates a value from its members.
+    public init(nodes: [XDbgBlockGraphNode], edges: [XDbgBlockGraphEdge]) {
+        self.nodes = nodes
+        self.edges = edges
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.nodes = try object.required("nodes")
+        self.edges = try object.required("edges")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["nodes"] = nodes.json
+        object["edges"] = edges.json
+        return .object(object)
+    }
+}

@@ -1,0 +1,56 @@
+import BlockCore
+import JSON
+import QAPI
+
+extension Daemon {
+    /// `object-add`, `object-del`: throttle groups, as `--object throttle-group` creates them.
+    func registerObjectCommands(on table: QMPCommandTable) {
+        table.register(ObjectAddCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                try addObject(arguments)
+                return QAPIEmpty()
+            }
+        }
+        table.register(ObjectDelCommand.self) { [unowned self] arguments throws(QAPIError) in
+            try locked { () throws(QAPIError) in
+                try deleteObject(arguments.id)
+                return QAPIEmpty()
+            }
+        }
+    }
+
+    /// Creates a throttle-group object, checked in QEMU's order: the arguments as QAPI decodes
+    /// them, the id, an existing object or group of that name, the limits.
+    func addObject(_ arguments: JSONValue) throws(QAPIError) {
+        guard case .object(let members) = arguments else { throw .invalidParameterType("", expected: "object") }
+        guard let typeValue = members["qom-type"] else { throw .missingParameter("qom-type") }
+        guard case .string(let type) = typeValue else { throw .invalidParameterType("qom-type", expected: "string") }
+        guard ObjectType(rawValue: type) != nil else { throw .invalidEnumValue("qom-type", value: type) }
+        guard let idValue = members["id"] else { throw .missingParameter("id") }
+        guard case .string(let id) = idValue else { throw .invalidParameterType("id", expected: "string") }
+        guard type == "throttle-group" else { throw .generic("Object type '\(type)' is not supported by blockd") }
+        let spec: ThrottleGroupSpec
+        do throws(OptionError) {
+            spec = try ThrottleOptions.parseObject(arguments, syntax: .qmp)
+        } catch {
+            throw error.qmp
+        }
+        guard Daemon.isIdentifier(id) else { throw .invalidParameterValue("id", expects: "an identifier") }
+        if let existing = graph.throttleGroups.group(named: id) {
+            throw existing.isPersistent
+                ? .generic("attempt to add duplicate property '\(id)' to object (type 'container')")
+                : .generic("A group with this name already exists")
+        }
+        _ = graph.throttleGroups.groupCreating(id, limits: spec.limits, persistent: true)
+        Log.info("throttle group '\(id)' created")
+    }
+
+    /// Deletes a throttle-group object that no node or device uses.
+    func deleteObject(_ id: String) throws(QAPIError) {
+        guard let group = graph.throttleGroups.group(named: id), group.isPersistent else {
+            throw .generic("object '\(id)' not found")
+        }
+        guard graph.throttleGroups.remove(id) else { throw .generic("object '\(id)' is in use, can not be deleted") }
+        Log.info("throttle group '\(id)' deleted")
+    }
+}
