@@ -100,9 +100,9 @@ public final class NBDServer: Sendable {
     /// lock clients attach under, so a client that attaches at the same time is either counted here
     /// or finds the export gone and fails its handshake.
     public func removeExportIfUnused(id: String) -> SafeRemoval {
-        let outcome = connections.withLock { live -> SafeRemoval in
+        let outcome = connections.withLock { state -> SafeRemoval in
             guard exports.export(id: id) != nil else { return .notFound }
-            guard !live.values.contains(where: { $0 == id }) else { return .inUse }
+            guard !state.live.values.contains(where: { $0.exportID == id }) else { return .inUse }
             return exports.remove(id: id) == nil ? .notFound : .removed
         }
         if outcome == .removed { Log.info("export '\(id)' removed (no client connected)") }
