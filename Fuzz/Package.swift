@@ -8,7 +8,7 @@ import PackageDescription
 
 let sanitize: [SwiftSetting] = [
     .swiftLanguageMode(.v6),
-    .unsafeFlags(["-sanitize=fuzzer,address", "-enable-testing"]),
+    .unsafeFlags(["-sanitize=fuzzer,address", "-enable-testing", "-assert-config", "Debug"]),
 ]
 let sanitizeC: [CSetting] = [.unsafeFlags(["-fsanitize=fuzzer-no-link,address"])]
 
@@ -34,6 +34,7 @@ let package = Package(
         .executable(name: "qapi-args", targets: ["FuzzQapiArgs"]),
         .executable(name: "keyvalue", targets: ["FuzzKeyValue"]),
         .executable(name: "qcow2", targets: ["FuzzQcow2"]),
+        .executable(name: "qcow2-check", targets: ["FuzzQcow2Check"]),
     ],
     targets: [
         // The main package's modules (keep in step with ../Package.swift).
@@ -59,5 +60,6 @@ let package = Package(
         fuzzer("FuzzQapiArgs", ["JSON", "QAPI"]),
         fuzzer("FuzzKeyValue", ["BlockCore", "BlockDrivers", "Daemon"]),
         fuzzer("FuzzQcow2", ["BlockCore", "BlockDrivers"]),
+        fuzzer("FuzzQcow2Check", ["BlockCore", "BlockDrivers"]),
     ]
 )
