@@ -3,7 +3,8 @@
 // package's `swift build` and `swift test` never see it: `scripts/fuzz` builds it into
 // `.build-fuzz` with the sanitizers. `Blockd` is a link to the main package's `Sources`; the
 // modules the harnesses use are declared again below, with the same dependencies as in the
-// main Package.swift, and compiled with coverage instrumentation and AddressSanitizer.
+// main Package.swift, and compiled with coverage instrumentation, AddressSanitizer, `assert`s
+// kept on, and -enable-testing (for `@testable import`).
 import PackageDescription
 
 let sanitize: [SwiftSetting] = [
