@@ -1,0 +1,66 @@
+// swift-tools-version:6.0
+// libFuzzer targets for blockd (docs/reliability.md). A package of its own so that the main
+// package's `swift build` and `swift test` never see it: `scripts/fuzz` builds it into
+// `.build-fuzz` with the sanitizers. `Blockd` is a link to the main package's `Sources`; the
+// modules the harnesses use are declared again below, with the same dependencies as in the
+// main Package.swift, and compiled with coverage instrumentation, AddressSanitizer, `assert`s
+// kept on, and -enable-testing (for `@testable import`).
+import PackageDescription
+
+let sanitize: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .unsafeFlags(["-sanitize=fuzzer,address", "-enable-testing", "-assert-config", "Debug"]),
+]
+let sanitizeC: [CSetting] = [.unsafeFlags(["-fsanitize=fuzzer-no-link,address"])]
+
+/// A main-package module, rebuilt here from `Blockd/NAME` with the sanitizers.
+func module(_ name: String, _ dependencies: [Target.Dependency] = [], exclude: [String] = []) -> Target {
+    .target(name: name, dependencies: dependencies, path: "Blockd/\(name)", exclude: exclude, swiftSettings: sanitize)
+}
+
+/// One fuzz target: an executable linked with libFuzzer.
+func fuzzer(_ name: String, _ dependencies: [Target.Dependency]) -> Target {
+    .executableTarget(
+        name: name, dependencies: ["FuzzSupport"] + dependencies, swiftSettings: sanitize,
+        linkerSettings: [.unsafeFlags(["-sanitize=fuzzer,address"])])
+}
+
+let package = Package(
+    name: "blockd-fuzz",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "nbd-options", targets: ["FuzzNbdOptions"]),
+        .executable(name: "nbd-requests", targets: ["FuzzNbdRequests"]),
+        .executable(name: "qmp-json", targets: ["FuzzQmpJson"]),
+        .executable(name: "qapi-args", targets: ["FuzzQapiArgs"]),
+        .executable(name: "keyvalue", targets: ["FuzzKeyValue"]),
+        .executable(name: "qcow2", targets: ["FuzzQcow2"]),
+        .executable(name: "qcow2-check", targets: ["FuzzQcow2Check"]),
+    ],
+    targets: [
+        // The main package's modules (keep in step with ../Package.swift).
+        .target(name: "CBlockShims", path: "Blockd/CBlockShims", cSettings: sanitizeC),
+        .target(name: "CURing", path: "Blockd/CURing", cSettings: sanitizeC, linkerSettings: [.linkedLibrary("uring")]),
+        .systemLibrary(name: "CZlib", path: "Blockd/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        module("NBDProtocol"),
+        module("JSON"),
+        module("QAPI", ["JSON"], exclude: ["schema"]),
+        module("BlockCore", ["JSON", "CBlockShims"]),
+        module("BlockIO", ["BlockCore", "CURing"]),
+        module("BlockDrivers", ["BlockCore", "BlockIO", "CBlockShims", "CZlib"]),
+        module("Sockets", ["BlockCore", "CBlockShims"]),
+        module("Exports", ["NBDProtocol", "BlockCore", "Sockets", "CBlockShims"]),
+        module("QMP", ["JSON", "QAPI", "BlockCore", "Sockets"]),
+        module("Daemon", ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims"]),
+        // The harnesses.
+        .target(name: "CFuzzDriver", cSettings: sanitizeC),
+        .target(name: "FuzzSupport", dependencies: ["CFuzzDriver", "BlockCore", "BlockDrivers", "Exports", "Sockets"], swiftSettings: sanitize),
+        fuzzer("FuzzNbdOptions", ["Exports", "NBDProtocol", "BlockCore", "BlockDrivers"]),
+        fuzzer("FuzzNbdRequests", ["Exports", "NBDProtocol", "BlockCore", "BlockDrivers"]),
+        fuzzer("FuzzQmpJson", ["JSON", "QAPI", "QMP"]),
+        fuzzer("FuzzQapiArgs", ["JSON", "QAPI"]),
+        fuzzer("FuzzKeyValue", ["BlockCore", "BlockDrivers", "Daemon"]),
+        fuzzer("FuzzQcow2", ["BlockCore", "BlockDrivers"]),
+        fuzzer("FuzzQcow2Check", ["BlockCore", "BlockDrivers"]),
+    ]
+)
