@@ -16,6 +16,13 @@ final class OptionParsingTests: XCTestCase {
         XCTAssertEqual(value, .object(["type": .string("nbd"), "id": .string("e0"), "bitmaps": .array([.string("b0"), .string("b1")])]))
     }
 
+    func testNonCanonicalNumericKeysAreNotIndices() throws {
+        // Found by the keyvalue fuzzer: `00=x` once trapped on a force-unwrap (Int("00") == 0).
+        XCTAssertEqual(try KeyValueParser.parse("00=x"), .object(["00": .string("x")]))
+        XCTAssertEqual(try KeyValueParser.parse("a.+0=x,a.-0=y"), .object(["a": .object(["+0": .string("x"), "-0": .string("y")])]))
+        XCTAssertEqual(try KeyValueParser.parse("a.0=x,a.1=y"), .object(["a": .array([.string("x"), .string("y")])]))
+    }
+
     func testSyntaxErrorsNameTheProblem() {
         XCTAssertThrowsError(try KeyValueParser.parse("driver=file,driver=raw")) {
             XCTAssertEqual(($0 as? OptionError)?.message, "parameter 'driver' is given twice")

@@ -77,7 +77,8 @@ public enum KeyValueParser {
         guard case .object(let members) = value else { return value }
         var converted: [String: OptionValue] = [:]
         for (key, member) in members { converted[key] = try arraysFromNumericKeys(member) }
-        let indices = converted.keys.compactMap { Int($0) }
+        // Only canonical numbers are indices: `00`, `+0` or `-0` are plain keys (Int() accepts them).
+        let indices = converted.keys.compactMap { key in Int(key).flatMap { String($0) == key && $0 >= 0 ? $0 : nil } }
         guard !converted.isEmpty, indices.count == converted.count else { return .object(converted) }
         guard Set(indices) == Set(0..<indices.count) else {
             throw OptionError("array indices must be 0, 1, 2, ... without gaps")

@@ -307,8 +307,10 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
                 let entry = try meta.l2Entry(cluster)
                 entries.append(entry)
                 if case .data(let host, true) = meta.state(of: entry) {
-                    // Written in place: never over metadata that a damaged entry points at.
+                    // Written in place: never over metadata that a damaged entry points at, and never
+                    // past the end of the file node (an image whose last cluster was cut short grows).
                     try meta.checkOverlap(host, count: 1)
+                    try meta.ensureFileLength(host + UInt64(clusterSize))
                     continue
                 }
                 owned = false

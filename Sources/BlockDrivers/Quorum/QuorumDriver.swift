@@ -50,6 +50,9 @@ public final class QuorumDriver: BlockDriver {
         if fifo { return try readFirstThatWorks(into: buffer, at: offset) }
         // Child 0 reads into the caller's buffer (aligned for every child); the others into their own.
         let extra = (1..<children.count).map { _ in AlignedBuffer(capacity: max(buffer.count, 1)) }
+        // `buffers` points into `extra`'s memory: keep the owners alive until the vote is done
+        // (without this the optimiser may free them right after `buffers` is built).
+        defer { withExtendedLifetime(extra) {} }
         let buffers = [buffer] + extra.map { UnsafeMutableRawBufferPointer(rebasing: $0.bytes[0..<buffer.count]) }
         var failures: [BlockError] = []
         var succeeded: [Int] = []
