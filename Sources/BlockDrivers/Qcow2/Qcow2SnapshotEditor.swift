@@ -124,6 +124,12 @@ public final class Qcow2SnapshotEditor {
     }
 
     private func adjust(_ clusters: [UInt64], by delta: Int) throws(BlockError) {
+        // A reference past the end of the file is damage: counting it would grow the refcount table
+        // to cover it (far offsets made that run for hours). Refuse, and leave the repair to the check.
+        let end = try meta.endCluster()
+        if let far = clusters.first(where: { $0 >= end }) {
+            throw .invalid("qcow2: cluster \(far) is referenced past the end of the file; repair the image with 'blockimg check -r all' first")
+        }
         if delta > 0 {
             // Check every count first, so an overflow changes nothing.
             var counts: [UInt64: UInt64] = [:]
