@@ -12,6 +12,7 @@ import time
 import pytest
 
 from conftest import skip_or_fail
+from qmp_client import ErrorReplies
 
 try:
     from qemu.qmp import ConnectError, ExecuteError
@@ -23,7 +24,7 @@ except ImportError as missing:  # pragma: no cover - depends on the machine
     skip_or_fail(f"Python package qemu.qmp not installed ({missing}); scripts/setup-deps installs it")
 
 
-class LibraryMonitor:
+class LibraryMonitor(ErrorReplies):
     """One negotiated monitor connection over qemu.qmp."""
 
     def __init__(self, path, timeout: float = 10):
@@ -60,13 +61,6 @@ class LibraryMonitor:
     def cmd(self, name: str, arguments: dict | None = None, /, **kwargs) -> dict:
         """Runs a command; returns the whole reply ({"return": ...} or {"error": ...})."""
         return self.monitor.cmd_raw(name, {**(arguments or {}), **kwargs})
-
-    def error(self, name: str, arguments: dict | None = None, /, **kwargs) -> dict:
-        """Runs a command that must fail; returns its error object ({class, desc})."""
-        reply = self.cmd(name, arguments, **kwargs)
-        assert "error" in reply, f"{name} {arguments or kwargs} succeeded: {reply}"
-        assert set(reply["error"]) == {"class", "desc"}, reply
-        return reply["error"]
 
     def event(self, name: str, timeout: float = 5) -> dict:
         """Waits for the next event called `name` (already received or still to come)."""

@@ -22,7 +22,18 @@ class QMPError(AssertionError):
     """A command answered with an error where success was expected."""
 
 
-class QMP:
+class ErrorReplies:
+    """`error` for any client whose `cmd` returns whole replies."""
+
+    def error(self, name: str, arguments: dict | None = None, /, **kwargs) -> dict:
+        """Runs a command that must fail; returns its error object ({class, desc})."""
+        reply = self.cmd(name, arguments, **kwargs)
+        assert "error" in reply, f"{name} {arguments or kwargs} succeeded: {reply}"
+        assert set(reply["error"]) == {"class", "desc"}, reply
+        return reply["error"]
+
+
+class QMP(ErrorReplies):
     """One monitor connection: `QMP(path)` for a unix socket, `QMP(("127.0.0.1", port))` for TCP."""
 
     def __init__(self, address, negotiate: bool = True, timeout: float = 10):
@@ -97,13 +108,6 @@ class QMP:
             raise QMPError(f"{name} {arguments or kwargs} failed: {reply['error']}")
         assert set(reply) == {"return"}, reply
         return reply["return"]
-
-    def error(self, name: str, arguments: dict | None = None, /, **kwargs) -> dict:
-        """Runs a command that must fail; returns its error object ({class, desc})."""
-        reply = self.cmd(name, arguments, **kwargs)
-        assert "error" in reply, f"{name} {arguments or kwargs} succeeded: {reply}"
-        assert set(reply["error"]) == {"class", "desc"}, reply
-        return reply["error"]
 
     def event(self, name: str, timeout: float = 5) -> dict:
         """Waits for the next event called `name` (queued or still to come)."""

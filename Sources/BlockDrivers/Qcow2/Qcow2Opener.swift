@@ -57,9 +57,15 @@ public enum Qcow2Opener {
         if header.isCorrupt && !readOnly {
             throw fail("qcow2 image '\(file.driver.filename)' is marked corrupt; it can only be opened read-only (repair it with 'blockimg check -r all')")
         }
-        if !readOnly, let problem = Qcow2OpenCheck.damage(file: file, header: header, l1: l1, refcountTable: refcountTable) {
-            throw fail("qcow2 image '\(file.driver.filename)' is damaged (\(problem)); it can only be opened read-only "
-                + "(repair it with 'blockimg check -r all')")
+        var snapshotRegions: [(start: UInt64, length: UInt64)] = []
+        if !readOnly {
+            switch Qcow2OpenCheck.check(file: file, header: header, l1: l1, refcountTable: refcountTable) {
+            case .damaged(let problem):
+                throw fail("qcow2 image '\(file.driver.filename)' is damaged (\(problem)); it can only be opened read-only "
+                    + "(repair it with 'blockimg check -r all')")
+            case .sound(let regions):
+                snapshotRegions = regions
+            }
         }
         let cacheSize = try options.size("cache-size")
         let l2Bytes = try options.size("l2-cache-size")
@@ -88,7 +94,7 @@ public enum Qcow2Opener {
         meta.events = context.graph.events
         meta.nodeName = context.nodeName
         meta.checksStaleEntries = !readOnly
-        if !readOnly { meta.protectedRegions = Qcow2OpenCheck.snapshotRegions(file: file, header: header) }
+        meta.protectedRegions = snapshotRegions
         if !readOnly && header.autoclearFeatures != 0 {
             // Autoclear extensions this driver does not keep in step are cleared, as the format asks (images
             // with consistent bitmaps were refused above, so no bitmap is invalidated here).
