@@ -1,5 +1,6 @@
 extension JSONValue {
-    /// The value as compact JSON text, object members sorted by name.
+    /// The value as compact JSON text in QEMU's style (`{"a": 1, "b": "\u00E9"}`), object members
+    /// sorted by name.
     public func serialized() -> String {
         var output = ""
         write(to: &output, indent: nil, level: 0)
@@ -25,7 +26,7 @@ extension JSONValue {
             guard !items.isEmpty else { output += "[]"; return }
             output += "["
             for (index, item) in items.enumerated() {
-                if index > 0 { output += "," }
+                if index > 0 { output += indent == nil ? ", " : "," }
                 newline(&output, indent, level + 1)
                 item.write(to: &output, indent: indent, level: level + 1)
             }
@@ -35,10 +36,10 @@ extension JSONValue {
             guard !members.isEmpty else { output += "{}"; return }
             output += "{"
             for (index, key) in members.keys.sorted().enumerated() {
-                if index > 0 { output += "," }
+                if index > 0 { output += indent == nil ? ", " : "," }
                 newline(&output, indent, level + 1)
                 JSONValue.writeString(key, to: &output)
-                output += indent == nil ? ": " : ": "
+                output += ": "
                 members[key]!.write(to: &output, indent: indent, level: level + 1)
             }
             newline(&output, indent, level)
@@ -51,22 +52,36 @@ extension JSONValue {
         output += "\n" + String(repeating: indent, count: level)
     }
 
+    /// A string as QEMU writes one: ASCII as is, every other character (and the control
+    /// characters) as `\uXXXX`, characters beyond the BMP as a surrogate pair.
     private static func writeString(_ text: String, to output: inout String) {
         output += "\""
         for scalar in text.unicodeScalars {
             switch scalar {
             case "\"": output += "\\\""
             case "\\": output += "\\\\"
+            case "\u{08}": output += "\\b"
+            case "\u{0C}": output += "\\f"
             case "\n": output += "\\n"
             case "\r": output += "\\r"
             case "\t": output += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                output += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            case _ where scalar.value < 0x20 || scalar.value >= 0x7F:
+                if scalar.value > 0xFFFF {
+                    let value = scalar.value - 0x10000
+                    writeEscape(0xD800 + (value >> 10), to: &output)
+                    writeEscape(0xDC00 + (value & 0x3FF), to: &output)
+                } else {
+                    writeEscape(scalar.value, to: &output)
+                }
             default: output.unicodeScalars.append(scalar)
             }
         }
         output += "\""
+    }
+
+    private static func writeEscape(_ unit: UInt32, to output: inout String) {
+        let hex = String(unit, radix: 16, uppercase: true)
+        output += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
     }
 
     /// The member `key` of an object, or nil.

@@ -40,11 +40,18 @@ public indirect enum JSONValue: Sendable, Equatable {
     }
 }
 
-/// A JSON syntax error, with the byte offset where it was found.
+/// A JSON syntax error: QEMU's wording of what is wrong, and the byte offset where it was found.
 public struct JSONError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// The message.
-    public var message: String
+    /// What is wrong, in the words of QEMU's JSON parser ("expecting value").
+    public var reason: String
+    /// The byte offset in the text where the parser stopped.
+    public var offset: Int
     /// Creates an error.
-    public init(_ message: String) { self.message = message }
+    public init(reason: String, offset: Int) {
+        self.reason = reason
+        self.offset = offset
+    }
+    /// The error for a person reading a command line or file: where, and what.
+    public var message: String { "invalid JSON at byte \(offset): \(reason)" }
     public var description: String { message }
 }

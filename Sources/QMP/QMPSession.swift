@@ -6,6 +6,8 @@ import QAPI
 public struct QMPSession {
     /// Whether `qmp_capabilities` has been accepted.
     public private(set) var negotiated = false
+    /// Whether the client enabled out-of-band execution (`exec-oob`) when negotiating.
+    public private(set) var outOfBand = false
     private let commands: QMPCommandTable
 
     /// Starts a session that dispatches to `commands`.
@@ -18,7 +20,7 @@ public struct QMPSession {
                 "qemu": .object(["major": .integer(version.major), "minor": .integer(version.minor), "micro": .integer(version.micro)]),
                 "package": .string(package),
             ]),
-            "capabilities": .array([]),
+            "capabilities": .array([.string("oob")]),
         ])])
     }
 
@@ -32,7 +34,7 @@ public struct QMPSession {
             do {
                 request = try JSONValue.parse(bytes: bytes)
             } catch {
-                return QMPSession.error(.genericError, "JSON parse error, \(error.message)", id: nil)
+                return QMPSession.error(.genericError, "JSON parse error, \(error.reason)", id: nil)
             }
             return handle(request)
         }
@@ -44,18 +46,31 @@ public struct QMPSession {
             return QMPSession.error(.genericError, "QMP input must be a JSON object", id: nil)
         }
         let id = members["id"]
-        if let unknown = members.keys.sorted().first(where: { !["execute", "arguments", "id"].contains($0) }) {
-            if unknown == "exec-oob" {
-                return QMPSession.error(.genericError, "Out-of-band commands are not supported by this server", id: id)
-            }
-            return QMPSession.error(.genericError, "QMP input member '\(unknown)' is unexpected", id: id)
+        // QEMU's checks, in its order: every member known, one command name, arguments an object.
+        // `exec-oob` is a member only once the client enabled out-of-band execution.
+        for key in members.keys.sorted() where !["execute", "arguments", "id"].contains(key) && !(key == "exec-oob" && outOfBand) {
+            return QMPSession.error(.genericError, "QMP input member '\(key)' is unexpected", id: id)
         }
-        guard case .string(let name)? = members["execute"] else {
-            return QMPSession.error(.genericError, members["execute"] == nil ? "QMP input lacks member 'execute'" : "QMP input member 'execute' must be a string", id: id)
+        if members["execute"] != nil && members["exec-oob"] != nil {
+            return QMPSession.error(.genericError, "QMP input member 'execute' clashes with 'exec-oob'", id: id)
+        }
+        let key = members["exec-oob"] != nil ? "exec-oob" : "execute"
+        guard let named = members[key] else {
+            return QMPSession.error(.genericError, "QMP input lacks member 'execute'", id: id)
+        }
+        guard case .string(let name) = named else {
+            return QMPSession.error(.genericError, "QMP input member '\(key)' must be a string", id: id)
         }
         let arguments = members["arguments"]
         if let arguments, case .object = arguments {} else if arguments != nil {
             return QMPSession.error(.genericError, "QMP input member 'arguments' must be an object", id: id)
+        }
+        if key == "exec-oob" {
+            // No command of a storage daemon runs out of band (QEMU's are migration commands).
+            guard name == "qmp_capabilities" || commands.contains(name) else {
+                return QMPSession.error(.commandNotFound, "The command \(name) has not been found", id: id)
+            }
+            return QMPSession.error(.genericError, "The command \(name) does not support OOB", id: id)
         }
         if name == "qmp_capabilities" {
             guard !negotiated else {
@@ -67,10 +82,8 @@ public struct QMPSession {
             } catch {
                 return QMPSession.error(error.errorClass, error.description, id: id)
             }
-            if let first = requested.enable?.first {
-                // No capability (such as out-of-band execution) is offered.
-                return QMPSession.error(.genericError, "Capability \(first.rawValue) not available", id: id)
-            }
+            // Out-of-band execution is the one capability; enabling it twice is enabling it.
+            outOfBand = requested.enable?.contains(.oob) ?? false
             negotiated = true
             return QMPSession.success(.object([:]), id: id)
         }

@@ -29,30 +29,45 @@ final class JSONStreamSplitterTests: XCTestCase {
                [value(#"{"a": "}{\"]"}"#), value("[1, [2]]"), value(#"{"b":{}}"#)])
     }
 
-    func testGarbageOutsideAValueIsReportedOnceAndSkippedToAStructuralCharacter() {
-        verify(Array("garbage\n{\"x\": 1}".utf8), [.error(.outsideValue), value(#"{"x": 1}"#)])
-        // No newline needed: a brace ends the skipping, as in QEMU's lexer.
-        verify(Array("123 abc{}".utf8), [.error(.outsideValue), value("{}")])
-        // A closing brace outside a value is garbage of its own.
-        verify(Array("}\n[]".utf8), [.error(.outsideValue), value("[]")])
+    func testATokenOutsideAnyValueIsAValueOfItsOwnForTheParserToAnswer() {
+        // As QEMU's streamer: the parser then says "invalid keyword", "expecting value" or
+        // "QMP input must be a JSON object".
+        verify(Array("garbage\n{\"x\": 1}".utf8), [value("garbage"), value(#"{"x": 1}"#)])
+        // No white space needed: a brace ends a keyword or number, as in QEMU's lexer.
+        verify(Array("123 abc{}".utf8), [value("123"), value("abc"), value("{}")])
+        verify(Array("}\n[],:".utf8), [value("}"), value("[]"), value(","), value(":")])
+        verify(Array(#""a}b" 'c' -1.5e+3 "#.utf8), [value(#""a}b""#), value("'c'"), value("-1.5e+3")])
+    }
+
+    func testSingleQuotedStringsHoldDoubleQuotesAndEscapedSingleQuotes() {
+        verify(Array(#"{'a': '}"{\'['} {}"#.utf8), [value(#"{'a': '}"{\'['}"#), value("{}")])
+    }
+
+    func testABrokenNumberOrAForbiddenByteIsReportedWithTheTokenItBroke() {
+        verify(Array(#"{"a": 01}"#.utf8), [.error(.stray(Array("01".utf8))), value("}")])
+        verify(Array(#"{"a": -} {}"#.utf8), [.error(.stray(Array("-}".utf8))), value("{}")])
+        verify(Array(#"{"a": 1e+}"#.utf8), [.error(.stray(Array("1e+}".utf8)))])
+        verify(Array(#"{"a": True}"#.utf8), [.error(.stray(Array("T".utf8))), value("}")])
+        verify(Array("%d\n[]".utf8), [.error(.stray(Array("%".utf8))), value("[]")])
     }
 
     func testTheResetByteDropsAPartialValueAndIsAnsweredOnce() {
-        verify(Array(#"{"execute": {"nested": {"x"#.utf8) + [0xFF] + Array("{}".utf8), [.error(.stray(0xFF)), value("{}")])
+        verify(Array(#"{"execute": {"nested": {"x"#.utf8) + [0xFF] + Array("{}".utf8), [.error(.stray(Array(#""x"#.utf8) + [0xFF])), value("{}")])
         // Several reset bytes, or a reset byte and a newline, are one error.
-        verify([0xFF, 0xFE, 0x0A] + Array("[]".utf8), [.error(.stray(0xFF)), value("[]")])
-        verify([0xFF, 0xFF, 0xFF], [.error(.stray(0xFF))])
+        verify([0xFF, 0xFE, 0x0A] + Array("[]".utf8), [.error(.stray([0xFF])), value("[]")])
+        verify([0xFF, 0xFF, 0xFF], [.error(.stray([0xFF]))])
         // With nothing pending a reset byte is answered too (QEMU does so; clients ignore it).
-        verify([0xFF] + Array("{}".utf8) + [0xFF], [.error(.stray(0xFF)), value("{}"), .error(.stray(0xFF))])
+        verify([0xFF] + Array("{}".utf8) + [0xFF], [.error(.stray([0xFF])), value("{}"), .error(.stray([0xFF]))])
     }
 
     func testControlCharactersAreLexicalErrorsLikeTheResetByte() {
         // Outside strings white space is fine; other control characters reset (the way QEMU's
         // qmp-spec tells clients to reset).
         verify(Array("{\t\r\n}".utf8), [value("{\t\r\n}")])
-        verify(Array("{\"a\"".utf8) + [0x01] + Array("{}".utf8), [.error(.stray(0x01)), value("{}")])
-        // Inside a string even a newline is one (no JSON string holds a raw control character).
-        verify(Array("{\"a\nb\"}".utf8), [.error(.stray(0x0A)), .error(.outsideValue)])
+        verify(Array("{\"a\"".utf8) + [0x01] + Array("{}".utf8), [.error(.stray([0x01])), value("{}")])
+        // Inside a string even a newline is one (no JSON string holds a raw control character);
+        // the skipping ends at the closing brace, which is then a value of its own.
+        verify(Array("{\"a\nb\"}".utf8), [.error(.stray(Array("\"a\n".utf8))), value("}")])
     }
 
     func testAnOverlongValueIsReportedOnceSkippedToItsEndAndNotKept() {
@@ -71,7 +86,7 @@ final class JSONStreamSplitterTests: XCTestCase {
     func testMemoryStaysBoundedWhateverComes() {
         var splitter = JSONStreamSplitter(maxLength: 1024)
         let garbage = [UInt8](repeating: UInt8(ascii: "x"), count: 1 << 20)
-        XCTAssertEqual(splitter.feed(garbage), [.error(.outsideValue)])
+        XCTAssertEqual(splitter.feed(garbage), [.error(.tooLong)])
         XCTAssertEqual(splitter.bufferedCount, 0)
         let string = [UInt8](repeating: UInt8(ascii: "y"), count: 1 << 20)
         XCTAssertEqual(splitter.feed(Array(#"{"a": ""#.utf8)), [])
@@ -93,7 +108,7 @@ final class JSONStreamSplitterTests: XCTestCase {
     func testErrorMessagesAreQEMUs() {
         XCTAssertEqual(JSONStreamError.tooLong.message, "JSON token size limit exceeded")
         XCTAssertEqual(JSONStreamError.tooDeep.message, "JSON nesting depth limit exceeded")
-        XCTAssertEqual(JSONStreamError.stray(0xFF).message, "JSON parse error, stray '\u{FFFD}'")
-        XCTAssertEqual(JSONStreamError.stray(0x01).message, "JSON parse error, stray '\u{01}'")
+        XCTAssertEqual(JSONStreamError.stray([0xFF]).message, "JSON parse error, stray '\u{FFFD}'")
+        XCTAssertEqual(JSONStreamError.stray([0x30, 0x31]).message, "JSON parse error, stray '01'")
     }
 }

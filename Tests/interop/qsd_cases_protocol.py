@@ -21,6 +21,22 @@ def fresh(*messages: bytes, negotiate: bool = False):
     return Call(run, "fresh connection")
 
 
+def fresh_oob(*messages: bytes):
+    """A new connection negotiated with out-of-band execution enabled, then the reply to each message."""
+    def run(side):
+        q = side.fresh()
+        try:
+            out = [q.request({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})]
+            for message in messages:
+                q.send_raw(message)
+                out.append(q.reply())
+            return out
+        finally:
+            q.close()
+            side.reopen()
+    return Call(run, "fresh connection with oob")
+
+
 def raw(*messages: bytes):
     def run(side):
         out = []
@@ -29,6 +45,14 @@ def raw(*messages: bytes):
             out.append(side.qmp.reply())
         return out
     return Call(run, "raw messages")
+
+
+def raw_replies(message: bytes, count: int):
+    """One raw message that takes `count` replies (a lexical error, then what follows it)."""
+    def run(side):
+        side.qmp.send_raw(message)
+        return [side.qmp.reply() for _ in range(count)]
+    return Call(run, f"raw message, {count} replies")
 
 
 def messages_after_quit(side):
@@ -59,6 +83,33 @@ CASES = [
     Case("single-quoted strings", [raw(b"{'execute': 'query-jobs'}\n")]),
     Case("both execute and exec-oob", [raw(b'{"execute": "query-jobs", "exec-oob": "query-jobs"}\n')]),
     Case("exec-oob without the capability", [raw(b'{"exec-oob": "query-jobs"}\n')]),
+    Case("parse error: missing colon", [raw(b'{"execute" "query-jobs"}\n')]),
+    Case("parse error: key not a string", [raw(b'{1: 2}\n')]),
+    Case("parse error: no separator in dict", [raw(b'{"execute": "query-jobs" "id": 1}\n')]),
+    Case("parse error: no separator in list", [raw(b'{"execute": "query-jobs", "id": [1 2]}\n')]),
+    Case("parse error: trailing comma", [raw(b'{"execute": "query-jobs", "id": [1,]}\n')]),
+    Case("parse error: invalid keyword", [raw(b'{"execute": "query-jobs", "id": tru}\n')]),
+    Case("parse error: invalid escape", [raw(b'{"execute": "query-jobs", "id": "\\x"}\n')]),
+    Case("parse error: short unicode escape", [raw(b'{"execute": "query-jobs", "id": "\\u12"}\n')]),
+    Case("parse error: lone surrogate", [raw(b'{"execute": "query-jobs", "id": "\\ud83d"}\n')]),
+    Case("parse error: duplicate key", [raw(b'{"execute": "query-jobs", "execute": "query-jobs"}\n')]),
+    Case("parse error: broken number", [raw(b'{"execute": "query-jobs", "id": -}\n')]),
+    Case("parse error: capital letter", [raw_replies(b'{"execute": "query-jobs", "id": True}\n{"execute": "query-jobs"}\n', 3)]),
+    Case("parse error: leading zero", [raw_replies(b'{"execute": "query-jobs", "id": 01}\n', 2)]),
+    Case("parse error: invalid UTF-8", [raw(b'{"execute": "query-jobs", "id": "\xc3"}\n')]),
+    Case("top-level keyword", [raw(b'abc\n')]),
+    Case("top-level number", [raw(b'123\n')]),
+    Case("top-level string", [raw(b'"abc"\n')]),
+    Case("top-level closing brace", [raw(b'}\n')]),
+    Case("id with characters outside ASCII", [raw(b'{"execute": "query-jobs", "id": "x\\u00e9\\ud83d\\ude00"}\n')]),
+    Case("single-quoted id with escapes", [raw(b"{'execute': 'query-jobs', 'id': 'it\\'s \"q\"'}\n")]),
+    Case("oob: enabled", [fresh_oob()]),
+    Case("oob: in-band command", [fresh_oob(b'{"execute": "query-jobs", "id": 5}\n')]),
+    Case("oob: command without oob support", [fresh_oob(b'{"exec-oob": "query-block-jobs", "id": 1}\n')]),
+    Case("oob: unknown command", [fresh_oob(b'{"exec-oob": "nosuch", "id": 3}\n')]),
+    Case("oob: qmp_capabilities", [fresh_oob(b'{"exec-oob": "qmp_capabilities"}\n')]),
+    Case("oob: both execute and exec-oob", [fresh_oob(b'{"exec-oob": "query-jobs", "execute": "query-jobs"}\n')]),
+    Case("oob: exec-oob not a string", [fresh_oob(b'{"exec-oob": 1}\n')]),
     Case("query-version", [Qmp("query-version")]),
     Case("query-commands", [Qmp("query-commands", pick=lambda a: sorted(c["name"] for c in a["return"]))]),
     Case("query-block-jobs", [Qmp("query-block-jobs")]),

@@ -235,7 +235,8 @@ def test_a_100_mb_garbage_line_costs_no_memory_and_the_session_goes_on(daemon):
     send_chunks(q.sock, 100 * MiB, b"x" * MiB)
     q.send_raw(b"\n")
     reply = q.reply()
-    assert reply["error"]["class"] == "GenericError" and reply["error"]["desc"].startswith("JSON parse error"), reply
+    # A run of letters is one keyword token to QEMU's lexer, and this one is far too long.
+    assert reply["error"] == {"class": "GenericError", "desc": "JSON token size limit exceeded"}, reply
     assert q.request({"execute": "query-version", "id": "after"})["id"] == "after"
     grown = peak.grown_kib()
     assert grown < 4 * 1024, f"RSS rose by {grown} KiB for a 100 MB garbage line"
@@ -251,13 +252,14 @@ def test_an_endless_string_is_dropped_at_the_limit_and_0xff_resets(daemon):
     q.send_raw(b'{"execute": "blockdev-add", "arguments": {"driver": "file", "filename": "')
     send_chunks(q.sock, 100 * MiB, b"y" * MiB)
     assert q.reply() == {"error": {"class": "GenericError", "desc": "JSON token size limit exceeded"}}
-    # Still inside the string: a command now is part of it and gets no answer. 0xFF ends the string
-    # without another error (the value was answered already); so would a raw newline, a control
-    # character that no string may hold.
+    # Still inside the value that was dropped: a command now is lexed as part of it and does not
+    # run (its pieces may be answered with errors, as QEMU's lexer answers them). 0xFF resets; a
+    # command after it runs.
     q.send_raw(b'{"execute": "query-version", "id": "swallowed"}')
     q.send_raw(b"\xff")
     q.send_raw(b'{"execute": "query-version", "id": "after"}\n')
-    assert q.reply()["id"] == "after"
+    while (reply := q.reply()).get("id") != "after":
+        assert "error" in reply and reply.get("id") != "swallowed", reply
     grown = peak.grown_kib()
     assert grown < 24 * 1024, f"RSS rose by {grown} KiB for an endless string (16 MiB are kept at most)"
     q.close()

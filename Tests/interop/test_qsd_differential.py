@@ -24,8 +24,6 @@ GROUPS: list[Group] = [ERRORS, GRAPH, EXPORTS, STATS, ARGUMENTS, PROTOCOL]
 RESIZE_UNDER_EXPORTS = ("blockd lets block_resize change the size of a node under a live export (clients that reconnect "
                         "see the new size, docs/compatibility.md); QEMU's NBD exports unshare the resize permission")
 INTERFACE_2_6 = "blockd implements the QEMU 2.6 interface and says so: version 2.6.0, package 'blockd VERSION'"
-MONITOR = "the QMP monitor's own answers (Sources/QMP, Sources/JSON): being hardened by another engineer"
-OOB = "the oob capability (greeting, qmp_capabilities, exec-oob): monitor work, later"
 OPENERS = "blockdev-add wording of the driver openers and BlockGraph: another engineer is refactoring them"
 
 # Cases where blockd answers differently on purpose, with the reason (docs/compatibility.md repeats it).
@@ -61,13 +59,6 @@ PENDING = {
     "arguments:blockdev-add file of raw refers to nothing": OPENERS,
     "arguments:blockdev-add file that does not exist": OPENERS,
     "arguments:blockdev-add qcow2 of a raw file": OPENERS,
-    "protocol:greeting capabilities": OOB,
-    "protocol:command before negotiation": OOB,
-    "protocol:qmp_capabilities twice": OOB,
-    "protocol:both execute and exec-oob": OOB,
-    "protocol:exec-oob without the capability": OOB,
-    "protocol:JSON syntax error": MONITOR,
-    "protocol:single-quoted strings": MONITOR,
 }
 
 # Members blockd sends because its QEMU 2.6 contract requires them and QEMU 7.2 no longer does: they
