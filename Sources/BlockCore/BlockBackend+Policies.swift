@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import LogOptionsClock
 
 /// What a device does when a read or write fails (`rerror`, `werror`; QEMU's `BlockdevOnError`).
 public enum BlockErrorPolicy: String, Sendable, CaseIterable {

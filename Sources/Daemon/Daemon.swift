@@ -10,6 +10,7 @@ import JSON
 import QAPI
 import QMP
 import Sockets
+import LogOptionsClock
 
 /// The running daemon: the graph, the NBD server, the QMP monitor, and the changes a reload or a
 /// monitor command makes to them. Control-plane changes are serialised by `controlLock`.

@@ -1,4 +1,4 @@
-import BlockCore
+import LogOptionsClock
 
 /// What one monitor client has yet to be sent, replies and events in the order they were posted.
 /// Posting never blocks and never touches the socket: the client's writer thread takes the messages

@@ -5,6 +5,7 @@ import BlockCore
 import BlockDrivers
 import Synchronization
 import XCTest
+import LogOptionsClock
 
 /// An in-memory driver that records the blkdebug events raised on its node.
 final class RecordingDriver: BlockDriver, @unchecked Sendable {

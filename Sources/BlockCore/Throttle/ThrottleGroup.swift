@@ -1,3 +1,5 @@
+import LogOptionsClock
+
 /// A throttle group: limits that apply to the combined reads and writes of its members (devices, or
 /// `throttle` filter nodes). When members wait, the group serves them in turn (round-robin), so one
 /// busy member cannot starve the others. Requests wait on their own thread, sleeping until the

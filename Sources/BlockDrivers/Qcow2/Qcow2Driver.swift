@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import Foundation
 import Synchronization
+import LogOptionsClock
 
 /// The `qcow2` format driver: guest clusters mapped through L1/L2 tables onto host clusters counted by
 /// refcounts, with a backing chain, zero and compressed clusters.

@@ -1,5 +1,6 @@
 import BlockCore
 import Foundation
+import LogOptionsClock
 
 /// Opens `qcow2` nodes: reads and checks the header and tables, and opens the backing chain.
 public enum Qcow2Opener {

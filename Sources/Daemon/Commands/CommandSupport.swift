@@ -1,6 +1,7 @@
 import BlockCore
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension OptionError {
     /// The error as QMP reports it: GenericError with the same text.

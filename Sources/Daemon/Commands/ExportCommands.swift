@@ -3,6 +3,7 @@ import Exports
 import JSON
 import QAPI
 import Sockets
+import LogOptionsClock
 
 extension Daemon {
     /// `nbd-server-start/add/remove/stop`, `block-export-add/del`, `query-block-exports`.

@@ -2,6 +2,7 @@ import BlockCore
 import Exports
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `blockdev-open-tray`, `blockdev-close-tray`, `x-blockdev-remove-medium` and `x-blockdev-insert-medium`

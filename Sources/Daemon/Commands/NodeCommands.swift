@@ -5,6 +5,7 @@ import BlockCore
 import BlockDrivers
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `blockdev-add` (2.6 and flattened forms), `blockdev-del`, `x-blockdev-del`, `query-named-block-nodes`.

@@ -1,6 +1,7 @@
 import BlockCore
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `object-add`, `object-del`: throttle groups, as `--object throttle-group` creates them.

@@ -2,6 +2,7 @@ import BlockCore
 import BlockDrivers
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// The live node policies: `block-set-write-threshold`, `x-blockd-set-detect-zeroes`,

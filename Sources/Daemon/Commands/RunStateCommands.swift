@@ -1,5 +1,6 @@
 import BlockCore
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `stop` and `cont`: pause every device's requests, and resume them (with the devices an I/O

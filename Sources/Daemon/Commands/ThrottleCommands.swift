@@ -1,5 +1,6 @@
 import BlockCore
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `block_set_io_throttle`: a device's limits and throttle group, changed while clients run.
