@@ -24,7 +24,7 @@ let package = Package(
         .target(name: "LogOptionsClock", dependencies: ["JSON"], swiftSettings: strict),
         .target(name: "BlockCore", dependencies: ["JSON", "LogOptionsClock", "CBlockShims"], swiftSettings: strict),
         .target(name: "BlockIO", dependencies: ["BlockCore", "LogOptionsClock", "CURing"], swiftSettings: strict),
-        .target(name: "BlockDrivers", dependencies: ["BlockCore", "LogOptionsClock", "JSON", "BlockIO", "CBlockShims", "CZlib"], swiftSettings: strict),
+        .target(name: "BlockDrivers", dependencies: ["BlockCore", "LogOptionsClock", "JSON", "QAPI", "BlockIO", "CBlockShims", "CZlib"], swiftSettings: strict),
         .target(name: "ImageTool", dependencies: ["BlockCore", "LogOptionsClock", "BlockDrivers", "JSON"], swiftSettings: strict),
         .target(name: "Sockets", dependencies: ["LogOptionsClock", "CBlockShims"], swiftSettings: strict),
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "Sockets", "CBlockShims"], swiftSettings: strict),
