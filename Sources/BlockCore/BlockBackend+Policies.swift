@@ -46,6 +46,8 @@ public struct PauseReasons: OptionSet, Sendable {
 }
 
 /// The pause state of a device and the requests that wait on it.
+///
+/// `@unchecked Sendable`: `reasons` is guarded by `condition`, on which paused requests wait.
 final class PauseGate: @unchecked Sendable {
     private let condition = MonotonicCondition()
     private var reasons: PauseReasons = []  // guarded by `condition`

@@ -9,6 +9,9 @@ import LogOptionsClock
 /// it cannot deliver), and the client's own commands wait in `waitForRoom()` while more than
 /// `replyBacklog` bytes are queued, so that a client pipelining commands without reading only
 /// stops being read.
+///
+/// `@unchecked Sendable`: every `var` is guarded by `condition`, on which the writer thread waits
+/// for messages and the command thread for room.
 public final class MonitorOutbox: @unchecked Sendable {
     /// What became of a posted event.
     public enum EventOutcome: Sendable, Equatable {
