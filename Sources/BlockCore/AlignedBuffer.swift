@@ -3,6 +3,10 @@ import Glibc
 #endif
 
 /// A heap buffer aligned for O_DIRECT, owned by one user at a time.
+///
+/// `@unchecked Sendable`: a buffer is handed between threads (a pool, an io_uring completion) but
+/// used by one owner at a time, which is the caller's contract; a lock per access would cost the
+/// data path for nothing.
 public final class AlignedBuffer: @unchecked Sendable {
     /// Alignment of every buffer: a page, enough for any logical block size.
     public static let alignment = 4096

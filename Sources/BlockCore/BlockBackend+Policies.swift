@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import LogOptionsClock
 
 /// What a device does when a read or write fails (`rerror`, `werror`; QEMU's `BlockdevOnError`).
 public enum BlockErrorPolicy: String, Sendable, CaseIterable {
@@ -45,6 +46,8 @@ public struct PauseReasons: OptionSet, Sendable {
 }
 
 /// The pause state of a device and the requests that wait on it.
+///
+/// `@unchecked Sendable`: `reasons` is guarded by `condition`, on which paused requests wait.
 final class PauseGate: @unchecked Sendable {
     private let condition = MonotonicCondition()
     private var reasons: PauseReasons = []  // guarded by `condition`

@@ -1,4 +1,5 @@
 import Synchronization
+import LogOptionsClock
 
 /// Which operation a quorum child failed or disagreed on (QEMU's `QuorumOpType`).
 public enum QuorumOperation: String, Sendable {

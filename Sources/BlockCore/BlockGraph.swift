@@ -1,4 +1,5 @@
 import Synchronization
+import LogOptionsClock
 
 /// Settings every node takes besides its driver's own (BlockdevOptionsBase in the schema).
 public struct CommonNodeOptions: Sendable {

@@ -294,6 +294,11 @@ public final class BlockNode: Sendable {
 }
 
 /// A pthread reader-writer lock: shared for aligned writes, exclusive for read-modify-write.
+/// Kept beside `Mutex` because writes on an aligned (O_DIRECT) node run side by side and only a
+/// read-modify-write must be alone; a `Mutex` would serialise every write of the node.
+///
+/// `@unchecked Sendable`: the pthread object is allocated once, never moves, and is made for use
+/// from many threads.
 final class ReadWriteLock: @unchecked Sendable {
     private let lock = UnsafeMutablePointer<pthread_rwlock_t>.allocate(capacity: 1)
     init() { pthread_rwlock_init(lock, nil) }

@@ -1,4 +1,5 @@
 import Synchronization
+import LogOptionsClock
 
 /// The kinds of request accounted (BlockAcctType).
 public enum IOKind: Int, Sendable, CaseIterable {

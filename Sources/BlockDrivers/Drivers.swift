@@ -1,24 +1,33 @@
 import BlockCore
+import QAPI
 
 /// Every driver this build can open, by the name `--blockdev driver=` uses.
 public enum Drivers {
-    /// The table a `BlockGraph` is created with.
-    public static let all: [String: DriverEntry] = {
-        let file: Set<String> = ["filename", "locking", "x-check-cache-dropped"]
-        let null: Set<String> = ["size", "latency-ns", "read-zeroes"]
-        return [
-            "file": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "file")),
-            "host_device": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "host_device")),
-            "host_cdrom": DriverEntry(keys: file, open: FileDriverOpener.opener(for: "host_cdrom")),
-            "raw": DriverEntry(keys: ["file", "offset", "size"], open: RawDriver.opener),
-            "qcow2": DriverEntry(keys: Qcow2Opener.keys, open: Qcow2Opener.opener),
-            "blkdebug": DriverEntry(keys: ["image", "config", "align", "inject-error", "set-state"], open: BlkdebugDriver.opener),
-            "blkverify": DriverEntry(keys: ["test", "raw"], open: BlkverifyDriver.opener),
-            "quorum": DriverEntry(
-                keys: ["children", "vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern"], open: QuorumDriver.opener),
-            "throttle": DriverEntry(keys: ["throttle-group", "file"], open: ThrottleDriver.opener),
-            "null-co": DriverEntry(keys: null, open: NullDriver.opener(for: "null-co")),
-            "null-aio": DriverEntry(keys: null, open: NullDriver.opener(for: "null-aio")),
-        ]
-    }()
+    /// The table a `BlockGraph` is created with. Each driver's own option names are its branch of
+    /// the schema's `BlockdevOptions` union, so that they are known in one place.
+    public static let all: [String: DriverEntry] = [
+        "file": entry("file", FileDriverOpener.opener(for: "file")),
+        "host_device": entry("host_device", FileDriverOpener.opener(for: "host_device")),
+        "host_cdrom": entry("host_cdrom", FileDriverOpener.opener(for: "host_cdrom")),
+        "raw": entry("raw", RawDriver.opener),
+        "qcow2": entry("qcow2", Qcow2Opener.opener),
+        "blkdebug": entry("blkdebug", BlkdebugDriver.opener),
+        "blkverify": entry("blkverify", BlkverifyDriver.opener),
+        "quorum": entry("quorum", QuorumDriver.opener),
+        "throttle": entry("throttle", ThrottleDriver.opener),
+        "null-co": entry("null-co", NullDriver.opener(for: "null-co")),
+        "null-aio": entry("null-aio", NullDriver.opener(for: "null-aio")),
+    ]
+
+    /// The option names of `driver` in the schema: the members of its `BlockdevOptions` branch.
+    public static func schemaKeys(of driver: String) -> Set<String> {
+        guard let members = QAPIIntrospection.members(ofBranch: driver, of: "BlockdevOptions") else {
+            preconditionFailure("driver '\(driver)' has no branch in the schema's BlockdevOptions")
+        }
+        return Set(members)
+    }
+
+    private static func entry(_ driver: String, _ open: @escaping DriverOpener) -> DriverEntry {
+        DriverEntry(keys: schemaKeys(of: driver), open: open)
+    }
 }

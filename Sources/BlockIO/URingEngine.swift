@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import CURing
+import LogOptionsClock
 
 /// The io_uring engine (`aio=native`): a ring per connection thread; a batch of reads and writes is
 /// submitted, and waited for, with one `io_uring_enter`.

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import LogOptionsClock
 
 /// The settings of a config file (`blockd --config FILE`): one command-line option per line, without
 /// its leading dashes, then white space, then the value exactly as on the command line.

@@ -1,6 +1,7 @@
 import BlockCore
 import Exports
 import Sockets
+import LogOptionsClock
 
 /// One `--nbd-server`: a listening address and its limits.
 public struct NBDServerSpec: Sendable, Equatable {

@@ -10,9 +10,17 @@ import JSON
 import QAPI
 import QMP
 import Sockets
+import Synchronization
+import LogOptionsClock
 
 /// The running daemon: the graph, the NBD server, the QMP monitor, and the changes a reload or a
 /// monitor command makes to them. Control-plane changes are serialised by `controlLock`.
+///
+/// `@unchecked Sendable`: the mutable properties below (`devices`, `runStopped`, `openedMedia`,
+/// `nodeDefinitions`, `server`, `configuration`, `monitor`) are read and changed only with
+/// `controlLock` held (through `locked`, `reload` and the shutdown path), or before the monitor
+/// starts; the lock guards whole multi-step changes of the graph, not one value, so they are not
+/// moved into it.
 public final class Daemon: @unchecked Sendable {
     /// The block graph.
     public let graph = BlockGraph(drivers: Drivers.all)
@@ -21,7 +29,7 @@ public final class Daemon: @unchecked Sendable {
     private var configuration: DaemonConfiguration
     private let activation: SocketActivation?
     /// Serialises monitor commands and reloads.
-    let controlLock = NSLock()
+    let controlLock = Mutex<Void>(())
     /// Devices created by the 2.6 form of `blockdev-add` with an `id`, by id.
     var devices: [String: BlockBackend] = [:]
     /// Whether QMP `stop` put the server in the stopped run state.
@@ -89,8 +97,11 @@ public final class Daemon: @unchecked Sendable {
     /// configuration is checked before anything changes; a node that fails to open is reported and
     /// left out, with its export.
     public func reload(_ new: DaemonConfiguration) throws(OptionError) {
-        controlLock.lock()
-        defer { controlLock.unlock() }
+        try controlLock.withLock { _ throws(OptionError) in try applyReload(new) }
+    }
+
+    /// `reload` with the control lock held.
+    private func applyReload(_ new: DaemonConfiguration) throws(OptionError) {
         let old = configuration
         let newAddresses = try listenAddresses(new)
         let oldAddresses = server.addresses
@@ -168,9 +179,7 @@ public final class Daemon: @unchecked Sendable {
     /// Lets every request that waits for a paused device or a throttle group go, so that the
     /// connections can drain at shutdown.
     private func releaseWaitingRequests() {
-        controlLock.lock()
-        let backends = devices.values.map { $0 } + server.exports.all.map(\.backend)
-        controlLock.unlock()
+        let backends = controlLock.withLock { _ in devices.values.map { $0 } + server.exports.all.map(\.backend) }
         for group in graph.throttleGroups.all { group.setLimits(ThrottleLimits()) }
         for backend in backends { backend.resume([.stopped, .ioError]) }
     }

@@ -1,6 +1,7 @@
 import BlockCore
 import JSON
 import QAPI
+import LogOptionsClock
 
 /// The device settings of a 2.6-form `blockdev-add` with an `id` that are blockd's policies:
 /// `rerror`, `werror` and `throttling.*` (with `throttling.group`).

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import LogOptionsClock
 
 /// Process-level behaviour: signals, `--daemonize`, `--pidfile`, systemd notification and reload.
 public enum Lifecycle {

@@ -1,6 +1,7 @@
 import BlockCore
 import BlockDrivers
 import Foundation
+import LogOptionsClock
 
 /// A node's file name as QEMU reports it ("file" and "image.filename" of query-named-block-nodes):
 /// the image's path or a protocol name when the node can be reopened from it alone, else a

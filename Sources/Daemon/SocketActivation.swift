@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import Exports
 import Sockets
+import LogOptionsClock
 
 /// Listening sockets passed by systemd (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`; sd_listen_fds(3)).
 public struct SocketActivation: Sendable {

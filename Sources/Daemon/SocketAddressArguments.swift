@@ -2,6 +2,7 @@ import BlockCore
 import JSON
 import QAPI
 import Sockets
+import LogOptionsClock
 
 extension Daemon {
     /// nbd-server-start's `addr`, decoded as QEMU decodes SocketAddressLegacy (`{"type": "unix",

@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import Exports
 import Sockets
+import LogOptionsClock
 
 /// Talks to the service manager over `NOTIFY_SOCKET` (sd_notify(3)): readiness, status, watchdog.
 public final class SystemdNotifier: Sendable {

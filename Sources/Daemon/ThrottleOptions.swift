@@ -1,4 +1,5 @@
 import BlockCore
+import LogOptionsClock
 
 /// One `--object throttle-group,id=ID,limits.*=...`: a named group that throttle nodes and devices join.
 public struct ThrottleGroupSpec: Sendable, Equatable {

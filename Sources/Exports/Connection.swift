@@ -5,6 +5,7 @@ import BlockCore
 import CBlockShims
 import NBDProtocol
 import Sockets
+import LogOptionsClock
 
 /// One client connection: the handshake under a time limit, then the transmission phase.
 struct Connection {

@@ -2,6 +2,7 @@ import BlockCore
 import Sockets
 import NBDProtocol
 import Synchronization
+import LogOptionsClock
 
 /// One export of the NBD server: a name clients ask for, and the device (BlockBackend) it serves.
 public final class NBDExport: Sendable {

@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import Sockets
 import Synchronization
+import LogOptionsClock
 
 /// Limits that keep idle or hostile clients from exhausting the server.
 public struct ServerLimits: Sendable {

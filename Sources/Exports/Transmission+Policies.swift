@@ -1,5 +1,6 @@
 import BlockCore
 import NBDProtocol
+import LogOptionsClock
 
 /// The device policies on the request path: admission (throttling, pausing) before a request runs,
 /// and the rerror/werror policy after one failed, with the replies of failed requests. Both are off the fast path: a device without a

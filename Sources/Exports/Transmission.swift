@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import Sockets
 import NBDProtocol
+import LogOptionsClock
 
 /// The transmission phase of one connection: reads requests in batches, executes them on this thread,
 /// and sends the replies of a batch with one system call.

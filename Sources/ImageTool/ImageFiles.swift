@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import BlockDrivers
 import Foundation
+import LogOptionsClock
 
 /// An opened image: the format node on top, its protocol (`file`) node, and the graph that holds them.
 public final class OpenedImage {

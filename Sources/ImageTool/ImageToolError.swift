@@ -1,4 +1,5 @@
 import BlockCore
+import LogOptionsClock
 
 /// A failed `blockimg` command: the message for the user and the process exit code.
 public struct ImageToolError: Error, Sendable, CustomStringConvertible {

@@ -1,11 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCore
 import JSON
 import QAPI
 import Sockets
 import Synchronization
+import LogOptionsClock
 
 /// One connected monitor client: a reader thread that runs its session (commands in, replies
 /// posted) and a writer thread that sends whatever its outbox holds. Nothing else ever writes to

@@ -1,4 +1,4 @@
-import BlockCore
+import LogOptionsClock
 
 /// What one monitor client has yet to be sent, replies and events in the order they were posted.
 /// Posting never blocks and never touches the socket: the client's writer thread takes the messages
@@ -9,6 +9,9 @@ import BlockCore
 /// it cannot deliver), and the client's own commands wait in `waitForRoom()` while more than
 /// `replyBacklog` bytes are queued, so that a client pipelining commands without reading only
 /// stops being read.
+///
+/// `@unchecked Sendable`: every `var` is guarded by `condition`, on which the writer thread waits
+/// for messages and the command thread for room.
 public final class MonitorOutbox: @unchecked Sendable {
     /// What became of a posted event.
     public enum EventOutcome: Sendable, Equatable {

@@ -1,11 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCore
 import JSON
 import QAPI
 import Sockets
 import Synchronization
+import LogOptionsClock
 
 /// The QMP monitor: listeners from `--chardev socket` + `--monitor`, a reader and a writer thread per
 /// client, and events queued to every client that finished capabilities negotiation.

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCore
+import LogOptionsClock
 
 /// Where the NBD server listens (SocketAddress in the schema).
 public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {

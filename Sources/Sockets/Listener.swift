@@ -1,9 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCore
 import CBlockShims
 import Synchronization
+import LogOptionsClock
 
 /// A listening socket and the thread that accepts on it.
 public final class Listener: Sendable {

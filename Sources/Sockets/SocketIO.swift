@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import BlockCore
 import CBlockShims
+import LogOptionsClock
 
 /// Blocking socket I/O on one connected descriptor, optionally bounded by a deadline for the whole
 /// exchange (the handshake's), so that a client dripping bytes cannot stretch it.

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 
-private final class ThreadBody: @unchecked Sendable {
+private final class ThreadBody: Sendable {
     let run: @Sendable () -> Void
     init(_ run: @escaping @Sendable () -> Void) { self.run = run }
 }

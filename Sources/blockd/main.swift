@@ -1,6 +1,6 @@
 import ArgumentParser
-import BlockCore
 import Daemon
+import LogOptionsClock
 
 /// The `blockd` command: a block-device exporter with qemu-storage-daemon's options.
 struct BlockdCommand: ParsableCommand {

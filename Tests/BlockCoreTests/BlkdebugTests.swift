@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import BlockDrivers
 import XCTest
+import LogOptionsClock
 
 final class BlkdebugTests: XCTestCase {
     private func rules(_ text: String) throws -> BlkdebugRuleSet {

@@ -5,6 +5,9 @@ import XCTest
 
 /// A leaf that remembers every operation it receives and answers each one recognisably (a hole
 /// where the leaf default says data, a size where it says unknown), and maps its bytes.
+///
+/// `@unchecked Sendable`: the storage is raw memory that the tests use from one thread at a time;
+/// the size and the log are in `Mutex`es.
 private final class LoggingLeaf: BlockDriver, @unchecked Sendable {
     let driverName = "logging"
     let features: DriverFeatures

@@ -1,6 +1,7 @@
 import BlockCore
 import BlockDrivers
 import XCTest
+import LogOptionsClock
 
 final class GraphTests: XCTestCase {
     private var directory: String!

@@ -2,6 +2,7 @@ import BlockCore
 import BlockDrivers
 import Foundation
 import XCTest
+import LogOptionsClock
 
 /// The wording of every opener refusal, in both syntaxes: QMP clients compare some of them with
 /// qemu-storage-daemon's, operators read the command-line ones. Pinned so that moving the wording

@@ -5,14 +5,17 @@ import BlockCore
 import BlockDrivers
 import Synchronization
 import XCTest
+import LogOptionsClock
 
 /// An in-memory driver that records the blkdebug events raised on its node.
+///
+/// `@unchecked Sendable`: the storage and the write counters are raw state that the tests drive
+/// from one thread at a time; the recorded events are in a `Mutex`.
 final class RecordingDriver: BlockDriver, @unchecked Sendable {
     let driverName = "recording"
     let features: DriverFeatures
     private let storage: UnsafeMutableRawBufferPointer
-    private let lock = NSLock()
-    private var recorded: [BlkdebugEvent] = []
+    private let recorded = Mutex<[BlkdebugEvent]>([])
     private(set) var zeroWrites = 0
     private(set) var writes = 0
 
@@ -30,22 +33,14 @@ final class RecordingDriver: BlockDriver, @unchecked Sendable {
 
     var length: UInt64 { UInt64(storage.count) }
 
-    var events: [BlkdebugEvent] {
-        lock.lock()
-        defer { lock.unlock() }
-        return recorded
-    }
+    var events: [BlkdebugEvent] { recorded.withLock { $0 } }
 
     func clear() {
-        lock.lock()
-        recorded.removeAll()
-        lock.unlock()
+        recorded.withLock { $0.removeAll() }
     }
 
     func debugEvent(_ event: BlkdebugEvent) {
-        lock.lock()
-        recorded.append(event)
-        lock.unlock()
+        recorded.withLock { $0.append(event) }
     }
 
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import Foundation
+import Synchronization
 import XCTest
 
 /// The leaky-bucket arithmetic with time passed in (no sleeping), the limit checks, and a device's
@@ -183,11 +184,10 @@ final class ThrottleTests: XCTestCase {
 private final class Member: Sendable {}
 
 /// A Bool set on one thread and read on another.
-private final class LockedFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var stored: Bool?
+private final class LockedFlag: Sendable {
+    private let stored = Mutex<Bool?>(nil)
 
-    func set(_ value: Bool) { lock.withLock { stored = value } }
+    func set(_ value: Bool) { stored.withLock { $0 = value } }
 
-    var value: Bool? { lock.withLock { stored } }
+    var value: Bool? { stored.withLock { $0 } }
 }

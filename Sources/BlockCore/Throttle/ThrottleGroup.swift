@@ -1,7 +1,12 @@
+import LogOptionsClock
+
 /// A throttle group: limits that apply to the combined reads and writes of its members (devices, or
 /// `throttle` filter nodes). When members wait, the group serves them in turn (round-robin), so one
 /// busy member cannot starve the others. Requests wait on their own thread, sleeping until the
 /// buckets allow them or the limits change; they are never failed.
+///
+/// `@unchecked Sendable`: every `var` is guarded by `condition`, whose mutex the waiting requests
+/// release while they sleep (a `Mutex<State>` cannot be waited on).
 public final class ThrottleGroup: @unchecked Sendable {
     /// The group's name (`group` of block_set_io_throttle, `id` of a throttle-group object).
     public let name: String

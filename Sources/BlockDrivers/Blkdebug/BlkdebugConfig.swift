@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import LogOptionsClock
 
 /// blkdebug's `config` file: QEMU's configuration file syntax with `[inject-error]` and
 /// `[set-state]` groups whose members are the rules' options, one `key = "value"` per line:

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import Synchronization
+import LogOptionsClock
 
 /// The `blkdebug` filter: passes every request to its `image` child, and fails requests as its
 /// rules say. Events raised on the node (`BlockNode.debugEvent`, by the parent driver or by the

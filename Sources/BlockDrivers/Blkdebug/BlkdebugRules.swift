@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import LogOptionsClock
 
 /// An `inject-error` rule (`BlkdebugInjectErrorOptions`): when `event` is raised in `state`, the next
 /// request that touches `sector` fails with `errno`.

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import LogOptionsClock
 
 /// The `blkverify` filter: every write goes to both the node under `test` and the `raw` reference;
 /// every read reads both and compares them. A difference is logged as an error, with the first

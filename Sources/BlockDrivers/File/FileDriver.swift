@@ -5,6 +5,7 @@ import BlockCore
 import BlockIO
 import CBlockShims
 import Synchronization
+import LogOptionsClock
 
 /// The `file` protocol driver (also `host_device` and `host_cdrom`): a regular file or a block device,
 /// read and written with positioned system calls from the calling thread.

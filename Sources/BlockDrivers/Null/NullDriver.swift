@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import Synchronization
+import LogOptionsClock
 
 /// The `null-co` and `null-aio` drivers: a device of a given size that discards writes and reads as
 /// zeroes (with `read-zeroes=on`) or as whatever the buffer held.

@@ -4,6 +4,7 @@ import Glibc
 import BlockCore
 import Foundation
 import Synchronization
+import LogOptionsClock
 
 /// The `qcow2` format driver: guest clusters mapped through L1/L2 tables onto host clusters counted by
 /// refcounts, with a backing chain, zero and compressed clusters.
@@ -11,12 +12,16 @@ import Synchronization
 /// Concurrency: the metadata (tables, caches, refcounts) is guarded by one lock held only while
 /// mappings are looked up or changed; data moves without it. Writes that allocate mark their guest
 /// clusters in flight, so only requests on the same clusters wait for them.
+///
+/// `@unchecked Sendable`: `meta` and `inflight` are guarded by `lock` (a condition, because requests
+/// wait on in-flight clusters), `cleaner` is set once before the node is shared, and the rest is
+/// immutable or atomic.
 public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     public let driverName = "qcow2"
     public let features: DriverFeatures
     let file: BlockNode
     let backing: BlockNode?
-    let lock = NSCondition()
+    let lock = MonotonicCondition()
     /// Guarded by `lock`.
     let meta: Qcow2Metadata
     /// Guest clusters being allocated; guarded by `lock`.

@@ -1,4 +1,5 @@
 import BlockCore
+import LogOptionsClock
 
 /// What one guest cluster maps to.
 enum Qcow2ClusterState: Equatable {

@@ -1,14 +1,9 @@
 import BlockCore
 import Foundation
+import LogOptionsClock
 
 /// Opens `qcow2` nodes: reads and checks the header and tables, and opens the backing chain.
 public enum Qcow2Opener {
-    /// The option names `--blockdev driver=qcow2` takes.
-    public static let keys: Set<String> = [
-        "file", "backing", "lazy-refcounts", "pass-discard-request", "pass-discard-snapshot", "pass-discard-other",
-        "overlap-check", "cache-size", "l2-cache-size", "l2-cache-entry-size", "refcount-cache-size", "cache-clean-interval",
-    ]
-
     /// Opens a qcow2 node.
     public static let opener: DriverOpener = { options, context throws(OptionError) in
         guard let file = try context.child("file", of: options) else {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import LogOptionsClock
 
 /// The `quorum` driver: writes go to every child and succeed when at least `vote-threshold` of
 /// them do; reads (`read-pattern=quorum`) read every child and return the bytes a majority of at

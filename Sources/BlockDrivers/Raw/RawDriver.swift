@@ -1,4 +1,5 @@
 import BlockCore
+import LogOptionsClock
 
 /// The `raw` format driver: the child's bytes as they are, optionally a window (`offset`, `size`) of them.
 /// A filter (`FilterDriver`) that moves offsets into the window; as it leaves the data alone, its

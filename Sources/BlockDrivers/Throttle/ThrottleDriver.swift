@@ -1,4 +1,5 @@
 import BlockCore
+import LogOptionsClock
 
 /// The `throttle` filter: reads, writes and zero-writes pass through the limits of a throttle group
 /// (`throttle-group`, created by `--object throttle-group`) before they reach the `file` child.

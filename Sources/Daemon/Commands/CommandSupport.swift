@@ -1,6 +1,8 @@
 import BlockCore
 import JSON
 import QAPI
+import Synchronization
+import LogOptionsClock
 
 extension OptionError {
     /// The error as QMP reports it: GenericError with the same text.
@@ -10,10 +12,8 @@ extension OptionError {
 extension Daemon {
     /// Runs a control-plane change under the daemon's lock; graph and export changes are serialised
     /// between monitor clients and reloads.
-    func locked<T>(_ body: () throws(QAPIError) -> T) throws(QAPIError) -> T {
-        controlLock.lock()
-        defer { controlLock.unlock() }
-        return try body()
+    func locked<T: Sendable>(_ body: () throws(QAPIError) -> T) throws(QAPIError) -> T {
+        try controlLock.withLock { _ throws(QAPIError) -> T in try body() }
     }
 
     /// The node named `name`, or DeviceNotFound (QEMU 2.6's class, kept by the commands of its era).

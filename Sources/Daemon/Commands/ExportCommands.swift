@@ -3,66 +3,88 @@ import Exports
 import JSON
 import QAPI
 import Sockets
+import LogOptionsClock
 
 extension Daemon {
     /// `nbd-server-start/add/remove/stop`, `block-export-add/del`, `query-block-exports`.
     func registerExportCommands(on table: QMPCommandTable) {
-        table.register(NbdServerStartInOrder.self) { [unowned self] arguments throws(QAPIError) in
-            // QEMU decodes "addr" to its last member before it looks at the other arguments.
-            guard case .object(let members) = arguments, let addr = members["addr"] else {
-                _ = try NbdServerStartArguments(decoding: arguments, at: "")
-                throw .missingParameter("addr")
-            }
-            let address = try Daemon.socketAddress(addr)
-            let decoded = try NbdServerStartArguments(decoding: arguments, at: "")
-            return try locked { () throws(QAPIError) in
-                try startServer(decoded, at: address)
-                return QAPIEmpty()
-            }
+        table.register(NbdServerStartInOrder.self) { [unowned self] arguments throws(QAPIError) in try self.nbdServerStart(arguments) }
+        table.register(NbdServerStopCommand.self) { [unowned self] _ throws(QAPIError) in try self.nbdServerStop() }
+        table.register(NbdServerAddCommand.self) { [unowned self] arguments throws(QAPIError) in try self.nbdServerAdd(arguments) }
+        table.register(NbdServerRemoveCommand.self) { [unowned self] arguments throws(QAPIError) in try self.nbdServerRemove(arguments) }
+        table.register(BlockExportAddCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockExportAdd(arguments) }
+        table.register(BlockExportDelCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockExportDel(arguments) }
+        table.register(QueryBlockExportsCommand.self) { [unowned self] _ throws(QAPIError) in try self.queryBlockExports() }
+    }
+
+    /// `nbd-server-start`: starts the NBD server.
+    func nbdServerStart(_ arguments: JSONValue) throws(QAPIError) -> QAPIEmpty {
+        // QEMU decodes "addr" to its last member before it looks at the other arguments.
+        guard case .object(let members) = arguments, let addr = members["addr"] else {
+            _ = try NbdServerStartArguments(decoding: arguments, at: "")
+            throw .missingParameter("addr")
         }
-        table.register(NbdServerStopCommand.self) { [unowned self] _ throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                guard !server.addresses.isEmpty else { throw .generic("NBD server not running") }
-                for export in server.exports.all { removeExport(export.id) }
-                for address in server.addresses { server.stopListening(on: address) }
-                return QAPIEmpty()
-            }
+        let address = try Daemon.socketAddress(addr)
+        let decoded = try NbdServerStartArguments(decoding: arguments, at: "")
+        return try locked { () throws(QAPIError) in
+            try startServer(decoded, at: address)
+            return QAPIEmpty()
         }
-        table.register(NbdServerAddCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try addServerExport(arguments)
-                return QAPIEmpty()
-            }
+    }
+
+    /// `nbd-server-stop`: stops the NBD server.
+    func nbdServerStop() throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            guard !server.addresses.isEmpty else { throw .generic("NBD server not running") }
+            for export in server.exports.all { removeExport(export.id) }
+            for address in server.addresses { server.stopListening(on: address) }
+            return QAPIEmpty()
         }
-        table.register(NbdServerRemoveCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                // As in QEMU, the name is the export's id (nbd-server-add gives both the same value).
-                try removeExport(arguments.name, hard: arguments.mode == .hard)
-                return QAPIEmpty()
-            }
+    }
+
+    /// `nbd-server-add`: exports a device or node through the running NBD server.
+    func nbdServerAdd(_ arguments: NbdServerAddArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try addServerExport(arguments)
+            return QAPIEmpty()
         }
-        table.register(BlockExportAddCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                let spec: ExportSpec
-                do throws(OptionError) {
-                    spec = try DaemonConfiguration.parseExport(arguments, syntax: .qmp)
-                } catch {
-                    throw error.qmp
-                }
-                try addExport(spec)
-                return QAPIEmpty()
-            }
+    }
+
+    /// `nbd-server-remove`: removes an export from the NBD server.
+    func nbdServerRemove(_ arguments: NbdServerRemoveArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            // As in QEMU, the name is the export's id (nbd-server-add gives both the same value).
+            try removeExport(arguments.name, hard: arguments.mode == .hard)
+            return QAPIEmpty()
         }
-        table.register(BlockExportDelCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try removeExport(arguments.id, hard: arguments.mode == .hard)
-                return QAPIEmpty()
+    }
+
+    /// `block-export-add`: exports a node.
+    func blockExportAdd(_ arguments: BlockExportOptions) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            let spec: ExportSpec
+            do throws(OptionError) {
+                spec = try DaemonConfiguration.parseExport(arguments, syntax: .qmp)
+            } catch {
+                throw error.qmp
             }
+            try addExport(spec)
+            return QAPIEmpty()
         }
-        table.register(QueryBlockExportsCommand.self) { [unowned self] _ throws(QAPIError) in
-            server.exports.all.map {
-                BlockExportInfo(id: $0.id, type: .nbd, nodeName: $0.backend.medium?.name ?? "", shuttingDown: false)
-            }
+    }
+
+    /// `block-export-del`: starts removing an export.
+    func blockExportDel(_ arguments: BlockExportDelArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try removeExport(arguments.id, hard: arguments.mode == .hard)
+            return QAPIEmpty()
+        }
+    }
+
+    /// `query-block-exports`: lists the exports.
+    func queryBlockExports() throws(QAPIError) -> [BlockExportInfo] {
+        server.exports.all.map {
+            BlockExportInfo(id: $0.id, type: .nbd, nodeName: $0.backend.medium?.name ?? "", shuttingDown: false)
         }
     }
 

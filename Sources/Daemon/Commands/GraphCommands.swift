@@ -4,9 +4,12 @@ import QAPI
 extension Daemon {
     /// `x-debug-query-block-graph`.
     func registerGraphCommands(on table: QMPCommandTable) {
-        table.register(XDebugQueryBlockGraphCommand.self) { [unowned self] _ throws(QAPIError) in
-            try locked { () throws(QAPIError) in blockGraph() }
-        }
+        table.register(XDebugQueryBlockGraphCommand.self) { [unowned self] _ throws(QAPIError) in try self.xDebugQueryBlockGraph() }
+    }
+
+    /// `x-debug-query-block-graph`: describes the block graph for debugging.
+    func xDebugQueryBlockGraph() throws(QAPIError) -> XDbgBlockGraph {
+        try locked { () throws(QAPIError) in blockGraph() }
     }
 
     /// The graph as x-debug-query-block-graph shows it: devices and nodes as numbered vertices,

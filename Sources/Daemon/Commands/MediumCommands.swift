@@ -2,54 +2,76 @@ import BlockCore
 import Exports
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `blockdev-open-tray`, `blockdev-close-tray`, `x-blockdev-remove-medium` and `x-blockdev-insert-medium`
     /// (with their later names `blockdev-remove-medium`, `blockdev-insert-medium`), `blockdev-change-medium`.
     func registerMediumCommands(on table: QMPCommandTable) {
-        table.register(BlockdevOpenTrayCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                let (name, backend) = try device(arguments.device, arguments.id)
-                moveTray(of: backend, name: name, open: true)
-                return QAPIEmpty()
-            }
+        table.register(BlockdevOpenTrayCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockdevOpenTray(arguments) }
+        table.register(BlockdevCloseTrayCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockdevCloseTray(arguments) }
+        table.register(XBlockdevRemoveMediumCommand.self) { [unowned self] arguments throws(QAPIError) in try self.xBlockdevRemoveMedium(arguments) }
+        table.register(BlockdevRemoveMediumCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockdevRemoveMedium(arguments) }
+        table.register(XBlockdevInsertMediumCommand.self) { [unowned self] arguments throws(QAPIError) in try self.xBlockdevInsertMedium(arguments) }
+        table.register(BlockdevInsertMediumCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockdevInsertMedium(arguments) }
+        table.register(BlockdevChangeMediumCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockdevChangeMedium(arguments) }
+    }
+
+    /// `blockdev-open-tray`: opens a device's tray.
+    func blockdevOpenTray(_ arguments: BlockdevOpenTrayArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            let (name, backend) = try device(arguments.device, arguments.id)
+            moveTray(of: backend, name: name, open: true)
+            return QAPIEmpty()
         }
-        table.register(BlockdevCloseTrayCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                let (name, backend) = try device(arguments.device, arguments.id)
-                moveTray(of: backend, name: name, open: false)
-                return QAPIEmpty()
-            }
+    }
+
+    /// `blockdev-close-tray`: closes a device's tray.
+    func blockdevCloseTray(_ arguments: BlockdevCloseTrayArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            let (name, backend) = try device(arguments.device, arguments.id)
+            moveTray(of: backend, name: name, open: false)
+            return QAPIEmpty()
         }
-        table.register(XBlockdevRemoveMediumCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try removeMedium(try device(arguments.device, arguments.id))
-                return QAPIEmpty()
-            }
+    }
+
+    /// `x-blockdev-remove-medium`: takes the medium out of a device.
+    func xBlockdevRemoveMedium(_ arguments: XBlockdevRemoveMediumArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try removeMedium(try device(arguments.device, arguments.id))
+            return QAPIEmpty()
         }
-        table.register(BlockdevRemoveMediumCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try removeMedium(try device(nil, arguments.id))
-                return QAPIEmpty()
-            }
+    }
+
+    /// `blockdev-remove-medium`: the later name of x-blockdev-remove-medium.
+    func blockdevRemoveMedium(_ arguments: BlockdevRemoveMediumArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try removeMedium(try device(nil, arguments.id))
+            return QAPIEmpty()
         }
-        table.register(XBlockdevInsertMediumCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try insertMedium(arguments.nodeName, into: arguments.device, arguments.id)
-                return QAPIEmpty()
-            }
+    }
+
+    /// `x-blockdev-insert-medium`: puts a node into a device as its medium.
+    func xBlockdevInsertMedium(_ arguments: XBlockdevInsertMediumArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try insertMedium(arguments.nodeName, into: arguments.device, arguments.id)
+            return QAPIEmpty()
         }
-        table.register(BlockdevInsertMediumCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try insertMedium(arguments.nodeName, into: nil, arguments.id)
-                return QAPIEmpty()
-            }
+    }
+
+    /// `blockdev-insert-medium`: the later name of x-blockdev-insert-medium.
+    func blockdevInsertMedium(_ arguments: BlockdevInsertMediumArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try insertMedium(arguments.nodeName, into: nil, arguments.id)
+            return QAPIEmpty()
         }
-        table.register(BlockdevChangeMediumCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try changeMedium(arguments)
-                return QAPIEmpty()
-            }
+    }
+
+    /// `blockdev-change-medium`: replaces the medium of a device with a newly opened image.
+    func blockdevChangeMedium(_ arguments: BlockdevChangeMediumArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try changeMedium(arguments)
+            return QAPIEmpty()
         }
     }
 

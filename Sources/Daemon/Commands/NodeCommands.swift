@@ -5,109 +5,128 @@ import BlockCore
 import BlockDrivers
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `blockdev-add` (2.6 and flattened forms), `blockdev-del`, `x-blockdev-del`, `query-named-block-nodes`.
     func registerNodeCommands(on table: QMPCommandTable) {
-        table.register(BlockdevAddCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                // 2.6: {"options": {...}} with an optional top-level "id" that creates a device.
-                // Modern QEMU: the options themselves.
-                var options = arguments
-                var device: String?
-                var backend: [String: JSONValue] = [:]
-                if case .object(let members) = arguments, members.count == 1, case .object(var inner)? = members["options"] {
-                    if case .string(let id)? = inner["id"] {
-                        device = id
-                        inner.removeValue(forKey: "id")
-                    }
-                    // Settings of the device (BlockBackend), not of the node.
-                    for key in ["stats-account-invalid", "stats-account-failed", "stats-intervals"] + DeviceOptions.keys {
-                        if let value = inner.removeValue(forKey: key) { backend[key] = value }
-                    }
-                    for key in inner.keys where key.hasPrefix("throttling.") {
-                        backend[key] = inner.removeValue(forKey: key)
-                    }
-                    options = .object(inner)
+        table.register(BlockdevAddCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockdevAdd(arguments) }
+        table.register(BlockdevDelCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockdevDel(arguments) }
+        table.register(XBlockdevDelCommand.self) { [unowned self] arguments throws(QAPIError) in try self.xBlockdevDel(arguments) }
+        table.register(BlockResizeCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockResize(arguments) }
+        table.register(BlockPasswdCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockPasswd(arguments) }
+        table.register(QueryNamedBlockNodesCommand.self) { [unowned self] arguments throws(QAPIError) in try self.queryNamedBlockNodes(arguments) }
+    }
+
+    /// `blockdev-add`: opens a new node.
+    func blockdevAdd(_ arguments: BlockdevOptions) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            // 2.6: {"options": {...}} with an optional top-level "id" that creates a device.
+            // Modern QEMU: the options themselves.
+            var options = arguments
+            var device: String?
+            var backend: [String: JSONValue] = [:]
+            if case .object(let members) = arguments, members.count == 1, case .object(var inner)? = members["options"] {
+                if case .string(let id)? = inner["id"] {
+                    device = id
+                    inner.removeValue(forKey: "id")
                 }
-                if !backend.isEmpty && device == nil {
-                    throw .generic("\(backend.keys.sorted().joined(separator: ", ")) can only be given with an id")
+                // Settings of the device (BlockBackend), not of the node.
+                for key in ["stats-account-invalid", "stats-account-failed", "stats-intervals"] + DeviceOptions.keys {
+                    if let value = inner.removeValue(forKey: key) { backend[key] = value }
                 }
-                let stats = try Daemon.deviceStatistics(backend)
-                let settings = try DeviceOptions(backend)
-                if let limits = settings.limits, let name = settings.group ?? device,
-                   let existing = graph.throttleGroups.group(named: name), existing.isPersistent, existing.limits != limits {
-                    throw .generic("Throttle group '\(name)' is an object with limits of its own; give no throttling limits to join it")
+                for key in inner.keys where key.hasPrefix("throttling.") {
+                    backend[key] = inner.removeValue(forKey: key)
                 }
-                if device == nil, case .object(let members) = options, members["node-name"] == nil {
-                    throw .generic("'node-name' must be specified for the root node")
-                }
-                if let device {
-                    guard devices[device] == nil else { throw .generic("Device with id '\(device)' already exists") }
-                    guard case .string? = options["node-name"] else {
-                        throw .generic("blockdev-add with an id needs a node-name in blockd")
-                    }
-                }
-                let node: BlockNode
-                do throws(OptionError) {
-                    node = try graph.open(options, context: "blockdev-add", syntax: .qmp)
-                } catch {
-                    throw error.qmp
-                }
-                recordDefinition(of: node, options, ownedByMonitor: true)
-                if let device {
-                    let backend = BlockBackend(id: device, medium: node, stats: stats, events: graph.events)
-                    settings.apply(to: backend, groups: graph.throttleGroups)
-                    if runStopped { backend.pause(.stopped) }
-                    devices[device] = backend
-                }
-                return QAPIEmpty()
+                options = .object(inner)
             }
-        }
-        table.register(BlockdevDelCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try deleteNode(arguments.nodeName)
-                return QAPIEmpty()
+            if !backend.isEmpty && device == nil {
+                throw .generic("\(backend.keys.sorted().joined(separator: ", ")) can only be given with an id")
             }
-        }
-        table.register(XBlockdevDelCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                switch (arguments.id, arguments.nodeName) {
-                case (let id?, nil):
-                    guard let device = devices[id] else { throw .deviceNotFound(id) }
-                    if let export = server.exports.all.first(where: { $0.backend === device }) {
-                        throw QAPIError(.deviceInUse, "Device '\(id)' is in use by export '\(export.id)'")
-                    }
-                    devices.removeValue(forKey: id)
-                    if let group = device.setThrottleGroup(nil) { graph.throttleGroups.dropIfUnused(group) }
-                    device.resume([.stopped, .ioError])
-                    if let medium = device.medium { try deleteNode(medium.name) }
-                case (nil, let name?):
-                    if let (id, _) = devices.first(where: { $0.value.medium?.name == name }) {
-                        throw .generic("Node '\(name)' is attached to device '\(id)'; delete the device instead")
-                    }
-                    try deleteNode(name)
-                default:
-                    throw .generic("Exactly one of 'id' and 'node-name' must be given")
+            let stats = try Daemon.deviceStatistics(backend)
+            let settings = try DeviceOptions(backend)
+            if let limits = settings.limits, let name = settings.group ?? device,
+               let existing = graph.throttleGroups.group(named: name), existing.isPersistent, existing.limits != limits {
+                throw .generic("Throttle group '\(name)' is an object with limits of its own; give no throttling limits to join it")
+            }
+            if device == nil, case .object(let members) = options, members["node-name"] == nil {
+                throw .generic("'node-name' must be specified for the root node")
+            }
+            if let device {
+                guard devices[device] == nil else { throw .generic("Device with id '\(device)' already exists") }
+                guard case .string? = options["node-name"] else {
+                    throw .generic("blockdev-add with an id needs a node-name in blockd")
                 }
-                return QAPIEmpty()
             }
-        }
-        table.register(BlockResizeCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try resize(arguments)
-                return QAPIEmpty()
+            let node: BlockNode
+            do throws(OptionError) {
+                node = try graph.open(options, context: "blockdev-add", syntax: .qmp)
+            } catch {
+                throw error.qmp
             }
-        }
-        table.register(BlockPasswdCommand.self) { _ throws(QAPIError) in
-            // QEMU's answer from 2.10 until it removed the command: passwords are secret objects now.
-            throw .generic("Setting block passwords directly is no longer supported")
-        }
-        table.register(QueryNamedBlockNodesCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                // Every node, generated names included, with no device's settings (QEMU passes none).
-                graph.allNodes.map { blockDeviceInfo($0, device: nil, flat: arguments.flat ?? false) }
+            recordDefinition(of: node, options, ownedByMonitor: true)
+            if let device {
+                let backend = BlockBackend(id: device, medium: node, stats: stats, events: graph.events)
+                settings.apply(to: backend, groups: graph.throttleGroups)
+                if runStopped { backend.pause(.stopped) }
+                devices[device] = backend
             }
+            return QAPIEmpty()
+        }
+    }
+
+    /// `blockdev-del`: closes a node that blockdev-add opened.
+    func blockdevDel(_ arguments: BlockdevDelArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try deleteNode(arguments.nodeName)
+            return QAPIEmpty()
+        }
+    }
+
+    /// `x-blockdev-del`: closes a device or node that blockdev-add opened.
+    func xBlockdevDel(_ arguments: XBlockdevDelArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            switch (arguments.id, arguments.nodeName) {
+            case (let id?, nil):
+                guard let device = devices[id] else { throw .deviceNotFound(id) }
+                if let export = server.exports.all.first(where: { $0.backend === device }) {
+                    throw QAPIError(.deviceInUse, "Device '\(id)' is in use by export '\(export.id)'")
+                }
+                devices.removeValue(forKey: id)
+                if let group = device.setThrottleGroup(nil) { graph.throttleGroups.dropIfUnused(group) }
+                device.resume([.stopped, .ioError])
+                if let medium = device.medium { try deleteNode(medium.name) }
+            case (nil, let name?):
+                if let (id, _) = devices.first(where: { $0.value.medium?.name == name }) {
+                    throw .generic("Node '\(name)' is attached to device '\(id)'; delete the device instead")
+                }
+                try deleteNode(name)
+            default:
+                throw .generic("Exactly one of 'id' and 'node-name' must be given")
+            }
+            return QAPIEmpty()
+        }
+    }
+
+    /// `block_resize`: changes the size of an image while it is in use.
+    func blockResize(_ arguments: BlockResizeArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try resize(arguments)
+            return QAPIEmpty()
+        }
+    }
+
+    /// `block_passwd`: once gave the password of an encrypted device.
+    func blockPasswd(_: BlockPasswdArguments) throws(QAPIError) -> QAPIEmpty {
+        // QEMU's answer from 2.10 until it removed the command: passwords are secret objects now.
+        throw .generic("Setting block passwords directly is no longer supported")
+    }
+
+    /// `query-named-block-nodes`: lists every node, those with generated names.
+    func queryNamedBlockNodes(_ arguments: QueryNamedBlockNodesArguments) throws(QAPIError) -> [BlockDeviceInfo] {
+        try locked { () throws(QAPIError) in
+            // Every node, generated names included, with no device's settings (QEMU passes none).
+            graph.allNodes.map { blockDeviceInfo($0, device: nil, flat: arguments.flat ?? false) }
         }
     }
 

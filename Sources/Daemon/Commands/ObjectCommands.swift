@@ -1,21 +1,28 @@
 import BlockCore
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `object-add`, `object-del`: throttle groups, as `--object throttle-group` creates them.
     func registerObjectCommands(on table: QMPCommandTable) {
-        table.register(ObjectAddCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try addObject(arguments)
-                return QAPIEmpty()
-            }
+        table.register(ObjectAddCommand.self) { [unowned self] arguments throws(QAPIError) in try self.objectAdd(arguments) }
+        table.register(ObjectDelCommand.self) { [unowned self] arguments throws(QAPIError) in try self.objectDel(arguments) }
+    }
+
+    /// `object-add`: creates an object.
+    func objectAdd(_ arguments: JSONValue) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try addObject(arguments)
+            return QAPIEmpty()
         }
-        table.register(ObjectDelCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try deleteObject(arguments.id)
-                return QAPIEmpty()
-            }
+    }
+
+    /// `object-del`: deletes an object that nothing uses any more.
+    func objectDel(_ arguments: ObjectDelArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try deleteObject(arguments.id)
+            return QAPIEmpty()
         }
     }
 

@@ -2,51 +2,61 @@ import BlockCore
 import BlockDrivers
 import JSON
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// The live node policies: `block-set-write-threshold`, `x-blockd-set-detect-zeroes`,
     /// `x-blockd-blkdebug-set-rules`; and the graph's events, sent to the monitor's clients.
     func registerPolicyCommands(on table: QMPCommandTable) {
         graph.events.install { [weak self] event in self?.emitBlockEvent(event) }
-        table.register(BlockSetWriteThresholdCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                try policyNode(arguments.nodeName).setWriteThreshold(arguments.writeThreshold)
-                Log.info("node '\(arguments.nodeName)': write threshold \(arguments.writeThreshold)")
-                return QAPIEmpty()
-            }
+        table.register(BlockSetWriteThresholdCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockSetWriteThreshold(arguments) }
+        table.register(XBlockdSetDetectZeroesCommand.self) { [unowned self] arguments throws(QAPIError) in try self.xBlockdSetDetectZeroes(arguments) }
+        table.register(XBlockdBlkdebugSetRulesCommand.self) { [unowned self] arguments throws(QAPIError) in try self.xBlockdBlkdebugSetRules(arguments) }
+    }
+
+    /// `block-set-write-threshold`: sets the write threshold of a node.
+    func blockSetWriteThreshold(_ arguments: BlockSetWriteThresholdArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            try policyNode(arguments.nodeName).setWriteThreshold(arguments.writeThreshold)
+            Log.info("node '\(arguments.nodeName)': write threshold \(arguments.writeThreshold)")
+            return QAPIEmpty()
         }
-        table.register(XBlockdSetDetectZeroesCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                let node = try policyNode(arguments.nodeName)
-                do throws(BlockError) {
-                    try node.setDetectZeroes(DetectZeroes(name: arguments.detectZeroes.rawValue)!)
-                } catch {
-                    throw .generic(error.message)
-                }
-                Log.info("node '\(node.name)': detect-zeroes=\(arguments.detectZeroes.rawValue)")
-                return QAPIEmpty()
+    }
+
+    /// `x-blockd-set-detect-zeroes`: changes the detect-zeroes setting of a node while it is in use.
+    func xBlockdSetDetectZeroes(_ arguments: XBlockdSetDetectZeroesArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            let node = try policyNode(arguments.nodeName)
+            do throws(BlockError) {
+                try node.setDetectZeroes(DetectZeroes(name: arguments.detectZeroes.rawValue)!)
+            } catch {
+                throw .generic(error.message)
             }
+            Log.info("node '\(node.name)': detect-zeroes=\(arguments.detectZeroes.rawValue)")
+            return QAPIEmpty()
         }
-        table.register(XBlockdBlkdebugSetRulesCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                let node = try policyNode(arguments.nodeName)
-                guard let blkdebug = node.driver as? BlkdebugDriver else {
-                    throw .generic("Node '\(node.name)' is not a blkdebug node")
-                }
-                // The schema checked the arguments; the driver's own reader makes them rules.
-                var members: [String: JSONValue] = [:]
-                if let rules = arguments.injectError { members["inject-error"] = rules.json }
-                if let rules = arguments.setState { members["set-state"] = rules.json }
-                let rules: BlkdebugRuleSet
-                do throws(OptionError) {
-                    rules = try BlkdebugRuleSet(options: OptionReader(.object(members), context: "x-blockd-blkdebug-set-rules", syntax: .qmp))
-                } catch {
-                    throw error.qmp
-                }
-                blkdebug.replaceRules(rules, state: arguments.state)
-                Log.info("node '\(node.name)': \(rules.injectErrors.count) inject-error and \(rules.setStates.count) set-state rules")
-                return QAPIEmpty()
+    }
+
+    /// `x-blockd-blkdebug-set-rules`: replaces the rules of a blkdebug node while it is in use.
+    func xBlockdBlkdebugSetRules(_ arguments: XBlockdBlkdebugSetRulesArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            let node = try policyNode(arguments.nodeName)
+            guard let blkdebug = node.driver as? BlkdebugDriver else {
+                throw .generic("Node '\(node.name)' is not a blkdebug node")
             }
+            // The schema checked the arguments; the driver's own reader makes them rules.
+            var members: [String: JSONValue] = [:]
+            if let rules = arguments.injectError { members["inject-error"] = rules.json }
+            if let rules = arguments.setState { members["set-state"] = rules.json }
+            let rules: BlkdebugRuleSet
+            do throws(OptionError) {
+                rules = try BlkdebugRuleSet(options: OptionReader(.object(members), context: "x-blockd-blkdebug-set-rules", syntax: .qmp))
+            } catch {
+                throw error.qmp
+            }
+            blkdebug.replaceRules(rules, state: arguments.state)
+            Log.info("node '\(node.name)': \(rules.injectErrors.count) inject-error and \(rules.setStates.count) set-state rules")
+            return QAPIEmpty()
         }
     }
 

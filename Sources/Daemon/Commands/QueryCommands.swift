@@ -6,25 +6,37 @@ import QAPI
 extension Daemon {
     /// `query-block`, `query-blockstats`, `query-block-jobs`, `query-jobs`.
     func registerQueryCommands(on table: QMPCommandTable) {
-        table.register(QueryBlockCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                allDevices(includingExports: arguments.xBlockdExports ?? false).map(blockInfo)
+        table.register(QueryBlockCommand.self) { [unowned self] arguments throws(QAPIError) in try self.queryBlock(arguments) }
+        table.register(QueryBlockstatsCommand.self) { [unowned self] arguments throws(QAPIError) in try self.queryBlockstats(arguments) }
+        table.register(QueryBlockJobsCommand.self) { [unowned self] _ throws(QAPIError) in try self.queryBlockJobs() }
+        table.register(QueryJobsCommand.self) { [unowned self] _ throws(QAPIError) in try self.queryJobs() }
+    }
+
+    /// `query-block`: lists every device with its medium.
+    func queryBlock(_ arguments: QueryBlockArguments) throws(QAPIError) -> [BlockInfo] {
+        try locked { () throws(QAPIError) in
+            allDevices(includingExports: arguments.xBlockdExports ?? false).map(blockInfo)
+        }
+    }
+
+    /// `query-blockstats`: reports I/O statistics.
+    func queryBlockstats(_ arguments: QueryBlockstatsArguments) throws(QAPIError) -> [QAPI.BlockStats] {
+        try locked { () throws(QAPIError) in
+            if arguments.queryNodes == true {
+                return graph.allNodes.map { nodeStatistics($0, deviceLevel: false) }
             }
+            return allDevices(includingExports: arguments.xBlockdExports ?? false).map(deviceStatistics)
         }
-        table.register(QueryBlockstatsCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                if arguments.queryNodes == true {
-                    return graph.allNodes.map { nodeStatistics($0, deviceLevel: false) }
-                }
-                return allDevices(includingExports: arguments.xBlockdExports ?? false).map(deviceStatistics)
-            }
-        }
-        table.register(QueryBlockJobsCommand.self) { _ throws(QAPIError) in
-            []  // blockd has no block jobs yet, so there is never one running.
-        }
-        table.register(QueryJobsCommand.self) { _ throws(QAPIError) in
-            []  // nor jobs of any other kind
-        }
+    }
+
+    /// `query-block-jobs`: lists the running block jobs.
+    func queryBlockJobs() throws(QAPIError) -> [BlockJobInfo] {
+        []  // blockd has no block jobs yet, so there is never one running.
+    }
+
+    /// `query-jobs`: lists the jobs.
+    func queryJobs() throws(QAPIError) -> [JobInfo] {
+        []  // nor jobs of any other kind
     }
 
     /// A device as query-block describes it. Every device has a tray that no guest locks (the

@@ -1,32 +1,36 @@
 import BlockCore
 import QAPI
+import LogOptionsClock
 
 extension Daemon {
     /// `block_set_io_throttle`: a device's limits and throttle group, changed while clients run.
     func registerThrottleCommands(on table: QMPCommandTable) {
-        table.register(BlockSetIoThrottleCommand.self) { [unowned self] arguments throws(QAPIError) in
-            try locked { () throws(QAPIError) in
-                guard let name = arguments.device ?? arguments.id, (arguments.device == nil) != (arguments.id == nil) else {
-                    throw .generic("Need exactly one of 'device' and 'id'")
+        table.register(BlockSetIoThrottleCommand.self) { [unowned self] arguments throws(QAPIError) in try self.blockSetIoThrottle(arguments) }
+    }
+
+    /// `block_set_io_throttle`: sets the I/O limits of a device.
+    func blockSetIoThrottle(_ arguments: BlockSetIoThrottleArguments) throws(QAPIError) -> QAPIEmpty {
+        try locked { () throws(QAPIError) in
+            guard let name = arguments.device ?? arguments.id, (arguments.device == nil) != (arguments.id == nil) else {
+                throw .generic("Need exactly one of 'device' and 'id'")
+            }
+            let device = try backend(name)
+            let limits = try Daemon.throttleLimits(arguments)
+            let groups = graph.throttleGroups
+            guard limits.isEnabled else {
+                if let old = device.setThrottleGroup(nil) {
+                    groups.dropIfUnused(old)
+                    Log.info("device '\(name)': throttling off (left group '\(old.name)')")
                 }
-                let device = try backend(name)
-                let limits = try Daemon.throttleLimits(arguments)
-                let groups = graph.throttleGroups
-                guard limits.isEnabled else {
-                    if let old = device.setThrottleGroup(nil) {
-                        groups.dropIfUnused(old)
-                        Log.info("device '\(name)': throttling off (left group '\(old.name)')")
-                    }
-                    return QAPIEmpty()
-                }
-                let groupName = arguments.group ?? device.throttleGroup?.name ?? name
-                guard BlockGraph.isValidNodeName(groupName) else { throw .invalidParameterValue("group", expects: "a valid group name") }
-                let (group, created) = groups.groupCreating(groupName, limits: limits)
-                if !created { group.setLimits(limits) }
-                if let old = device.setThrottleGroup(group) { groups.dropIfUnused(old) }
-                Log.info("device '\(name)': throttle group '\(groupName)' limits set")
                 return QAPIEmpty()
             }
+            let groupName = arguments.group ?? device.throttleGroup?.name ?? name
+            guard BlockGraph.isValidNodeName(groupName) else { throw .invalidParameterValue("group", expects: "a valid group name") }
+            let (group, created) = groups.groupCreating(groupName, limits: limits)
+            if !created { group.setLimits(limits) }
+            if let old = device.setThrottleGroup(group) { groups.dropIfUnused(old) }
+            Log.info("device '\(name)': throttle group '\(groupName)' limits set")
+            return QAPIEmpty()
         }
     }
 

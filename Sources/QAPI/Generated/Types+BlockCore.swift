@@ -1807,6 +1807,8 @@ public enum BlockdevDriver: String, QAPIValue, CaseIterable, Sendable {
     case quorum = "quorum"
     /// Raw images
     case raw = "raw"
+    /// A filter that holds requests to the limits of a throttle group
+    case throttle = "throttle"
     /// A file on a TFTP server
     case tftp = "tftp"
     /// VirtualBox images
@@ -1928,21 +1930,31 @@ public struct BlockdevOptionsBase: QAPIValue, Equatable {
 public struct BlockdevOptionsFile: QAPIValue, Equatable {
     /// The file name or URL
     public var filename: String
+    /// Whether the file is locked against other writers; "auto" when absent
+    public var locking: OnOffAuto?
+    /// Whether to check that the page cache of the file is dropped (accepted, without effect)
+    public var xCheckCacheDropped: Bool?
 
     /// Creates a value from its members.
-    public init(filename: String) {
+    public init(filename: String, locking: OnOffAuto? = nil, xCheckCacheDropped: Bool? = nil) {
         self.filename = filename
+        self.locking = locking
+        self.xCheckCacheDropped = xCheckCacheDropped
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
         self.filename = try object.required("filename")
+        self.locking = try object.optional("locking")
+        self.xCheckCacheDropped = try object.optional("x-check-cache-dropped")
         try object.finish()
     }
 
     public var json: JSONValue {
         var object: [String: JSONValue] = [:]
         object["filename"] = filename.json
+        if let locking { object["locking"] = locking.json }
+        if let xCheckCacheDropped { object["x-check-cache-dropped"] = xCheckCacheDropped.json }
         return .object(object)
     }
 }
@@ -1955,17 +1967,21 @@ public struct BlockdevOptionsNull: QAPIValue, Equatable {
     public var size: Int64?
     /// A delay added to every request, in nanoseconds; 0 (the default) completes requests at once
     public var latencyNs: UInt64?
+    /// Whether reads fill the buffer with zeroes
+    public var readZeroes: Bool?
 
     /// Creates a value from its members.
-    public init(size: Int64? = nil, latencyNs: UInt64? = nil) {
+    public init(size: Int64? = nil, latencyNs: UInt64? = nil, readZeroes: Bool? = nil) {
         self.size = size
         self.latencyNs = latencyNs
+        self.readZeroes = readZeroes
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
         var object = try QAPIObjectReader(value, at: path)
         self.size = try object.optional("size")
         self.latencyNs = try object.optional("latency-ns")
+        self.readZeroes = try object.optional("read-zeroes")
         try object.finish()
     }
 
@@ -1973,6 +1989,7 @@ public struct BlockdevOptionsNull: QAPIValue, Equatable {
         var object: [String: JSONValue] = [:]
         if let size { object["size"] = size.json }
         if let latencyNs { object["latency-ns"] = latencyNs.json }
+        if let readZeroes { object["read-zeroes"] = readZeroes.json }
         return .object(object)
     }
 }
@@ -2080,6 +2097,71 @@ public struct BlockdevOptionsGenericCOWFormat: QAPIValue, Equatable {
         var object: [String: JSONValue] = [:]
         object["file"] = file.json
         if let backing { object["backing"] = backing.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsRaw
+
+/// Options of the raw format: a window of its data source.
+public struct BlockdevOptionsRaw: QAPIValue, Equatable {
+    /// The node holding the image data, given inline or by name
+    public var file: BlockdevRef
+    /// Where the window starts in the data source, in bytes; 0 when absent
+    public var offset: Int64?
+    /// The length of the window, in bytes; up to the end of the data source when absent
+    public var size: Int64?
+
+    /// Creates a value from its members.
+    public init(file: BlockdevRef, offset: Int64? = nil, size: Int64? = nil) {
+        self.file = file
+        self.offset = offset
+        self.size = size
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.file = try object.required("file")
+        self.offset = try object.optional("offset")
+        self.size = try object.optional("size")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["file"] = file.json
+        if let offset { object["offset"] = offset.json }
+        if let size { object["size"] = size.json }
+        return .object(object)
+    }
+}
+
+// MARK: - BlockdevOptionsThrottle
+
+/// Options of the throttle filter.
+public struct BlockdevOptionsThrottle: QAPIValue, Equatable {
+    /// The throttle group whose limits apply; it must exist
+    public var throttleGroup: String
+    /// The node the requests go to, given inline or by name
+    public var file: BlockdevRef
+
+    /// Creates a value from its members.
+    public init(throttleGroup: String, file: BlockdevRef) {
+        self.throttleGroup = throttleGroup
+        self.file = file
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.throttleGroup = try object.required("throttle-group")
+        self.file = try object.required("file")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["throttle-group"] = throttleGroup.json
+        object["file"] = file.json
         return .object(object)
     }
 }
@@ -2205,6 +2287,8 @@ public struct BlockdevOptionsQcow2: QAPIValue, Equatable {
     public var cacheSize: Int64?
     /// The most bytes the L2 table cache may use
     public var l2CacheSize: Int64?
+    /// The size of one L2 cache entry, in bytes: a power of two from 512 to the cluster size
+    public var l2CacheEntrySize: Int64?
     /// The most bytes the refcount block cache may use
     public var refcountCacheSize: Int64?
     /// Seconds after which unused cache entries are dropped; 0 (the default) never drops them
@@ -2221,6 +2305,7 @@ public struct BlockdevOptionsQcow2: QAPIValue, Equatable {
         overlapCheck: Qcow2OverlapChecks? = nil,
         cacheSize: Int64? = nil,
         l2CacheSize: Int64? = nil,
+        l2CacheEntrySize: Int64? = nil,
         refcountCacheSize: Int64? = nil,
         cacheCleanInterval: Int64? = nil
     ) {
@@ -2233,6 +2318,7 @@ public struct BlockdevOptionsQcow2: QAPIValue, Equatable {
         self.overlapCheck = overlapCheck
         self.cacheSize = cacheSize
         self.l2CacheSize = l2CacheSize
+        self.l2CacheEntrySize = l2CacheEntrySize
         self.refcountCacheSize = refcountCacheSize
         self.cacheCleanInterval = cacheCleanInterval
     }
@@ -2248,6 +2334,7 @@ public struct BlockdevOptionsQcow2: QAPIValue, Equatable {
         self.overlapCheck = try object.optional("overlap-check")
         self.cacheSize = try object.optional("cache-size")
         self.l2CacheSize = try object.optional("l2-cache-size")
+        self.l2CacheEntrySize = try object.optional("l2-cache-entry-size")
         self.refcountCacheSize = try object.optional("refcount-cache-size")
         self.cacheCleanInterval = try object.optional("cache-clean-interval")
         try object.finish()
@@ -2264,6 +2351,7 @@ public struct BlockdevOptionsQcow2: QAPIValue, Equatable {
         if let overlapCheck { object["overlap-check"] = overlapCheck.json }
         if let cacheSize { object["cache-size"] = cacheSize.json }
         if let l2CacheSize { object["l2-cache-size"] = l2CacheSize.json }
+        if let l2CacheEntrySize { object["l2-cache-entry-size"] = l2CacheEntrySize.json }
         if let refcountCacheSize { object["refcount-cache-size"] = refcountCacheSize.json }
         if let cacheCleanInterval { object["cache-clean-interval"] = cacheCleanInterval.json }
         return .object(object)
@@ -2655,8 +2743,8 @@ public struct BlockdevOptionsQuorum: QAPIValue, Equatable {
 ///
 /// A flat union on 'driver' (cases 'archipelago', 'blkdebug', 'blkverify', 'bochs', 'cloop', 'dmg',
 /// 'file', 'ftp', 'ftps', 'host_cdrom', 'host_device', 'http', 'https', 'null-aio', 'null-co',
-/// 'parallels', 'qcow2', 'qcow', 'qed', 'quorum', 'raw', 'tftp', 'vdi', 'vhdx', 'vmdk', 'vpc',
-/// 'vvfat'), passed through as JSON: the block layer decodes it.
+/// 'parallels', 'qcow2', 'qcow', 'qed', 'quorum', 'raw', 'throttle', 'tftp', 'vdi', 'vhdx', 'vmdk',
+/// 'vpc', 'vvfat'), passed through as JSON: the block layer decodes it.
 public typealias BlockdevOptions = JSONValue
 
 // MARK: - BlockdevRef

@@ -13,6 +13,18 @@ public enum IoOperationType: String, QAPIValue, CaseIterable, Sendable {
     case write = "write"
 }
 
+// MARK: - OnOffAuto
+
+/// A switch that can also be left to the server's judgement.
+public enum OnOffAuto: String, QAPIValue, CaseIterable, Sendable {
+    /// The server decides
+    case auto = "auto"
+    /// Enabled
+    case on = "on"
+    /// Disabled
+    case off = "off"
+}
+
 // MARK: - String
 
 /// A lone string, wrapped in an object so that it can be a union branch.

@@ -3,7 +3,12 @@ import Glibc
 #endif
 
 /// A mutex with a condition variable whose timed waits run on the monotonic clock: for threads that
-/// must sleep until a deadline or until someone changes what they wait for (throttling, pausing).
+/// must sleep until a deadline or until someone changes what they wait for (throttling, pausing,
+/// qcow2 clusters being allocated). This is the project's one condition type; state that nobody
+/// waits on goes in a `Mutex<State>` instead.
+///
+/// `@unchecked Sendable`: the pthread objects are allocated once, never move, and are made for use
+/// from many threads; the class has no other state.
 public final class MonotonicCondition: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let condition = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -30,6 +35,17 @@ public final class MonotonicCondition: @unchecked Sendable {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
+    }
+
+    /// Takes the mutex, for critical sections that do not nest (a lock taken in one branch and
+    /// released in another); prefer `withLock`.
+    public func lock() {
+        pthread_mutex_lock(mutex)
+    }
+
+    /// Releases the mutex taken by `lock()`.
+    public func unlock() {
+        pthread_mutex_unlock(mutex)
     }
 
     /// Waits (mutex held) until signalled.

@@ -1,4 +1,4 @@
-@_exported import JSON
+import JSON
 
 /// A configuration value as the command line, a config file or QMP supplies it: dotted key=value
 /// strings (every value a string) or typed JSON.

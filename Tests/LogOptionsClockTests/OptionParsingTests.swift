@@ -1,5 +1,5 @@
-import BlockCore
 import XCTest
+import LogOptionsClock
 
 final class OptionParsingTests: XCTestCase {
     func testDottedKeysBecomeObjects() throws {
