@@ -32,6 +32,16 @@ public final class MonotonicCondition: @unchecked Sendable {
         return try body()
     }
 
+    /// Takes the mutex (for holders that span more than one closure).
+    public func lock() {
+        pthread_mutex_lock(mutex)
+    }
+
+    /// Releases the mutex.
+    public func unlock() {
+        pthread_mutex_unlock(mutex)
+    }
+
     /// Waits (mutex held) until signalled.
     public func wait() {
         pthread_cond_wait(condition, mutex)

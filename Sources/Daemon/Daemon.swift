@@ -5,7 +5,6 @@ import BlockCore
 import BlockDrivers
 import BlockIO
 import Exports
-import Foundation
 import JSON
 import QAPI
 import QMP
@@ -21,7 +20,7 @@ public final class Daemon: @unchecked Sendable {
     private var configuration: DaemonConfiguration
     private let activation: SocketActivation?
     /// Serialises monitor commands and reloads.
-    let controlLock = NSLock()
+    let controlLock = MonotonicCondition()
     /// Devices created by the 2.6 form of `blockdev-add` with an `id`, by id.
     var devices: [String: BlockBackend] = [:]
     /// Whether QMP `stop` put the server in the stopped run state.

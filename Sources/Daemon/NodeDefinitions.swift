@@ -1,6 +1,5 @@
 import BlockCore
 import BlockDrivers
-import Foundation
 
 /// How a top-level node was defined: the options it was opened with, and whether the monitor owns
 /// it (QEMU's "monitor-owned" nodes, the ones `--blockdev` and `blockdev-add` created, are the only

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import BlockCore
-import Foundation
+import Dispatch
 import Synchronization
 
 /// The `qcow2` format driver: guest clusters mapped through L1/L2 tables onto host clusters counted by
@@ -16,7 +16,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     public let features: DriverFeatures
     let file: BlockNode
     let backing: BlockNode?
-    let lock = NSCondition()
+    let lock = MonotonicCondition()
     /// Guarded by `lock`.
     let meta: Qcow2Metadata
     /// Guest clusters being allocated; guarded by `lock`.
