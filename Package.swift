@@ -5,9 +5,12 @@ let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 /// Release programs carry the Swift runtime, so they run where no toolchain is installed and `ldd`
 /// lists only Debian's libraries. The sources use Glibc and the standard library, not Foundation;
 /// ArgumentParser brings FoundationEssentials, whose two support libraries are named here because
-/// a link-time -static-stdlib does not bring them (scripts/package and scripts/test check the result).
+/// a link-time -static-stdlib does not bring them (scripts/package and scripts/test check the result);
+/// symbols are bound at start (`-z now`, with the default RELRO: read-only relocations).
 let selfContained: [LinkerSetting] = [
-    .unsafeFlags(["-static-stdlib", "-l_FoundationCollections", "-l_FoundationCShims"], .when(platforms: [.linux], configuration: .release)),
+    .unsafeFlags(
+        ["-static-stdlib", "-l_FoundationCollections", "-l_FoundationCShims", "-Xlinker", "-z", "-Xlinker", "now"],
+        .when(platforms: [.linux], configuration: .release)),
 ]
 
 let package = Package(

@@ -1,6 +1,7 @@
 """Shipping blockd: self-contained release programs, one version everywhere, man pages that match
 --help, and (with --long) the Debian package installed, served from without the Swift toolchain,
 removed and purged the way an operator does it."""
+import functools
 import json
 import os
 import re
@@ -65,11 +66,12 @@ def linked_libraries(program: Path) -> list[str]:
     return paths
 
 
+@functools.cache
 def debian_owner(path: str) -> str | None:
     """The installed package that holds a library, looked up under /lib and /usr/lib alike (merged /usr)."""
     real = os.path.realpath(path)
-    candidates = {path, real, re.sub(r"^/usr/", "/", real), "/usr" + real if not real.startswith("/usr/") else real}
-    for candidate in candidates:
+    candidates = [path, real, re.sub(r"^/usr/", "/", real)]
+    for candidate in dict.fromkeys(candidates):
         proc = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
         if proc.returncode == 0:
             return proc.stdout.split(":")[0]
