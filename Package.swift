@@ -2,6 +2,16 @@
 import PackageDescription
 
 let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+/// Release programs carry the Swift runtime, so they run where no toolchain is installed and `ldd`
+/// lists only Debian's libraries. The sources use Glibc and the standard library, not Foundation;
+/// ArgumentParser brings FoundationEssentials, whose two support libraries are named here because
+/// a link-time -static-stdlib does not bring them (scripts/package and scripts/test check the result);
+/// symbols are bound at start (`-z now`, with the default RELRO: read-only relocations).
+let selfContained: [LinkerSetting] = [
+    .unsafeFlags(
+        ["-static-stdlib", "-l_FoundationCollections", "-l_FoundationCShims", "-Xlinker", "-z", "-Xlinker", "now"],
+        .when(platforms: [.linux], configuration: .release)),
+]
 
 let package = Package(
     name: "blockd",
@@ -18,6 +28,7 @@ let package = Package(
         .target(name: "CBlockShims"),
         .target(name: "CURing", linkerSettings: [.linkedLibrary("uring")]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "Version", swiftSettings: strict),
         .target(name: "NBDProtocol", swiftSettings: strict),
         .target(name: "JSON", swiftSettings: strict),
         .target(name: "QAPI", dependencies: ["JSON"], exclude: ["schema"], swiftSettings: strict),
@@ -32,20 +43,23 @@ let package = Package(
         .target(name: "QMPClient", dependencies: ["JSON", "QAPI", "Sockets"], swiftSettings: strict),
         .target(
             name: "Daemon",
-            dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims"],
+            dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims", "Version"],
             swiftSettings: strict),
         .executableTarget(
             name: "blockd",
             dependencies: ["Daemon", "LogOptionsClock", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            swiftSettings: strict),
+            swiftSettings: strict,
+            linkerSettings: selfContained),
         .executableTarget(
             name: "blockctl",
-            dependencies: ["QMPClient", "JSON", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            swiftSettings: strict),
+            dependencies: ["QMPClient", "JSON", "Version", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict,
+            linkerSettings: selfContained),
         .executableTarget(
             name: "blockimg",
-            dependencies: ["ImageTool", .product(name: "ArgumentParser", package: "swift-argument-parser")],
-            swiftSettings: strict),
+            dependencies: ["ImageTool", "Version", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict,
+            linkerSettings: selfContained),
         .testTarget(name: "QMPClientTests", dependencies: ["QMPClient", "JSON"], swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(name: "LogOptionsClockTests", dependencies: ["LogOptionsClock", "JSON"], swiftSettings: strict),

@@ -42,6 +42,7 @@ let package = Package(
         .target(name: "CBlockShims", path: "Blockd/CBlockShims", cSettings: sanitizeC),
         .target(name: "CURing", path: "Blockd/CURing", cSettings: sanitizeC, linkerSettings: [.linkedLibrary("uring")]),
         .systemLibrary(name: "CZlib", path: "Blockd/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        module("Version"),
         module("NBDProtocol"),
         module("JSON"),
         module("QAPI", ["JSON"], exclude: ["schema"]),
@@ -51,7 +52,7 @@ let package = Package(
         module("Sockets", ["BlockCore", "CBlockShims"]),
         module("Exports", ["NBDProtocol", "BlockCore", "Sockets", "CBlockShims"]),
         module("QMP", ["JSON", "QAPI", "BlockCore", "Sockets"]),
-        module("Daemon", ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims"]),
+        module("Daemon", ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims", "Version"]),
         // The harnesses.
         .target(name: "CFuzzDriver", cSettings: sanitizeC),
         .target(name: "FuzzSupport", dependencies: ["CFuzzDriver", "BlockCore", "BlockDrivers", "Exports", "Sockets"], swiftSettings: sanitize),

@@ -5,7 +5,6 @@ import BlockCore
 import BlockDrivers
 import BlockIO
 import Exports
-import Foundation
 import JSON
 import QAPI
 import QMP

@@ -1,6 +1,5 @@
 import BlockCore
 import BlockDrivers
-import Foundation
 import LogOptionsClock
 
 /// How a top-level node was defined: the options it was opened with, and whether the monitor owns

@@ -1,6 +1,5 @@
 import BlockCore
 import BlockDrivers
-import Foundation
 import LogOptionsClock
 
 /// A node's file name as QEMU reports it ("file" and "image.filename" of query-named-block-nodes):
@@ -131,7 +130,7 @@ extension Daemon {
         guard let name = header.backingFile, !name.isEmpty else { return nil }
         if name.hasPrefix("/") || name.contains(":") { return name }
         let image = node.children.first { $0.role == "file" }?.node.driver.filename ?? node.driver.filename
-        let directory = (image as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: image)
         return directory.isEmpty ? name : directory + "/" + name
     }
 

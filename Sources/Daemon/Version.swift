@@ -1,5 +1,4 @@
-/// The version every program of the package reports.
-public enum BlockdVersion {
-    /// The version string.
-    public static let string = "0.1.0"
-}
+import Version
+
+/// The package version (defined once, in the Version module, for all three programs).
+public typealias BlockdVersion = Version.BlockdVersion

@@ -1,6 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BlockCore
 import BlockDrivers
-import Foundation
 import JSON
 
 /// `blockimg check`: the qcow2 consistency check (ImageCheck), optionally repairing leaks or all refcount errors.
@@ -118,6 +120,6 @@ public struct CheckCommand: Sendable {
     }
 
     private static func percent(_ value: Double) -> String {
-        String(format: "%0.2f%%", value)
+        CFormat.string("%0.2f", value) + "%"
     }
 }

@@ -3,7 +3,6 @@ import Glibc
 #endif
 import BlockCore
 import BlockDrivers
-import Foundation
 
 /// `blockimg create`: a new raw or qcow2 image.
 public struct CreateCommand: Sendable {

@@ -3,7 +3,6 @@ import Glibc
 #endif
 import BlockCore
 import BlockDrivers
-import Foundation
 import LogOptionsClock
 
 /// An opened image: the format node on top, its protocol (`file`) node, and the graph that holds them.
@@ -45,12 +44,14 @@ public enum ImageFiles {
 
     /// `qcow2` when the file starts with the qcow2 magic, else `raw`; nil when it cannot be read.
     public static func probe(_ path: String) throws(ImageToolError) -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
             throw ImageToolError("Could not open '\(path)': \(String(cString: strerror(errno)))")
         }
-        defer { try? handle.close() }
-        let magic = (try? handle.read(upToCount: 4)) ?? Data()
-        return magic == Data([0x51, 0x46, 0x49, 0xfb]) ? "qcow2" : "raw"
+        defer { Glibc.close(fd) }
+        var magic: [UInt8] = [0, 0, 0, 0]
+        let count = magic.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4, 0) }
+        return count == 4 && magic == [0x51, 0x46, 0x49, 0xfb] ? "qcow2" : "raw"
     }
 
     /// Checks a format name given with `-f`, `-F` or `-O`.
@@ -74,7 +75,7 @@ public enum ImageFiles {
         _ path: String, format: String?, readOnly: Bool, withBacking: Bool = true
     ) throws(ImageToolError) -> OpenedImage {
         if let format { try checkFormat(format) }
-        guard FileManager.default.fileExists(atPath: path) else {
+        guard access(path, F_OK) == 0 else {
             throw ImageToolError("Could not open '\(path)': No such file or directory")
         }
         let chosen: String
@@ -114,7 +115,7 @@ public enum ImageFiles {
     /// Resolves a backing file name the way qemu does: relative names are relative to the image's directory.
     public static func resolveBacking(_ name: String, of imagePath: String) -> String {
         if name.hasPrefix("/") || name.contains("://") { return name }
-        let directory = (imagePath as NSString).deletingLastPathComponent
+        let directory = PathName.directory(of: imagePath)
         return directory.isEmpty ? name : directory + "/" + name
     }
 }

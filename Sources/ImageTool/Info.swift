@@ -1,6 +1,5 @@
 import BlockCore
 import BlockDrivers
-import Foundation
 import JSON
 
 /// `blockimg info`: what an image is (ImageInfo), alone or with its backing chain.
@@ -121,7 +120,7 @@ public struct InfoCommand: Sendable {
                 case .integer(let number): text = String(number)
                 default: text = value.serialized()
                 }
-                lines.append("    \(key.replacingOccurrences(of: "-", with: " ")): \(text)")
+                lines.append("    \(String(key.map { $0 == "-" ? " " : $0 })): \(text)")
             }
         }
         return lines.joined(separator: "\n")

@@ -1,4 +1,6 @@
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Sizes as qemu-img writes and reads them.
 public enum Sizes {
@@ -26,6 +28,6 @@ public enum Sizes {
         // Switch to the next unit once the number would reach 1000.
         while unit + 1 < suffixes.count, Double(value) >= 1000 * pow(1024, Double(unit)) { unit += 1 }
         let scaled = Double(value) / pow(1024, Double(unit))
-        return String(format: "%0.3g", scaled) + " \(suffixes[unit])B"
+        return CFormat.string("%0.3g", scaled) + " \(suffixes[unit])B"
     }
 }

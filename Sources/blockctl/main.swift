@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import JSON
 import QMPClient
+import Version
 
 /// The `blockctl` command: a QMP client for people and scripts.
 struct BlockctlCommand: ParsableCommand {
@@ -19,7 +20,8 @@ struct BlockctlCommand: ParsableCommand {
               blockctl --socket qmp.sock blockdev-add driver=null-co node-name=n0 size=1048576
               blockctl --socket qmp.sock --events
               blockctl help block-export-add
-            """)
+            """,
+        version: BlockdVersion.string)
 
     @Option(name: .customLong("socket"), help: ArgumentHelp("The monitor's unix socket.", valueName: "path"))
     var socket: String?

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import ImageTool
+import Version
 
 /// The `blockimg` command: create, inspect and convert disk images (qemu-img's counterpart).
 struct BlockimgCommand: ParsableCommand {
@@ -10,6 +11,7 @@ struct BlockimgCommand: ParsableCommand {
         commandName: "blockimg",
         abstract: "Create, inspect, convert and resize raw and qcow2 disk images.",
         discussion: "Options and output follow qemu-img's, so that its users recognise them.",
+        version: BlockdVersion.string,
         subcommands: [Create.self, Info.self, Check.self, Map.self, Convert.self, Compare.self, Commit.self, Rebase.self, Resize.self, Snapshot.self, Measure.self])
 }
 
@@ -272,7 +274,7 @@ struct Measure: ParsableCommand {
 /// qemu-img's progress line: `    (12.50/100%)`, rewritten in place.
 enum ProgressLine {
     static func show(_ percent: Double) {
-        let text = "    (" + String(format: "%.2f", percent) + "/100%)\r"
+        let text = "    (" + CFormat.string("%.2f", percent) + "/100%)\r"
         _ = text.withCString { Glibc.write(1, $0, strlen($0)) }
     }
 

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import BlockCore
-import Foundation
+import Dispatch
 import Synchronization
 import LogOptionsClock
 

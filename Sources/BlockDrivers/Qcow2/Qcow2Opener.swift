@@ -1,5 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import BlockCore
-import Foundation
 import LogOptionsClock
 
 /// Opens `qcow2` nodes: reads and checks the header and tables, and opens the backing chain.
@@ -168,7 +170,7 @@ public enum Qcow2Opener {
         var path = name
         if !name.hasPrefix("/") && !name.contains("://") {
             let imagePath = file.driver.filename
-            let directory = (imagePath as NSString).deletingLastPathComponent
+            let directory = PathName.directory(of: imagePath)
             path = directory.isEmpty ? name : directory + "/" + name
         }
         let format = header.backingFormat ?? probeFormat(path)
@@ -186,9 +188,11 @@ public enum Qcow2Opener {
 
     /// `qcow2` when the file starts with the qcow2 magic, else `raw`.
     static func probeFormat(_ path: String) -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return "raw" }
-        defer { try? handle.close() }
-        let magic = (try? handle.read(upToCount: 4)) ?? Data()
-        return magic == Data([0x51, 0x46, 0x49, 0xfb]) ? "qcow2" : "raw"
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "raw" }
+        defer { Glibc.close(fd) }
+        var magic: [UInt8] = [0, 0, 0, 0]
+        let count = magic.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4, 0) }
+        return count == 4 && magic == [0x51, 0x46, 0x49, 0xfb] ? "qcow2" : "raw"
     }
 }
