@@ -19,6 +19,12 @@ public enum Drivers {
             "throttle": DriverEntry(keys: ["throttle-group", "file"], open: ThrottleDriver.opener),
             "null-co": DriverEntry(keys: null, open: NullDriver.opener(for: "null-co")),
             "null-aio": DriverEntry(keys: null, open: NullDriver.opener(for: "null-aio")),
+            "nbd": DriverEntry(keys: NBDClientOptions.keys, open: NBDClientDriver.opener),
+            "http": DriverEntry(keys: CurlDriver.keys(for: "http"), open: CurlDriver.opener(for: "http")),
+            "https": DriverEntry(keys: CurlDriver.keys(for: "https"), open: CurlDriver.opener(for: "https")),
+            "ftp": DriverEntry(keys: CurlDriver.keys(for: "ftp"), open: CurlDriver.opener(for: "ftp")),
+            "ftps": DriverEntry(keys: CurlDriver.keys(for: "ftps"), open: CurlDriver.opener(for: "ftps")),
+            "tftp": DriverEntry(keys: CurlDriver.keys(for: "tftp"), open: CurlDriver.opener(for: "tftp")),
         ]
     }()
 }

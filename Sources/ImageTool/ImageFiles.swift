@@ -44,12 +44,39 @@ public enum ImageFiles {
 
     /// `qcow2` when the file starts with the qcow2 magic, else `raw`; nil when it cannot be read.
     public static func probe(_ path: String) throws(ImageToolError) -> String {
+        if RemoteURI.isRemote(path) { return try probeRemote(path) }
         guard let handle = FileHandle(forReadingAtPath: path) else {
             throw ImageToolError("Could not open '\(path)': \(String(cString: strerror(errno)))")
         }
         defer { try? handle.close() }
         let magic = (try? handle.read(upToCount: 4)) ?? Data()
         return magic == Data([0x51, 0x46, 0x49, 0xfb]) ? "qcow2" : "raw"
+    }
+
+    /// Probes a remote image by reading its first bytes through its protocol node.
+    static func probeRemote(_ path: String) throws(ImageToolError) -> String {
+        let graph = BlockGraph(drivers: Drivers.all)
+        defer { graph.closeAll() }
+        do {
+            let node = try graph.open(.object(try RemoteURI.definition(path, readOnly: true)), context: path)
+            guard node.length >= 4 else { return "raw" }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 4096)
+            defer { buffer.deallocate() }
+            try node.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(512, node.length))]), at: 0)
+            return Array(buffer[0..<4]) == [0x51, 0x46, 0x49, 0xfb] ? "qcow2" : "raw"
+        } catch let error as OptionError {
+            throw ImageToolError("Could not open '\(path)': \(error.message)")
+        } catch let error as BlockError {
+            throw ImageToolError("Could not read '\(path)': \(error.message)")
+        } catch {
+            throw error as! ImageToolError
+        }
+    }
+
+    /// The protocol node under an image: a `file` node, or the remote node of a URI.
+    static func protocolDefinition(_ path: String, readOnly: Bool) throws(ImageToolError) -> [String: OptionValue] {
+        if RemoteURI.isRemote(path) { return try RemoteURI.definition(path, readOnly: readOnly) }
+        return ["driver": .string("file"), "filename": .string(path), "read-only": .bool(readOnly)]
     }
 
     /// Checks a format name given with `-f`, `-F` or `-O`.
@@ -73,7 +100,7 @@ public enum ImageFiles {
         _ path: String, format: String?, readOnly: Bool, withBacking: Bool = true
     ) throws(ImageToolError) -> OpenedImage {
         if let format { try checkFormat(format) }
-        guard FileManager.default.fileExists(atPath: path) else {
+        guard RemoteURI.isRemote(path) || FileManager.default.fileExists(atPath: path) else {
             throw ImageToolError("Could not open '\(path)': No such file or directory")
         }
         let chosen: String
@@ -81,7 +108,7 @@ public enum ImageFiles {
         var definition: [String: OptionValue] = [
             "driver": .string(chosen),
             "read-only": .bool(readOnly),
-            "file": .object(["driver": .string("file"), "filename": .string(path), "read-only": .bool(readOnly)]),
+            "file": .object(try protocolDefinition(path, readOnly: readOnly)),
         ]
         if chosen == "qcow2" && !withBacking { definition["backing"] = .null }
         let graph = BlockGraph(drivers: Drivers.all)
@@ -96,6 +123,7 @@ public enum ImageFiles {
 
     /// Creates (or truncates) a file and opens it as a writable protocol node.
     static func createFile(_ path: String) throws(ImageToolError) -> (BlockGraph, BlockNode) {
+        if RemoteURI.isRemote(path) { return try openRemoteForCreate(path) }
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ImageToolError("\(path): Could not create '\(path)': \(String(cString: strerror(errno)))") }
         Glibc.close(fd)
@@ -107,6 +135,22 @@ public enum ImageFiles {
             graph.closeAll()
             unlink(path)
             throw ImageToolError("\(path): \(error.message)")
+        }
+    }
+
+    /// A remote target of `create` or `convert` exists already: it is opened (and later written) as it is.
+    static func openRemoteForCreate(_ path: String) throws(ImageToolError) -> (BlockGraph, BlockNode) {
+        guard !RemoteURI.isReadOnly(path) else { throw ImageToolError("\(path): the \(RemoteURI.scheme(of: path) ?? "") driver is read-only") }
+        let graph = BlockGraph(drivers: Drivers.all)
+        do {
+            let node = try graph.open(.object(try RemoteURI.definition(path, readOnly: false)), context: path)
+            return (graph, node)
+        } catch let error as OptionError {
+            graph.closeAll()
+            throw ImageToolError("\(path): \(error.message)")
+        } catch {
+            graph.closeAll()
+            throw error as! ImageToolError
         }
     }
 
