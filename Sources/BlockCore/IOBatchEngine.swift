@@ -1,14 +1,25 @@
-/// A file descriptor and offset a request can be sent to directly, bypassing the driver's own code.
+/// A file descriptor and offset a request can be sent to directly, bypassing the driver's own code;
+/// or an asynchronous driver (a remote server) that takes the request instead of a file.
 public struct DirectTarget: Sendable {
-    /// The open file.
+    /// The open file (-1 for an asynchronous driver).
     public var fd: Int32
-    /// The request's offset in that file.
+    /// The request's offset in that file (or in the asynchronous driver).
     public var offset: UInt64
+    /// The asynchronous driver the request goes to, when it is not a file.
+    public var remote: (any AsyncTarget)?
 
     /// Creates a target.
     public init(fd: Int32, offset: UInt64) {
         self.fd = fd
         self.offset = offset
+        self.remote = nil
+    }
+
+    /// A target that is an asynchronous driver.
+    public init(remote: any AsyncTarget, offset: UInt64) {
+        self.fd = -1
+        self.offset = offset
+        self.remote = remote
     }
 }
 

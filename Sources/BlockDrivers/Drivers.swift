@@ -17,6 +17,13 @@ public enum Drivers {
         "throttle": entry("throttle", ThrottleDriver.opener),
         "null-co": entry("null-co", NullDriver.opener(for: "null-co")),
         "null-aio": entry("null-aio", NullDriver.opener(for: "null-aio")),
+        // The nbd driver also takes the flat host/port/path keys of QEMU's earlier form.
+        "nbd": DriverEntry(keys: schemaKeys(of: "nbd").union(NBDClientOptions.legacyKeys), open: NBDClientDriver.opener),
+        "http": entry("http", CurlDriver.opener(for: "http")),
+        "https": entry("https", CurlDriver.opener(for: "https")),
+        "ftp": entry("ftp", CurlDriver.opener(for: "ftp")),
+        "ftps": entry("ftps", CurlDriver.opener(for: "ftps")),
+        "tftp": entry("tftp", CurlDriver.opener(for: "tftp")),
     ]
 
     /// The option names of `driver` in the schema: the members of its `BlockdevOptions` branch.

@@ -61,7 +61,7 @@ public final class Daemon: @unchecked Sendable {
             if first.maxConnections > 0 { limits.maxConnections = first.maxConnections }
             limits.handshakeTimeout = first.handshakeSeconds
         }
-        server = NBDServer(limits: limits, engineFactory: { URingEngine() })
+        server = NBDServer(limits: limits, engineFactory: { CombinedEngine(ring: URingEngine()) })
         for spec in configuration.exports { try addConfiguredExport(spec) }
         for address in addresses { try server.listen(on: address) }
         try startMonitors()

@@ -23,10 +23,12 @@ extension Daemon {
         "blkdebug": ["config", "inject-error.", "set-state.", "align", "max-transfer", "opt-write-zero", "max-write-zero",
                      "opt-discard", "max-discard"],
         "quorum": ["vote-threshold", "blkverify", "rewrite-corrupted", "read-pattern"],
+        "nbd": ["server.", "export", "tls-creds", "tls-hostname", "path", "host", "port"],
     ]
 
     /// Drivers that open a file or a protocol themselves rather than a format over a child.
-    static let protocolDrivers: Set<String> = ["file", "host_device", "host_cdrom", "null-co", "null-aio", "blkdebug", "blkverify"]
+    static let protocolDrivers: Set<String> = ["file", "host_device", "host_cdrom", "null-co", "null-aio", "blkdebug", "blkverify",
+                                               "nbd", "http", "https", "ftp", "ftps", "tftp"]
 
     /// The node's file name as QEMU reports it.
     func qemuFilename(_ node: BlockNode, depth: Int = 0) -> NodeFilename {
@@ -41,7 +43,7 @@ extension Daemon {
         let options = fullOpenOptions(node, depth: depth)
         func child(_ role: String) -> BlockNode? { node.children.first { $0.role == role }?.node }
         switch driver {
-        case "file", "host_device", "host_cdrom":
+        case "file", "host_device", "host_cdrom", "nbd", "http", "https", "ftp", "ftps", "tftp":
             return node.driver.filename
         case "null-co", "null-aio":
             return options.keys.allSatisfy { ["driver", "filename", "latency-ns"].contains($0) } ? "\(driver)://" : nil

@@ -75,7 +75,7 @@ public struct ConvertCommand: Sendable {
         }
         let compressor = compress ? output.node.driver as? Qcow2Driver : nil
         let copier = ChunkCopier(
-            from: input.node, to: output.node, size: size, sparseSize: sparseSize, targetIsZero: !noCreate, compressor: compressor)
+            from: input.node, to: output.node, size: size, sparseSize: sparseSize, targetIsZero: !noCreate && !RemoteURI.isRemote(target), compressor: compressor)
         let chunks = Int((size + Self.chunk - 1) / Self.chunk)
         let done = Atomic<Int>(0)
         let failure = Mutex<ImageToolError?>(nil)

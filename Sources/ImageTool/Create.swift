@@ -98,7 +98,7 @@ extension ImageFiles {
                 for range in plan.dataRanges { try allocate(path, range) }
             }
         } catch {
-            unlink(path)
+            if !RemoteURI.isRemote(path) { unlink(path) }
             throw ImageToolError("\(path): \(error.message)")
         }
     }
@@ -107,6 +107,12 @@ extension ImageFiles {
     static func writeRaw(_ path: String, size: UInt64, preallocation: String) throws(ImageToolError) {
         let (graph, file) = try createFile(path)
         defer { graph.closeAll() }
+        if RemoteURI.isRemote(path) {
+            // A remote target is not created: it must be large enough already, as qemu-img's
+            // fallback for protocols that cannot create images requires.
+            guard file.length >= size else { throw ImageToolError("\(path): Cannot grow device files") }
+            return
+        }
         do {
             try file.resize(to: size)
             switch preallocation {

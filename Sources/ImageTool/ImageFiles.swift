@@ -44,6 +44,7 @@ public enum ImageFiles {
 
     /// `qcow2` when the file starts with the qcow2 magic, else `raw`; nil when it cannot be read.
     public static func probe(_ path: String) throws(ImageToolError) -> String {
+        if RemoteURI.isRemote(path) { return try probeRemote(path) }
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else {
             throw ImageToolError("Could not open '\(path)': \(String(cString: strerror(errno)))")
@@ -52,6 +53,32 @@ public enum ImageFiles {
         var magic: [UInt8] = [0, 0, 0, 0]
         let count = magic.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4, 0) }
         return count == 4 && magic == [0x51, 0x46, 0x49, 0xfb] ? "qcow2" : "raw"
+    }
+
+    /// Probes a remote image by reading its first bytes through its protocol node.
+    static func probeRemote(_ path: String) throws(ImageToolError) -> String {
+        let graph = BlockGraph(drivers: Drivers.all)
+        defer { graph.closeAll() }
+        do {
+            let node = try graph.open(.object(try RemoteURI.definition(path, readOnly: true)), context: path)
+            guard node.length >= 4 else { return "raw" }
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 4096)
+            defer { buffer.deallocate() }
+            try node.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(512, node.length))]), at: 0)
+            return Array(buffer[0..<4]) == [0x51, 0x46, 0x49, 0xfb] ? "qcow2" : "raw"
+        } catch let error as OptionError {
+            throw ImageToolError("Could not open '\(path)': \(error.message)")
+        } catch let error as BlockError {
+            throw ImageToolError("Could not read '\(path)': \(error.message)")
+        } catch {
+            throw error as! ImageToolError
+        }
+    }
+
+    /// The protocol node under an image: a `file` node, or the remote node of a URI.
+    static func protocolDefinition(_ path: String, readOnly: Bool) throws(ImageToolError) -> [String: OptionValue] {
+        if RemoteURI.isRemote(path) { return try RemoteURI.definition(path, readOnly: readOnly) }
+        return ["driver": .string("file"), "filename": .string(path), "read-only": .bool(readOnly)]
     }
 
     /// Checks a format name given with `-f`, `-F` or `-O`.
@@ -75,7 +102,7 @@ public enum ImageFiles {
         _ path: String, format: String?, readOnly: Bool, withBacking: Bool = true
     ) throws(ImageToolError) -> OpenedImage {
         if let format { try checkFormat(format) }
-        guard access(path, F_OK) == 0 else {
+        guard RemoteURI.isRemote(path) || access(path, F_OK) == 0 else {
             throw ImageToolError("Could not open '\(path)': No such file or directory")
         }
         let chosen: String
@@ -83,7 +110,7 @@ public enum ImageFiles {
         var definition: [String: OptionValue] = [
             "driver": .string(chosen),
             "read-only": .bool(readOnly),
-            "file": .object(["driver": .string("file"), "filename": .string(path), "read-only": .bool(readOnly)]),
+            "file": .object(try protocolDefinition(path, readOnly: readOnly)),
         ]
         if chosen == "qcow2" && !withBacking { definition["backing"] = .null }
         let graph = BlockGraph(drivers: Drivers.all)
@@ -98,6 +125,7 @@ public enum ImageFiles {
 
     /// Creates (or truncates) a file and opens it as a writable protocol node.
     static func createFile(_ path: String) throws(ImageToolError) -> (BlockGraph, BlockNode) {
+        if RemoteURI.isRemote(path) { return try openRemoteForCreate(path) }
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw ImageToolError("\(path): Could not create '\(path)': \(String(cString: strerror(errno)))") }
         Glibc.close(fd)
@@ -109,6 +137,22 @@ public enum ImageFiles {
             graph.closeAll()
             unlink(path)
             throw ImageToolError("\(path): \(error.message)")
+        }
+    }
+
+    /// A remote target of `create` or `convert` exists already: it is opened (and later written) as it is.
+    static func openRemoteForCreate(_ path: String) throws(ImageToolError) -> (BlockGraph, BlockNode) {
+        guard !RemoteURI.isReadOnly(path) else { throw ImageToolError("\(path): the \(RemoteURI.scheme(of: path) ?? "") driver is read-only") }
+        let graph = BlockGraph(drivers: Drivers.all)
+        do {
+            let node = try graph.open(.object(try RemoteURI.definition(path, readOnly: false)), context: path)
+            return (graph, node)
+        } catch let error as OptionError {
+            graph.closeAll()
+            throw ImageToolError("\(path): \(error.message)")
+        } catch {
+            graph.closeAll()
+            throw error as! ImageToolError
         }
     }
 

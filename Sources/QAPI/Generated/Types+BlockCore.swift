@@ -1791,6 +1791,8 @@ public enum BlockdevDriver: String, QAPIValue, CaseIterable, Sendable {
     case http = "http"
     /// A file on a web server over TLS
     case https = "https"
+    /// An export of a remote NBD server
+    case nbd = "nbd"
     /// A sink that reads zeroes, completing through AIO
     case nullAio = "null-aio"
     /// A sink that reads zeroes, completing in a coroutine
@@ -2742,9 +2744,9 @@ public struct BlockdevOptionsQuorum: QAPIValue, Equatable {
 /// further members apply.
 ///
 /// A flat union on 'driver' (cases 'archipelago', 'blkdebug', 'blkverify', 'bochs', 'cloop', 'dmg',
-/// 'file', 'ftp', 'ftps', 'host_cdrom', 'host_device', 'http', 'https', 'null-aio', 'null-co',
-/// 'parallels', 'qcow2', 'qcow', 'qed', 'quorum', 'raw', 'throttle', 'tftp', 'vdi', 'vhdx', 'vmdk',
-/// 'vpc', 'vvfat'), passed through as JSON: the block layer decodes it.
+/// 'file', 'ftp', 'ftps', 'host_cdrom', 'host_device', 'http', 'https', 'nbd', 'null-aio',
+/// 'null-co', 'parallels', 'qcow2', 'qcow', 'qed', 'quorum', 'raw', 'throttle', 'tftp', 'vdi',
+/// 'vhdx', 'vmdk', 'vpc', 'vvfat'), passed through as JSON: the block layer decodes it.
 public typealias BlockdevOptions = JSONValue
 
 // MARK: - BlockdevRef
