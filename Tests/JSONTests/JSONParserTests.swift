@@ -66,4 +66,11 @@ final class JSONParserTests: XCTestCase {
             XCTAssertNotNil(parseError(Array(text[0..<end])), "truncated at \(end)")
         }
     }
+
+    func testTrailingBytesAndNonStandardSyntaxAreErrors() {
+        for text in ["1 2", "{} x", "[1,]", #"{"a": 1,}"#, "NaN", "Infinity", "'a'", #"{a: 1}"#, "", "   ", "[", #"{"a" 1}"#, "tru", "nul"] {
+            XCTAssertNotNil(parseError(Array(text.utf8)), "'\(text)' is not JSON")
+        }
+        XCTAssertEqual(try JSONValue.parse(" [ ] "), .array([]), "whitespace around a value is fine")
+    }
 }
