@@ -66,4 +66,13 @@ final class JSONParserTests: XCTestCase {
             XCTAssertNotNil(parseError(Array(text[0..<end])), "truncated at \(end)")
         }
     }
+
+    func testTrailingBytesAndNonStandardSyntaxAreErrors() {
+        for text in ["1 2", "{} x", "[1,]", #"{"a": 1,}"#, "NaN", "Infinity", #"{a: 1}"#, "", "   ", "[", #"{"a" 1}"#, "tru", "nul"] {
+            XCTAssertNotNil(parseError(Array(text.utf8)), "'\(text)' is not JSON")
+        }
+        XCTAssertEqual(try JSONValue.parse(" [ ] "), .array([]), "whitespace around a value is fine")
+        // QEMU's one extension: strings in single quotes, with \' as an escape.
+        XCTAssertEqual(try JSONValue.parse(#"{'a': 'it\'s "q"'}"#), .object(["a": .string(#"it's "q""#)]))
+    }
 }

@@ -3,20 +3,21 @@ import NBDProtocol
 import LogOptionsClock
 
 /// The device policies on the request path: admission (throttling, pausing) before a request runs,
-/// and the rerror/werror policy after one failed, with the replies of failed requests. Both are off the fast path: a device without a
-/// throttle that is not paused costs the `guarded` branch; a request that succeeds costs nothing.
-extension Transmission {
+/// and the rerror/werror policy after one failed, with the replies of failed requests. Both are off
+/// the fast path: a device without a throttle that is not paused costs the `guarded` branch; a
+/// request that succeeds costs nothing.
+extension RequestExecutor {
     /// Fails a request because the device has no medium (removed, or the tray is open): EIO, as QEMU's ENOMEDIUM reaches a guest.
     func replyNoMedium(_ header: RequestHeader) {
         requestFailed = true
-        replyStatus(header, error: NBDError.io.rawValue)
+        replies.status(header, error: NBDError.io.rawValue)
     }
 
     /// Replies with the wire form of a storage error, and logs it with the node and the request.
     func replyFailure(_ header: RequestHeader, _ error: BlockError) {
         requestFailed = true
         Log.warning("\(peer): node '\(node.name)': \(header.command.map { "\($0)" } ?? "command \(header.type)") at \(header.offset)+\(header.length) failed: \(error.message)")
-        replyStatus(header, error: Transmission.wireError(error))
+        replies.status(header, error: RequestCheck.wireError(error))
     }
 
     /// Runs an operation whose reply carries no payload and answers it; a failure goes through the error policy.
@@ -24,10 +25,10 @@ extension Transmission {
     func complete(_ header: RequestHeader, _ operation: () throws(BlockError) -> Void) {
         do {
             try operation()
-            replyStatus(header, error: 0)
+            replies.status(header, error: 0)
         } catch {
             if recover(header, error, isWrite: header.command != .cache, flushFirst: true, retry: operation) {
-                replyStatus(header, error: 0)
+                replies.status(header, error: 0)
             }
         }
     }
@@ -47,10 +48,10 @@ extension Transmission {
             requestFailed = false
             if let failure {
                 if recover(header, failure, isWrite: true, flushFirst: false, retry: { () throws(BlockError) in try node.flush() }) {
-                    replyStatus(header, error: 0)
+                    replies.status(header, error: 0)
                 }
             } else {
-                replyStatus(header, error: 0)
+                replies.status(header, error: 0)
             }
             stats.done(.flush, started: started, bytes: 0, offset: header.offset, failed: requestFailed)
         }

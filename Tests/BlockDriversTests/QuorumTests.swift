@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 @testable import BlockDrivers
+import BlockTestSupport
 import Synchronization
 import XCTest
 
@@ -38,7 +39,7 @@ final class QuorumTests: XCTestCase {
         defer { graph.closeAll() }
         let events = Events()
         graph.events.install { event in events.list.withLock { $0.append(event) } }
-        let drivers = (0..<3).map { _ in RecordingDriver(size: 65_536) }
+        let drivers = (0..<3).map { _ in MemoryDriver(length: 65_536) }
         let nodes = drivers.enumerated().map { BlockNode(name: "c\($0.offset)", driver: $0.element, readOnly: false) }
         let quorum = QuorumDriver(nodeName: "q", children: nodes, threshold: 2, fifo: false, rewriteCorrupted: true,
                                   blkverify: false, events: graph.events)
@@ -49,7 +50,7 @@ final class QuorumTests: XCTestCase {
         try read.withUnsafeMutableBytes { try quorum.read(into: $0, at: 4096) }
         XCTAssertEqual(read, data)
         XCTAssertEqual(events.all, [.quorumReportBad(operation: .read, error: nil, nodeName: "c1", sector: 8, sectors: 8)])
-        XCTAssertEqual(drivers[1].byte(at: 4096), 9, "rewritten with the majority's bytes")
+        XCTAssertEqual(drivers[1].contents[4096], 9, "rewritten with the majority's bytes")
         try [UInt8](repeating: 2, count: 512).withUnsafeBytes { try nodes[2].write($0, at: 4096, fua: false) }
         try [UInt8](repeating: 3, count: 512).withUnsafeBytes { try nodes[1].write($0, at: 4096, fua: false) }
         XCTAssertThrowsError(try read.withUnsafeMutableBytes { try quorum.read(into: $0, at: 4096) })
