@@ -288,7 +288,15 @@ public final class BlockGraph: Sendable {
             defer { table.removeAll() }
             return Array(table.values)
         }
-        for node in all { node.driver.close() }
+        // Parents first: a format node writes its last metadata (qcow2 bitmaps) through its children.
+        var open = all
+        while !open.isEmpty {
+            let used = Set(open.flatMap { $0.children.map { ObjectIdentifier($0.node) } })
+            let ready = open.filter { !used.contains(ObjectIdentifier($0)) }
+            let batch = ready.isEmpty ? open : ready
+            for node in batch { node.driver.close() }
+            open.removeAll { node in batch.contains { $0 === node } }
+        }
     }
 
     /// QEMU's rule for node names: a letter first, then letters, digits, '-', '.', '_'; at most 31 characters.

@@ -551,6 +551,10 @@ final class Transmission {
         }
         for (index, context) in session.contexts.enumerated() {
             let isLast = index == session.contexts.count - 1
+            if let bitmap = context.bitmap {
+                appendBitmapStatus(header, bitmap, context: context, isLast: isLast, limit: limit)
+                continue
+            }
             let wide = style == .extended
             let payload = (wide ? 8 : 4) + extents.count * (wide ? 16 : 8)
             let base = reserveOutput(style.chunkHeaderSize + payload)
@@ -580,15 +584,13 @@ final class Transmission {
     }
 
     static func flags(of extent: Extent, in context: MetaContext) -> UInt32 {
-        switch context {
-        case .baseAllocation:
-            var flags: AllocationFlags = []
-            if extent.hole { flags.insert(.hole) }
-            if extent.zero { flags.insert(.zero) }
-            return flags.rawValue
-        case .allocationDepth:
+        if context == .allocationDepth {
             // 0: unallocated anywhere; 1: this layer; n: the (n-1)th backing layer.
             return extent.depth.map { UInt32($0 + 1) } ?? 0
         }
+        var flags: AllocationFlags = []
+        if extent.hole { flags.insert(.hole) }
+        if extent.zero { flags.insert(.zero) }
+        return flags.rawValue
     }
 }
