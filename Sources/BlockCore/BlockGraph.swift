@@ -254,7 +254,7 @@ public final class BlockGraph: Sendable {
 
     /// Removes a top-level node and the nodes defined inline inside it; fails when another node uses it.
     public func remove(_ name: String) throws(OptionError) {
-        for node in try detach(name) { node.driver.close() }
+        BlockGraph.closeParentsFirst(try detach(name))
     }
 
     /// Takes a top-level node and the nodes defined inline inside it out of the graph without closing
@@ -270,7 +270,7 @@ public final class BlockGraph: Sendable {
     }
 
     private func removeDefined(by top: String) {
-        for node in detachDefined(by: top) { node.driver.close() }
+        BlockGraph.closeParentsFirst(detachDefined(by: top))
     }
 
     private func detachDefined(by top: String) -> [BlockNode] {
@@ -288,8 +288,13 @@ public final class BlockGraph: Sendable {
             defer { table.removeAll() }
             return Array(table.values)
         }
-        // Parents first: a format node writes its last metadata (qcow2 bitmaps) through its children.
-        var open = all
+        BlockGraph.closeParentsFirst(all)
+    }
+
+    /// Closes nodes taken out of the graph, each before its children: a format node writes its last
+    /// metadata (qcow2 tables, persistent bitmaps) through them.
+    public static func closeParentsFirst(_ nodes: [BlockNode]) {
+        var open = nodes
         while !open.isEmpty {
             let used = Set(open.flatMap { $0.children.map { ObjectIdentifier($0.node) } })
             let ready = open.filter { !used.contains(ObjectIdentifier($0)) }

@@ -225,6 +225,10 @@ public final class BlockNode: Sendable {
     /// Changes the node's size; new connections see the new size.
     public func resize(to newLength: UInt64) throws(BlockError) {
         guard !readOnly else { throw .notPermitted("node '\(name)' is read-only") }
+        // Bitmaps cover the size they were made for: a resize would leave writes past it unrecorded.
+        if newLength != length, let bitmap = dirtyBitmaps.all.first {
+            throw .notPermitted("node '\(name)' has the dirty bitmap '\(bitmap.name)'; remove its bitmaps before resizing it")
+        }
         guard newLength % UInt64(driver.features.alignment) == 0 else {
             throw .invalid("the size must be a multiple of \(driver.features.alignment)")
         }

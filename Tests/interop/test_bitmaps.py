@@ -337,3 +337,46 @@ def test_crash_leaves_bitmaps_inconsistent(launcher, tmp_path):
         assert image_bitmaps(copy) == []
     assert answers["blockd"] == answers["qsd"]
     assert answers["blockd"][0][0][6] is True
+
+
+def test_blockdev_del_stores_and_resize_is_refused(launcher, tmp_path):
+    """blockdev-del of a qcow2 node (with its file defined inline) stores its persistent bitmaps, as
+    a clean stop does; a node with bitmaps refuses to be resized (blockd's rule: its bitmaps cover
+    the size they were made for) until they are removed."""
+    image = qcow2(tmp_path / "d.qcow2")
+    daemon = launcher.blockd("--nbd-server", f"addr.type=unix,addr.path={tmp_path}/b.nbd")
+    with daemon.qmp() as q:
+        q.execute("blockdev-add", driver="qcow2", **{"node-name": "disk0"}, file={"driver": "file", "filename": str(image)})
+        q.execute("block-dirty-bitmap-add", node="disk0", name="keep", persistent=True)
+        assert "dirty bitmap 'keep'" in q.error("block_resize", **{"node-name": "disk0"}, size=SIZE * 2)["desc"]
+        q.execute("blockdev-del", **{"node-name": "disk0"})
+        assert [b["name"] for b in image_bitmaps(image)] == ["keep"]
+        q.execute("blockdev-add", driver="qcow2", **{"node-name": "disk0"}, file={"driver": "file", "filename": str(image)})
+        assert listing(q) == [("keep", 0, 65536, True, False, True, False)]
+        q.execute("block-dirty-bitmap-remove", node="disk0", name="keep")
+        q.execute("block_resize", **{"node-name": "disk0"}, size=SIZE * 2)
+        q.execute("blockdev-del", **{"node-name": "disk0"})
+    assert image_bitmaps(image) == []
+    run(["qemu-img", "check", str(image)])
+
+
+def test_blockimg_info_lists_bitmaps_as_qemu_img(tmp_path):
+    """blockimg info (human and JSON) lists an image's bitmaps (flags, name, granularity) exactly
+    as qemu-img info does, in-use flag included."""
+    from test_blockimg import blockimg_binary
+    image = qcow2(tmp_path / "d.qcow2")
+    run(["qemu-img", "bitmap", "--add", str(image), "b0"])
+    run(["qemu-img", "bitmap", "--add", "-g", "512", "--disable", str(image), "b1"])
+    for _ in range(2):
+        theirs = json.loads(run(["qemu-img", "info", "--output=json", str(image)]).stdout)["format-specific"]
+        ours = json.loads(run([blockimg_binary(), "info", "--output=json", str(image)]).stdout)["format-specific"]
+        assert ours == theirs
+        human = [line for line in run(["qemu-img", "info", str(image)]).stdout.splitlines() if line.startswith("    ")]
+        assert [line for line in run([blockimg_binary(), "info", str(image)]).stdout.splitlines() if line.startswith("    ")] == human
+        # Second pass: b0 left in use, as after a crash.
+        data = bytearray(image.read_bytes())
+        ext = data.find((0x23852875).to_bytes(4, "big"), 104)
+        directory = int.from_bytes(data[ext + 8 + 16:ext + 8 + 24], "big")
+        data[directory + 15] |= 1
+        image.write_bytes(bytes(data))
+    assert "in-use" in ours["data"]["bitmaps"][0]["flags"]
