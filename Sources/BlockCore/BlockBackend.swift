@@ -26,7 +26,7 @@ public final class BlockBackend: Sendable {
         }
 
         deinit {
-            for node in owned.withLock({ $0 }) { node.driver.close() }
+            BlockGraph.closeParentsFirst(owned.withLock { $0 })
         }
     }
 

@@ -115,6 +115,12 @@ public protocol BlockDriver: AnyObject, Sendable {
     /// Reacts to a blkdebug event raised on this node (see `BlockNode.debugEvent`); called only when
     /// `features.debugEvents` is set. Must not block for long: it runs inside the I/O path.
     func debugEvent(_ event: BlkdebugEvent)
+    /// Takes the node's dirty bitmaps when the node is made: a driver that stores bitmaps (qcow2)
+    /// adds those of its image and stores the persistent ones at close.
+    func attachBitmaps(_ bitmaps: DirtyBitmapSet, nodeName: String)
+    /// Why a persistent bitmap with this name and granularity cannot be stored in this node, in
+    /// QEMU's words, or nil when it can.
+    func persistentBitmapProblem(name: String, granularity: UInt64, nodeName: String) -> String?
     /// Releases the driver's resources; no call follows.
     func close()
 }
@@ -154,4 +160,10 @@ extension BlockDriver {
     public func debugEvent(_ event: BlkdebugEvent) {}
     /// Default: nothing to release.
     public func close() {}
+    /// Default: bitmaps live only in memory.
+    public func attachBitmaps(_ bitmaps: DirtyBitmapSet, nodeName: String) {}
+    /// Default: persistent bitmaps cannot be stored.
+    public func persistentBitmapProblem(name: String, granularity: UInt64, nodeName: String) -> String? {
+        "Can't store persistent bitmaps to \(nodeName): Operation not supported"
+    }
 }

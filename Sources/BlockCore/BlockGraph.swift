@@ -255,7 +255,7 @@ public final class BlockGraph: Sendable {
 
     /// Removes a top-level node and the nodes defined inline inside it; fails when another node uses it.
     public func remove(_ name: String) throws(OptionError) {
-        for node in try detach(name) { node.driver.close() }
+        BlockGraph.closeParentsFirst(try detach(name))
     }
 
     /// Takes a top-level node and the nodes defined inline inside it out of the graph without closing
@@ -271,7 +271,7 @@ public final class BlockGraph: Sendable {
     }
 
     private func removeDefined(by top: String) {
-        for node in detachDefined(by: top) { node.driver.close() }
+        BlockGraph.closeParentsFirst(detachDefined(by: top))
     }
 
     private func detachDefined(by top: String) -> [BlockNode] {
@@ -289,7 +289,20 @@ public final class BlockGraph: Sendable {
             defer { table.removeAll() }
             return Array(table.values)
         }
-        for node in all { node.driver.close() }
+        BlockGraph.closeParentsFirst(all)
+    }
+
+    /// Closes nodes taken out of the graph, each before its children: a format node writes its last
+    /// metadata (qcow2 tables, persistent bitmaps) through them.
+    public static func closeParentsFirst(_ nodes: [BlockNode]) {
+        var open = nodes
+        while !open.isEmpty {
+            let used = Set(open.flatMap { $0.children.map { ObjectIdentifier($0.node) } })
+            let ready = open.filter { !used.contains(ObjectIdentifier($0)) }
+            let batch = ready.isEmpty ? open : ready
+            for node in batch { node.driver.close() }
+            open.removeAll { node in batch.contains { $0 === node } }
+        }
     }
 
     /// QEMU's rule for node names: a letter first, then letters, digits, '-', '.', '_'; at most 31 characters.

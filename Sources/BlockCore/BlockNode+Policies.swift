@@ -12,6 +12,8 @@ enum PolicyBits {
     static let detectZeroes: UInt8 = 1 << 1
     /// The driver takes blkdebug events (fixed for the node's life).
     static let debugEvents: UInt8 = 1 << 2
+    /// Some dirty bitmap of the node records writes.
+    static let dirtyBitmaps: UInt8 = 1 << 3
 }
 
 extension BlockNode {
@@ -109,6 +111,8 @@ extension BlockNode {
         let count = UInt64(buffer.count)
         let events = bits & PolicyBits.debugEvents != 0
         if bits & PolicyBits.threshold != 0 { checkWriteThreshold(offset, count) }
+        // Marked after the write, failed or not, before it is acknowledged (QEMU's write_req_finish).
+        defer { if bits & PolicyBits.dirtyBitmaps != 0 { dirtyBitmaps.mark(offset, count) } }
         if bits & PolicyBits.detectZeroes != 0, driver.features.fastZero, count > 0, buffer.isAllZero {
             var flags: ZeroFlags = [.fastOnly]
             if detectZeroes == .unmap { flags.insert(.mayUnmap) }

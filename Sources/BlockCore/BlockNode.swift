@@ -38,6 +38,9 @@ public final class BlockNode: Sendable {
     let takesDebugEvents: Bool
     /// The `file` child when it takes blkdebug events (flush events are raised on it), else nil.
     let debugFile: BlockNode?
+    /// The node's dirty bitmaps; writes, zero-writes and discards that reach the node mark the
+    /// recording ones (see BlockNode+Bitmaps.swift).
+    public let dirtyBitmaps = DirtyBitmapSet()
 
     /// The end of the furthest write so far (`wr_highest_offset` of the node).
     public var highestWriteOffset: UInt64 { highestWrite.load(ordering: .relaxed) }
@@ -66,6 +69,7 @@ public final class BlockNode: Sendable {
         var bits: UInt8 = driver.features.debugEvents ? PolicyBits.debugEvents : 0
         if common.detectZeroes != .off { bits |= PolicyBits.detectZeroes }
         self.policyBits = Atomic(bits)
+        attachDirtyBitmaps()
     }
 
     /// The node's size in bytes.
@@ -150,6 +154,7 @@ public final class BlockNode: Sendable {
         assert(!readOnly && offset + count <= length)
         let bits = policyBits.load(ordering: .relaxed)
         if bits & PolicyBits.threshold != 0 { checkWriteThreshold(offset, count) }
+        defer { if bits & PolicyBits.dirtyBitmaps != 0 { dirtyBitmaps.mark(offset, count) } }
         try zeroData(at: offset, length: count, flags: flags, events: bits & PolicyBits.debugEvents != 0)
     }
 
@@ -184,6 +189,7 @@ public final class BlockNode: Sendable {
     public func discard(at offset: UInt64, length count: UInt64) throws(BlockError) {
         assert(!readOnly && offset + count <= length)
         guard driver.features.discard else { return }
+        if policyBits.load(ordering: .relaxed) & PolicyBits.dirtyBitmaps != 0 { dirtyBitmaps.mark(offset, count) }
         let align = UInt64(driver.features.alignment)
         // Only whole aligned blocks can be discarded; the unaligned edges are left as they are.
         let start = (offset + align - 1) / align * align
@@ -219,6 +225,10 @@ public final class BlockNode: Sendable {
     /// Changes the node's size; new connections see the new size.
     public func resize(to newLength: UInt64) throws(BlockError) {
         guard !readOnly else { throw .notPermitted("node '\(name)' is read-only") }
+        // Bitmaps cover the size they were made for: a resize would leave writes past it unrecorded.
+        if newLength != length, let bitmap = dirtyBitmaps.all.first {
+            throw .notPermitted("node '\(name)' has the dirty bitmap '\(bitmap.name)'; remove its bitmaps before resizing it")
+        }
         guard newLength % UInt64(driver.features.alignment) == 0 else {
             throw .invalid("the size must be a multiple of \(driver.features.alignment)")
         }

@@ -29,6 +29,17 @@ public struct ExportSpec: Sendable, Equatable {
     public var resizable = false
     /// `allocation-depth`: offer the `qemu:allocation-depth` meta context.
     public var allocationDepth = false
+    /// `bitmaps`: dirty bitmaps offered as `qemu:dirty-bitmap:NAME`, by name (found on the node or
+    /// below it) or by node and name.
+    public var bitmaps: [ExportBitmap] = []
+}
+
+/// A bitmap an export offers: its name, and its node when given (`{"node": ..., "name": ...}`).
+public struct ExportBitmap: Sendable, Equatable {
+    /// The node that holds it; nil: the exported node or one below it.
+    public var node: String?
+    /// The bitmap's name.
+    public var name: String
 }
 
 /// One `--chardev socket`: a listening socket a monitor can use.
@@ -249,10 +260,23 @@ public struct DaemonConfiguration: Sendable {
         _ = try reader.bool("writethrough")
         _ = try reader.string("iothread")
         _ = try reader.bool("fixed-iothread")
+        var bitmaps: [ExportBitmap] = []
         switch reader.value("bitmaps") {
-        case .array(let bitmaps)? where !bitmaps.isEmpty:
-            throw OptionError("\(context): dirty bitmap exports are not supported yet")
-        case nil, .array?:
+        case .array(let list)?:
+            for (index, item) in list.enumerated() {
+                switch item {
+                case .string(let name):
+                    bitmaps.append(ExportBitmap(node: nil, name: name))
+                case .object:
+                    let entry = try OptionReader(item, context: "\(context) bitmaps.\(index)", syntax: syntax)
+                    bitmaps.append(ExportBitmap(node: try entry.requiredString("node"), name: try entry.requiredString("name")))
+                    try entry.finish()
+                default:
+                    throw OptionError(syntax == .qmp ? "Invalid parameter type for 'bitmaps[\(index)]', expected: BlockDirtyBitmapOrStr"
+                                                     : "\(context): 'bitmaps' must be a list of bitmap names or node/name pairs")
+                }
+            }
+        case nil:
             break
         case .some where syntax == .qmp:
             throw OptionError("Invalid parameter type for 'bitmaps', expected: array")
@@ -264,7 +288,7 @@ public struct DaemonConfiguration: Sendable {
         // QMP checks the length where QEMU does, after the node and the server (Daemon.addExport).
         guard syntax == .qmp || name.utf8.count <= 4096 else { throw OptionError("\(context): export name longer than 4096 bytes") }
         return ExportSpec(id: id, nodeName: nodeName, name: name, description: description, writable: writable,
-                          resizable: resizable, allocationDepth: allocationDepth)
+                          resizable: resizable, allocationDepth: allocationDepth, bitmaps: bitmaps)
     }
 }
 

@@ -29,7 +29,7 @@ extension Daemon {
             image.backingImage = below
         }
         let backing = node.driver.driverName == "qcow2" ? node.children.first { $0.role == "backing" }?.node : nil
-        return BlockDeviceInfo(
+        var info = BlockDeviceInfo(
             file: qemuFilename(node).filename, nodeName: node.name, ro: node.readOnly, drv: node.driver.driverName,
             backingFile: backing.map { qemuFilename($0).filename }, backingFileDepth: depth, encrypted: false,
             encryptionKeyMissing: false, detectZeroes: BlockdevDetectZeroesOptions(rawValue: node.detectZeroes.name) ?? .off,
@@ -37,6 +37,8 @@ extension Daemon {
             cache: BlockdevCacheInfo(writeback: true, direct: node.common.cacheDirect, noFlush: node.common.cacheNoFlush),
             writeThreshold: Int64(clamping: node.writeThreshold))
             .withThrottling(device?.throttleGroup)
+        info.dirtyBitmaps = dirtyBitmapInfo(node)
+        return info
     }
 
     /// One image, without the images below it.

@@ -39,6 +39,12 @@ public final class NBDExport: Sendable {
         self.writable = writable
         self.resizable = resizable
         self.metaContexts = metaContexts
+        for context in metaContexts { context.bitmap?.retain() }
+    }
+
+    deinit {
+        // The bitmaps stay busy until the last connection lets go of the export.
+        for context in metaContexts { context.bitmap?.release() }
     }
 
     /// The node requests reach now: nil while the device has no medium or its tray is open.

@@ -1,19 +1,27 @@
+import BlockCore
 import NBDProtocol
 
-/// The meta contexts this server offers, with the ids it assigns them.
-public enum MetaContext: UInt32, Sendable, CaseIterable {
-    /// `base:allocation`: holes and zeroes.
-    case baseAllocation = 1
-    /// `qemu:allocation-depth`: in which layer of the backing chain each range is allocated.
-    case allocationDepth = 2
-
+/// A meta context this server offers, with the id it assigns it: `base:allocation`,
+/// `qemu:allocation-depth`, or a dirty bitmap as `qemu:dirty-bitmap:NAME`.
+public struct MetaContext: Sendable, Equatable {
+    /// The id sent in `NBD_REP_META_CONTEXT` and in block status replies.
+    public let rawValue: UInt32
     /// The context's name on the wire.
-    public var name: String {
-        switch self {
-        case .baseAllocation: return "base:allocation"
-        case .allocationDepth: return "qemu:allocation-depth"
-        }
+    public let name: String
+    /// The bitmap a `qemu:dirty-bitmap:` context reports (dirty = flag 1), else nil.
+    public let bitmap: DirtyBitmap?
+
+    /// `base:allocation`: holes and zeroes.
+    public static let baseAllocation = MetaContext(rawValue: 1, name: "base:allocation", bitmap: nil)
+    /// `qemu:allocation-depth`: in which layer of the backing chain each range is allocated.
+    public static let allocationDepth = MetaContext(rawValue: 2, name: "qemu:allocation-depth", bitmap: nil)
+
+    /// `qemu:dirty-bitmap:NAME` for the export's `index`th bitmap.
+    public static func dirtyBitmap(_ bitmap: DirtyBitmap, index: Int) -> MetaContext {
+        MetaContext(rawValue: 3 + UInt32(index), name: "qemu:dirty-bitmap:\(bitmap.name)", bitmap: bitmap)
     }
+
+    public static func == (lhs: MetaContext, rhs: MetaContext) -> Bool { lhs.rawValue == rhs.rawValue && lhs.name == rhs.name }
 
     /// The contexts of `offered` a query selects: its exact name, or for LIST only a whole namespace (`base:`).
     static func matching(_ query: String, listing: Bool, in offered: [MetaContext]) -> [MetaContext] {

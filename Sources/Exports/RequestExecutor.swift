@@ -271,6 +271,10 @@ final class RequestExecutor {
         }
         for (index, context) in session.contexts.enumerated() {
             let isLast = index == session.contexts.count - 1
+            if let bitmap = context.bitmap {
+                appendBitmapStatus(header, bitmap, context: context, isLast: isLast, limit: limit)
+                continue
+            }
             let base = replies.reserve(style.chunkHeaderSize + BlockStatusReply.payloadSize(style, count: extents.count))
             var at = BlockStatusReply.writeHeader(
                 style: style, flags: isLast ? .done : [], cookie: header.cookie, offset: header.offset,
@@ -288,16 +292,14 @@ final class RequestExecutor {
 
     /// The status flags of `extent` in a meta context.
     static func flags(of extent: Extent, in context: MetaContext) -> UInt32 {
-        switch context {
-        case .baseAllocation:
-            var flags: AllocationFlags = []
-            if extent.hole { flags.insert(.hole) }
-            if extent.zero { flags.insert(.zero) }
-            return flags.rawValue
-        case .allocationDepth:
+        if context == .allocationDepth {
             // 0: unallocated anywhere; 1: this layer; n: the (n-1)th backing layer.
             return extent.depth.map { UInt32($0 + 1) } ?? 0
         }
+        var flags: AllocationFlags = []
+        if extent.hole { flags.insert(.hole) }
+        if extent.zero { flags.insert(.zero) }
+        return flags.rawValue
     }
 
     /// Extents that exactly cover `[offset, offset+length)`, or at most `limit` of them for a prefix.

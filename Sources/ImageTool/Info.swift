@@ -77,6 +77,12 @@ public struct InfoCommand: Sendable {
             ]
             if header.version == 3 {
                 data["lazy-refcounts"] = .bool(header.lazyRefcounts)
+                if let bitmaps = try? Qcow2BitmapSummary.list(file: image.file, header: header), !bitmaps.isEmpty {
+                    data["bitmaps"] = .array(bitmaps.map { bitmap in
+                        .object(["flags": .array(bitmap.flags.map { .string($0) }), "name": .string(bitmap.name),
+                                 "granularity": .integer(Int64(bitmap.granularity))])
+                    })
+                }
                 data["corrupt"] = .bool(header.isCorrupt)
                 data["extended-l2"] = .bool(false)
             }
@@ -110,9 +116,14 @@ public struct InfoCommand: Sendable {
         if let snapshots { lines.append(snapshots) }
         if case .object(let specific)? = info["format-specific"], case .object(let data)? = specific["data"] {
             lines.append("Format specific information:")
-            let order = ["compat", "compression-type", "lazy-refcounts", "refcount-bits", "corrupt", "extended-l2"]
+            let order = ["compat", "compression-type", "lazy-refcounts", "bitmaps", "refcount-bits", "corrupt", "extended-l2"]
             for key in order {
                 guard let value = data[key] else { continue }
+                if key == "bitmaps", case .array(let bitmaps) = value {
+                    lines.append("    bitmaps:")
+                    lines += bitmapLines(bitmaps)
+                    continue
+                }
                 let text: String
                 switch value {
                 case .string(let word): text = word
@@ -124,5 +135,22 @@ public struct InfoCommand: Sendable {
             }
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// The `bitmaps:` list of qemu-img's human output: index, flags, name, granularity.
+    private static func bitmapLines(_ bitmaps: [JSONValue]) -> [String] {
+        var lines: [String] = []
+        for (index, bitmap) in bitmaps.enumerated() {
+            lines.append("        [\(index)]:")
+            lines.append("            flags:")
+            if case .array(let flags)? = bitmap["flags"] {
+                for (flagIndex, flag) in flags.enumerated() {
+                    if case .string(let name) = flag { lines.append("                [\(flagIndex)]: \(name)") }
+                }
+            }
+            if case .string(let name)? = bitmap["name"] { lines.append("            name: \(name)") }
+            if case .integer(let granularity)? = bitmap["granularity"] { lines.append("            granularity: \(granularity)") }
+        }
+        return lines
     }
 }

@@ -15,9 +15,6 @@ final class SchemaCoverageTests: XCTestCase {
         // Live snapshots and chain editing (issue #13).
         "blockdev-snapshot": "#13 live snapshots", "blockdev-snapshot-sync": "#13 live snapshots",
         "change-backing-file": "#13 chain editing",
-        // Dirty bitmaps (issue #12).
-        "block-dirty-bitmap-add": "#12 dirty bitmaps", "block-dirty-bitmap-clear": "#12 dirty bitmaps",
-        "block-dirty-bitmap-remove": "#12 dirty bitmaps",
     ]
 
     func testEverySchemaCommandHasAHandlerOrIsListed() {

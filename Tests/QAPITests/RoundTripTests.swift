@@ -24,8 +24,8 @@ final class RoundTripTests: XCTestCase {
     }
 
     func testAbsentOptionalsAreOmitted() {
-        let info = BlockDirtyInfo(count: 0, granularity: 65536, status: .active)
-        XCTAssertEqual(info.json, json(#"{"count": 0, "granularity": 65536, "status": "active"}"#))
+        let info = BlockDirtyInfo(count: 0, granularity: 65536, status: .active, recording: true, busy: false, persistent: false)
+        XCTAssertEqual(info.json, json(#"{"count": 0, "granularity": 65536, "status": "active", "recording": true, "busy": false, "persistent": false}"#))
         roundTrip(info)
     }
 

@@ -355,27 +355,25 @@ def bitmaps_of(image: Path) -> list:
 
 
 def test_images_with_bitmaps_keep_them(start_blockd, tmp_path, image):
-    """qemu-img bitmap --add; a writable export is refused with a message that says what to do; a
-    read-only export serves the data; afterwards the bitmap is listed and qemu-img check is clean."""
+    """qemu-img bitmap --add; a writable export takes writes and keeps the bitmap in use on disk
+    while open (so a crash would leave it inconsistent, never stale); after a clean stop the bitmap
+    is listed without in-use, records the write, and qemu-img check is clean (issue #12)."""
     qemu_img("bitmap", "--add", "--enable", str(image), "cbt0")
     assert [b["name"] for b in bitmaps_of(image)] == ["cbt0"]
-    proc = subprocess.run([blockd_binary(), "--blockdev", f"driver=file,node-name=f0,filename={image}",
-                           "--blockdev", "driver=qcow2,node-name=disk0,file=f0",
-                           "--nbd-server", f"addr.type=unix,addr.path={tmp_path}/s.sock"],
-                          capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 1 and "bitmaps" in proc.stderr and "read-only" in proc.stderr, proc.stderr
-    daemon = start_blockd(args=with_monitor(tmp_path, image, writable=False))
+    daemon = start_blockd(args=with_monitor(tmp_path, image, writable=True))
+    assert "in-use" in bitmaps_of(image)[0]["flags"]
     h = nbd.NBD()
     h.connect_uri(daemon.uri())
-    assert h.pread(4096, 0) == b"\x5a" * 4096
+    h.pwrite(b"\xee" * 4096, 3 << 20)
+    h.flush()
     h.shutdown()
     with QMP(tmp_path / "qmp.sock") as q:
-        error = q.error("blockdev-add", driver="qcow2", **{"node-name": "rw"},
-                        file={"driver": "file", "filename": str(image)})
-        assert "bitmaps" in error["desc"], error
+        nodes = q.execute("query-named-block-nodes")
+        listed = next(n for n in nodes if n["node-name"] == "disk0")["dirty-bitmaps"]
+        assert [(b["name"], b["count"], b["persistent"], b["recording"]) for b in listed] == [("cbt0", 65536, True, True)]
     assert daemon.stop() == 0
     assert [b["name"] for b in bitmaps_of(image)] == ["cbt0"]
-    assert "flags" in bitmaps_of(image)[0] and "in-use" not in bitmaps_of(image)[0]["flags"]
+    assert bitmaps_of(image)[0]["flags"] == ["auto"]
     assert_clean(image)
 
 

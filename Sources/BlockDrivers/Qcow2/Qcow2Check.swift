@@ -123,6 +123,9 @@ public enum Qcow2Check {
         if header.snapshotCount > 0 {
             add(header.snapshotsOffset, try Qcow2Snapshots.tableLength(file: file, header: header), "snapshot table")
         }
+        for reference in try Qcow2Bitmaps.references(file: file, header: header) {
+            add(reference.offset, reference.length, reference.what)
+        }
         var tables: [(l1: UInt64, size: UInt32, active: Bool)] = [(header.l1TableOffset, header.l1Size, true)]
         for snapshot in snapshots {
             add(snapshot.l1TableOffset, UInt64(snapshot.l1Size) * 8, "snapshot L1 table")

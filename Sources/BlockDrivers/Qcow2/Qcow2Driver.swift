@@ -34,6 +34,8 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     let readOnly: Bool
     /// The `cache-clean-interval` timer; guarded by being set once before the node is shared.
     private var cleaner: DispatchSourceTimer?
+    /// The persistent dirty bitmaps (Qcow2Driver+Bitmaps.swift); guarded by `lock`.
+    let bitmapState = Qcow2BitmapState()
 
     init(file: BlockNode, backing: BlockNode?, meta: Qcow2Metadata, readOnly: Bool, discard: Bool) {
         self.file = file
@@ -474,6 +476,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         do {
+            try storeBitmapsAtClose()
             if meta.hasUnwrittenMetadata { try meta.writeBackAll(canFree: true) }
         } catch {
             Log.error("qcow2: writing metadata of '\(filename)' at close failed: \(error.message)")

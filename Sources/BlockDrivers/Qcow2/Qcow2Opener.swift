@@ -45,12 +45,6 @@ public enum Qcow2Opener {
         } catch {
             throw fail("'\(file.driver.filename)': \(error.message)")
         }
-        if !readOnly, header.hasConsistentBitmaps {
-            // Writes through blockd would leave the bitmaps stale, and clearing their autoclear bit would
-            // invalidate every incremental backup built on them: keep them intact instead.
-            throw fail("qcow2 image '\(file.driver.filename)' has persistent dirty bitmaps, which blockd cannot yet keep in step with writes; "
-                + "open it read-only (read-only=on), or remove the bitmaps first (qemu-img bitmap --remove)")
-        }
         if header.isCorrupt && !readOnly {
             throw fail("qcow2 image '\(file.driver.filename)' is marked corrupt; it can only be opened read-only (repair it with 'blockimg check -r all')")
         }
@@ -92,18 +86,30 @@ public enum Qcow2Opener {
         meta.nodeName = context.nodeName
         meta.checksStaleEntries = !readOnly
         meta.protectedRegions = snapshotRegions
-        if !readOnly && header.autoclearFeatures != 0 {
-            // Autoclear extensions this driver does not keep in step are cleared, as the format asks (images
-            // with consistent bitmaps were refused above, so no bitmap is invalidated here).
-            meta.header.autoclearFeatures = 0
+        let bitmaps = Qcow2BitmapState()
+        do throws(BlockError) {
+            try loadBitmaps(file: file, meta: meta, readOnly: readOnly, into: bitmaps)
+        } catch {
+            throw fail("Could not load the dirty bitmaps of '\(file.driver.filename)': \(error.message)")
+        }
+        // Autoclear extensions this driver does not keep in step are cleared, as the format asks; the
+        // bitmaps extension stays valid: its bitmaps are in use on disk from now on.
+        let keep = bitmaps.ext == nil ? 0 : Qcow2Header.bitmapsAutoclearBit
+        if !readOnly && header.autoclearFeatures & ~keep != 0 {
+            meta.header.autoclearFeatures &= keep
+            var bytes = [UInt8](repeating: 0, count: 8)
+            bytes.withUnsafeMutableBytes { Qcow2Bytes.put(meta.header.autoclearFeatures, $0, 0) }
             do throws(BlockError) {
-                try meta.writeBytes([UInt8](repeating: 0, count: 8), at: 88)
+                try meta.writeBytes(bytes, at: 88)
                 try file.flush()
             } catch {
                 throw fail(error.message)
             }
         }
         let driver = Qcow2Driver(file: file, backing: backing, meta: meta, readOnly: readOnly, discard: context.common.discardUnmap)
+        driver.bitmapState.loaded = bitmaps.loaded
+        driver.bitmapState.directory = bitmaps.directory
+        driver.bitmapState.ext = bitmaps.ext
         driver.startCacheCleaning(every: cleanInterval)
         var children: [(role: String, node: BlockNode)] = [("file", file)]
         if let backing { children.append(("backing", backing)) }

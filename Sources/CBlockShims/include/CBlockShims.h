@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 #include <sys/types.h>
+#include "AtomicWords.h"
 
 /// open(2) flag for direct I/O.
 int blk_o_direct(void);

@@ -108,13 +108,12 @@ extension Daemon {
         guard devices[arguments.device] != nil || graph.node(named: arguments.device) != nil else {
             throw .generic("Cannot find device='\(arguments.device)' nor node-name='\(arguments.device)'")
         }
-        if arguments.bitmap != nil { throw .generic("Exporting dirty bitmaps is not supported yet") }
         let name = arguments.name ?? arguments.device
         // nbd-server-add exports a read-only node read-only rather than refusing "writable".
         let readOnly = (devices[arguments.device]?.medium ?? graph.node(named: arguments.device))?.readOnly ?? false
         try addExport(ExportSpec(
             id: name, nodeName: arguments.device, name: name, description: arguments.description,
-            writable: (arguments.writable ?? false) && !readOnly))
+            writable: (arguments.writable ?? false) && !readOnly, bitmaps: arguments.bitmap.map { [ExportBitmap(node: nil, name: $0)] } ?? []))
     }
 
     /// Adds an export of a device (named by its id, or by the node it holds) or of a node no device
@@ -142,10 +141,11 @@ extension Daemon {
         guard server.exports.export(named: spec.name) == nil else {
             throw .generic("NBD server already has export named '\(spec.name)'")
         }
+        let contexts = try exportContexts(spec, node: backend.medium)
         do throws(OptionError) {
             try server.exports.add(try NBDExport(
                 id: spec.id, name: spec.name, description: spec.description, backend: backend, writable: spec.writable,
-                resizable: spec.resizable, metaContexts: spec.allocationDepth ? [.baseAllocation, .allocationDepth] : [.baseAllocation]))
+                resizable: spec.resizable, metaContexts: contexts))
         } catch {
             throw error.qmp
         }

@@ -44,7 +44,8 @@ extension Daemon {
     func blockInfo(_ device: DeviceView) -> BlockInfo {
         BlockInfo(device: device.name, type: "unknown", removable: device.backend.isRemovable, locked: false,
                   inserted: device.backend.medium.map { blockDeviceInfo($0, device: device.backend) },
-                  trayOpen: device.backend.isTrayOpen, ioStatus: Daemon.ioStatus(device.backend.ioStatus))
+                  trayOpen: device.backend.isTrayOpen, ioStatus: Daemon.ioStatus(device.backend.ioStatus),
+                  dirtyBitmaps: device.backend.medium.flatMap { dirtyBitmapInfo($0) })
     }
 
     /// A device's statistics: its counters, with those of its medium's chain below.

@@ -413,6 +413,37 @@ public enum XBlockdBlkdebugSetRulesCommand: QAPICommand {
     public typealias Result = QAPIEmpty
 }
 
+/// Makes a dirty bitmap record writes again. The arguments are those of `BlockDirtyBitmap`.
+public enum BlockDirtyBitmapEnableCommand: QAPICommand {
+    public static let name = "block-dirty-bitmap-enable"
+    public typealias Arguments = BlockDirtyBitmap
+    public typealias Result = QAPIEmpty
+}
+
+/// Stops a dirty bitmap from recording writes; its bits stay as they are. The arguments are those
+/// of `BlockDirtyBitmap`.
+public enum BlockDirtyBitmapDisableCommand: QAPICommand {
+    public static let name = "block-dirty-bitmap-disable"
+    public typealias Arguments = BlockDirtyBitmap
+    public typealias Result = QAPIEmpty
+}
+
+/// Adds the dirty bits of one or more bitmaps to a target bitmap (a union). The sources are left as
+/// they are. The arguments are those of `BlockDirtyBitmapMerge`.
+public enum BlockDirtyBitmapMergeCommand: QAPICommand {
+    public static let name = "block-dirty-bitmap-merge"
+    public typealias Arguments = BlockDirtyBitmapMerge
+    public typealias Result = QAPIEmpty
+}
+
+/// The SHA-256 of a dirty bitmap's bits, so that tests can compare two bitmaps bit for bit. The
+/// arguments are those of `BlockDirtyBitmap`.
+public enum XDebugBlockDirtyBitmapSha256Command: QAPICommand {
+    public static let name = "x-debug-block-dirty-bitmap-sha256"
+    public typealias Arguments = BlockDirtyBitmap
+    public typealias Result = BlockDirtyBitmapSha256
+}
+
 /// Starts the NBD server. Exports are added afterwards with nbd-server-add or block-export-add.
 public enum NbdServerStartCommand: QAPICommand {
     public static let name = "nbd-server-start"
@@ -519,6 +550,10 @@ public enum QAPICommands {
         XDebugQueryBlockGraphCommand.self,
         XBlockdSetDetectZeroesCommand.self,
         XBlockdBlkdebugSetRulesCommand.self,
+        BlockDirtyBitmapEnableCommand.self,
+        BlockDirtyBitmapDisableCommand.self,
+        BlockDirtyBitmapMergeCommand.self,
+        XDebugBlockDirtyBitmapSha256Command.self,
         NbdServerStartCommand.self,
         NbdServerAddCommand.self,
         NbdServerRemoveCommand.self,

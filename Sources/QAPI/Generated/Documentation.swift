@@ -349,14 +349,18 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "block-dirty-bitmap-add",
             summary: "Creates a named dirty bitmap that records the writes to a node.",
-            text: "Creates a named dirty bitmap that records the writes to a node. The arguments are those of BlockDirtyBitmapAdd.\n\nArguments:\n  node (str): the device or node to track\n  name (str): the name of the new bitmap\n  granularity (uint32, optional): bytes per bit; 64K when absent\n\nErrors: DeviceNotFound when 'node' does not exist; GenericError when the name is already used.",
+            text: "Creates a named dirty bitmap that records the writes to a node. The arguments are those of BlockDirtyBitmapAdd.\n\nArguments:\n  node (str): the device or node to track\n  name (str): the name of the new bitmap\n  granularity (uint32, optional): bytes per bit, a power of two of at least 512; when absent, the node's cluster size within 4K to 64K (64K for nodes without clusters)\n  persistent (bool, optional): whether the bitmap is stored in the image (qcow2 version 3 only) when the node is closed; false when absent\n  disabled (bool, optional): whether the bitmap starts without recording writes; false when absent\n\nErrors: DeviceNotFound when 'node' does not exist; GenericError when the name is already used.",
             arguments: [
                 ArgumentDoc(name: "node", type: "str", optional: false,
                             doc: "the device or node to track"),
                 ArgumentDoc(name: "name", type: "str", optional: false,
                             doc: "the name of the new bitmap"),
                 ArgumentDoc(name: "granularity", type: "uint32", optional: true,
-                            doc: "bytes per bit; 64K when absent"),
+                            doc: "bytes per bit, a power of two of at least 512; when absent, the node's cluster size within 4K to 64K (64K for nodes without clusters)"),
+                ArgumentDoc(name: "persistent", type: "bool", optional: true,
+                            doc: "whether the bitmap is stored in the image (qcow2 version 3 only) when the node is closed; false when absent"),
+                ArgumentDoc(name: "disabled", type: "bool", optional: true,
+                            doc: "whether the bitmap starts without recording writes; false when absent"),
             ],
             argumentsType: "BlockDirtyBitmapAdd",
             acceptsOtherArguments: false,
@@ -858,6 +862,68 @@ public enum QAPIDocumentation {
             argumentsType: nil,
             acceptsOtherArguments: false,
             returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "block-dirty-bitmap-enable",
+            summary: "Makes a dirty bitmap record writes again.",
+            text: "Makes a dirty bitmap record writes again. The arguments are those of BlockDirtyBitmap.\n\nArguments:\n  node (str): the device or node the bitmap belongs to\n  name (str): the bitmap's name\n\nErrors: GenericError \"Node '...' not found\", \"Dirty bitmap '...' not found\", or when the bitmap is busy or inconsistent.\n\nExample:\n  -> { \"execute\": \"block-dirty-bitmap-enable\",\n       \"arguments\": { \"node\": \"disk0\", \"name\": \"cbt0\" } }\n  <- { \"return\": {} }",
+            arguments: [
+                ArgumentDoc(name: "node", type: "str", optional: false,
+                            doc: "the device or node the bitmap belongs to"),
+                ArgumentDoc(name: "name", type: "str", optional: false,
+                            doc: "the bitmap's name"),
+            ],
+            argumentsType: "BlockDirtyBitmap",
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "block-dirty-bitmap-disable",
+            summary: "Stops a dirty bitmap from recording writes; its bits stay as they are.",
+            text: "Stops a dirty bitmap from recording writes; its bits stay as they are. The arguments are those of BlockDirtyBitmap.\n\nArguments:\n  node (str): the device or node the bitmap belongs to\n  name (str): the bitmap's name\n\nErrors: GenericError \"Node '...' not found\", \"Dirty bitmap '...' not found\", or when the bitmap is busy or inconsistent.\n\nExample:\n  -> { \"execute\": \"block-dirty-bitmap-disable\",\n       \"arguments\": { \"node\": \"disk0\", \"name\": \"cbt0\" } }\n  <- { \"return\": {} }",
+            arguments: [
+                ArgumentDoc(name: "node", type: "str", optional: false,
+                            doc: "the device or node the bitmap belongs to"),
+                ArgumentDoc(name: "name", type: "str", optional: false,
+                            doc: "the bitmap's name"),
+            ],
+            argumentsType: "BlockDirtyBitmap",
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "block-dirty-bitmap-merge",
+            summary: "Adds the dirty bits of one or more bitmaps to a target bitmap (a union).",
+            text: "Adds the dirty bits of one or more bitmaps to a target bitmap (a union). The sources are left as they are. The arguments are those of BlockDirtyBitmapMerge.\n\nArguments:\n  node (str): the node of the target bitmap\n  target (str): the bitmap that receives the bits\n  bitmaps ([BlockDirtyBitmapOrStr]): the bitmaps whose bits are added to 'target'; their granularities may differ from the target's\n\nErrors: GenericError \"Node '...' not found\", \"Dirty bitmap '...' not found\", or when the target is busy, read-only or inconsistent, or a source is inconsistent.\n\nExample:\n  -> { \"execute\": \"block-dirty-bitmap-merge\",\n       \"arguments\": { \"node\": \"disk0\", \"target\": \"tmp\",\n                      \"bitmaps\": [ \"cbt0\", { \"node\": \"disk0\",\n                                             \"name\": \"cbt1\" } ] } }\n  <- { \"return\": {} }",
+            arguments: [
+                ArgumentDoc(name: "node", type: "str", optional: false,
+                            doc: "the node of the target bitmap"),
+                ArgumentDoc(name: "target", type: "str", optional: false,
+                            doc: "the bitmap that receives the bits"),
+                ArgumentDoc(name: "bitmaps", type: "[BlockDirtyBitmapOrStr]", optional: false,
+                            doc: "the bitmaps whose bits are added to 'target'; their granularities may differ from the target's"),
+            ],
+            argumentsType: "BlockDirtyBitmapMerge",
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "x-debug-block-dirty-bitmap-sha256",
+            summary: "The SHA-256 of a dirty bitmap's bits, so that tests can compare two bitmaps bit for bit.",
+            text: "The SHA-256 of a dirty bitmap's bits, so that tests can compare two bitmaps bit for bit. The arguments are those of BlockDirtyBitmap.\n\nArguments:\n  node (str): the device or node the bitmap belongs to\n  name (str): the bitmap's name\n\nErrors: GenericError \"Node '...' not found\" or \"Dirty bitmap '...' not found\".\n\nExample:\n  -> { \"execute\": \"x-debug-block-dirty-bitmap-sha256\",\n       \"arguments\": { \"node\": \"disk0\", \"name\": \"cbt0\" } }\n  <- { \"return\": { \"sha256\": \"38723a2e5e8a17aa7950dc008209944e898f69a7bd10a23c839d341e935fd5ca\" } }",
+            arguments: [
+                ArgumentDoc(name: "node", type: "str", optional: false,
+                            doc: "the device or node the bitmap belongs to"),
+                ArgumentDoc(name: "name", type: "str", optional: false,
+                            doc: "the bitmap's name"),
+            ],
+            argumentsType: "BlockDirtyBitmap",
+            acceptsOtherArguments: false,
+            returns: "BlockDirtyBitmapSha256",
             returnsDoc: ""
         ),
         CommandDoc(

@@ -558,6 +558,8 @@ public struct BlockDeviceInfo: QAPIValue, Equatable {
     public var cache: BlockdevCacheInfo
     /// The write threshold in bytes, 0 when none is set
     public var writeThreshold: Int64
+    /// The dirty bitmaps of the node, when it has any
+    public var dirtyBitmaps: [BlockDirtyInfo]?
 
     /// Creates a value from its members.
     public init(
@@ -592,7 +594,8 @@ public struct BlockDeviceInfo: QAPIValue, Equatable {
         iopsSize: Int64? = nil,
         group: String? = nil,
         cache: BlockdevCacheInfo,
-        writeThreshold: Int64
+        writeThreshold: Int64,
+        dirtyBitmaps: [BlockDirtyInfo]? = nil
     ) {
         self.file = file
         self.nodeName = nodeName
@@ -626,6 +629,7 @@ public struct BlockDeviceInfo: QAPIValue, Equatable {
         self.group = group
         self.cache = cache
         self.writeThreshold = writeThreshold
+        self.dirtyBitmaps = dirtyBitmaps
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -662,6 +666,7 @@ public struct BlockDeviceInfo: QAPIValue, Equatable {
         self.group = try object.optional("group")
         self.cache = try object.required("cache")
         self.writeThreshold = try object.required("write_threshold")
+        self.dirtyBitmaps = try object.optional("dirty-bitmaps")
         try object.finish()
     }
 
@@ -699,6 +704,7 @@ public struct BlockDeviceInfo: QAPIValue, Equatable {
         if let group { object["group"] = group.json }
         object["cache"] = cache.json
         object["write_threshold"] = writeThreshold.json
+        if let dirtyBitmaps { object["dirty-bitmaps"] = dirtyBitmaps.json }
         return .object(object)
     }
 }
@@ -790,13 +796,35 @@ public struct BlockDirtyInfo: QAPIValue, Equatable {
     public var granularity: UInt32
     /// What may be done with the bitmap
     public var status: DirtyBitmapStatus
+    /// Whether writes are being recorded
+    public var recording: Bool
+    /// Whether an export or a job uses the bitmap, so that it cannot be changed or removed
+    public var busy: Bool
+    /// Whether the bitmap is stored in the image (qcow2) when the node is closed
+    public var persistent: Bool
+    /// Present and true when the bitmap was loaded from an image that was not closed cleanly: its
+    /// bits cannot be trusted and it can only be removed
+    public var inconsistent: Bool?
 
     /// Creates a value from its members.
-    public init(name: String? = nil, count: Int64, granularity: UInt32, status: DirtyBitmapStatus) {
+    public init(
+        name: String? = nil,
+        count: Int64,
+        granularity: UInt32,
+        status: DirtyBitmapStatus,
+        recording: Bool,
+        busy: Bool,
+        persistent: Bool,
+        inconsistent: Bool? = nil
+    ) {
         self.name = name
         self.count = count
         self.granularity = granularity
         self.status = status
+        self.recording = recording
+        self.busy = busy
+        self.persistent = persistent
+        self.inconsistent = inconsistent
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -805,6 +833,10 @@ public struct BlockDirtyInfo: QAPIValue, Equatable {
         self.count = try object.required("count")
         self.granularity = try object.required("granularity")
         self.status = try object.required("status")
+        self.recording = try object.required("recording")
+        self.busy = try object.required("busy")
+        self.persistent = try object.required("persistent")
+        self.inconsistent = try object.optional("inconsistent")
         try object.finish()
     }
 
@@ -814,6 +846,10 @@ public struct BlockDirtyInfo: QAPIValue, Equatable {
         object["count"] = count.json
         object["granularity"] = granularity.json
         object["status"] = status.json
+        object["recording"] = recording.json
+        object["busy"] = busy.json
+        object["persistent"] = persistent.json
+        if let inconsistent { object["inconsistent"] = inconsistent.json }
         return .object(object)
     }
 }
@@ -1666,14 +1702,28 @@ public struct BlockDirtyBitmapAdd: QAPIValue, Equatable {
     public var node: String
     /// The name of the new bitmap
     public var name: String
-    /// Bytes per bit; 64K when absent
+    /// Bytes per bit, a power of two of at least 512; when absent, the node's cluster size within
+    /// 4K to 64K (64K for nodes without clusters)
     public var granularity: UInt32?
+    /// Whether the bitmap is stored in the image (qcow2 version 3 only) when the node is closed;
+    /// false when absent
+    public var persistent: Bool?
+    /// Whether the bitmap starts without recording writes; false when absent
+    public var disabled: Bool?
 
     /// Creates a value from its members.
-    public init(node: String, name: String, granularity: UInt32? = nil) {
+    public init(
+        node: String,
+        name: String,
+        granularity: UInt32? = nil,
+        persistent: Bool? = nil,
+        disabled: Bool? = nil
+    ) {
         self.node = node
         self.name = name
         self.granularity = granularity
+        self.persistent = persistent
+        self.disabled = disabled
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -1681,6 +1731,8 @@ public struct BlockDirtyBitmapAdd: QAPIValue, Equatable {
         self.node = try object.required("node")
         self.name = try object.required("name")
         self.granularity = try object.optional("granularity")
+        self.persistent = try object.optional("persistent")
+        self.disabled = try object.optional("disabled")
         try object.finish()
     }
 
@@ -1689,6 +1741,8 @@ public struct BlockDirtyBitmapAdd: QAPIValue, Equatable {
         object["node"] = node.json
         object["name"] = name.json
         if let granularity { object["granularity"] = granularity.json }
+        if let persistent { object["persistent"] = persistent.json }
+        if let disabled { object["disabled"] = disabled.json }
         return .object(object)
     }
 }

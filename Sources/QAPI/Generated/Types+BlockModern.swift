@@ -93,7 +93,7 @@ public struct BlockExportOptionsNbd: QAPIValue, Equatable {
     /// Free text shown to clients that list the exports
     public var description: String?
     /// Dirty bitmaps of the node to offer as metadata contexts ("qemu:dirty-bitmap:NAME")
-    public var bitmaps: [String]?
+    public var bitmaps: [BlockDirtyBitmapOrStr]?
     /// Whether to offer the "qemu:allocation-depth" metadata context; false when absent
     public var allocationDepth: Bool?
     /// Whether clients of a writable export may change the size of its medium with NBD_CMD_RESIZE,
@@ -106,7 +106,7 @@ public struct BlockExportOptionsNbd: QAPIValue, Equatable {
     public init(
         name: String? = nil,
         description: String? = nil,
-        bitmaps: [String]? = nil,
+        bitmaps: [BlockDirtyBitmapOrStr]? = nil,
         allocationDepth: Bool? = nil,
         xResize: Bool? = nil
     ) {
