@@ -34,5 +34,6 @@ extension Daemon {
         registerMediumCommands(on: table)
         registerGraphCommands(on: table)
         registerObjectCommands(on: table)
+        registerTLSCommands(on: table)
     }
 }
