@@ -54,7 +54,7 @@ final class SecurityRegistry: Sendable {
     func serverSettings(credentials id: String, authorization: String?) throws(OptionError) -> TLSSettings {
         guard let object = object(id) else { throw OptionError("No TLS credentials with id '\(id)'") }
         guard case .credentials(_, let server) = object else { throw OptionError("Object with id '\(id)' is not TLS credentials") }
-        guard let server else { throw OptionError("Expecting TLS credentials with a server endpoint") }
+        guard let server else { throw OptionError("Expected TLS credentials for a server endpoint") }
         let authorize: @Sendable (String?) -> Bool
         if let authorization {
             authorize = { [self] identity in allows(identity, by: authorization) }
