@@ -5,6 +5,7 @@ objects, is the reference for who gets in and who does not."""
 import hashlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -304,3 +305,54 @@ def test_missing_credentials_are_refused_at_start(launcher, tmp_path, pki):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode != 0
     assert f"Unable to access credentials {empty}/server-cert.pem" in result.stderr + result.stdout
+
+
+def test_sighup_rereads_psk_keys(tmp_path):
+    """SIGHUP with --config: keys.psk is read again; a new user gets in, a removed one no longer does,
+    and a client connected before keeps working."""
+    nbd = import_or_skip("nbd")
+    from conftest import blockd_binary
+    keys = psk_file(tmp_path / "psk", "alice")
+    alice = single_user_psk(keys, "alice", tmp_path / "client-alice")
+    image = image_with_data(tmp_path)
+    port = free_port()
+    config = tmp_path / "blockd.conf"
+    config.write_text(f"object tls-creds-psk,id=tls0,dir={keys.parent},endpoint=server\n"
+                      f"blockdev driver=file,node-name=disk0,filename={image}\n"
+                      f"nbd-server addr.type=inet,addr.host=127.0.0.1,addr.port={port},tls-creds=tls0\n"
+                      "export type=nbd,id=e0,node-name=disk0,name=disk0\n")
+    log = open(tmp_path / "blockd.log", "wb")
+    proc = subprocess.Popen([blockd_binary(), "--config", str(config)], stdout=log, stderr=subprocess.STDOUT)
+
+    def connect(user: str, keyfile: Path):
+        h = nbd.NBD()
+        h.set_tls(nbd.TLS_REQUIRE)
+        h.set_tls_psk_file(str(keyfile))
+        h.set_tls_username(user)
+        h.set_export_name("disk0")
+        h.connect_tcp("127.0.0.1", str(port))
+        return h
+
+    try:
+        deadline = time.monotonic() + 10
+        while not _port_open(port):
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "blockd.log").read_text()
+            time.sleep(0.02)
+        established = connect("alice", alice)
+        keys.unlink()
+        psk_file(keys.parent, "bob")
+        bob = single_user_psk(keys, "bob", tmp_path / "client-bob")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reloaded" not in (tmp_path / "blockd.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "blockd.log").read_text()
+            time.sleep(0.05)
+        connect("bob", bob).shutdown()
+        with pytest.raises(nbd.Error):
+            connect("alice", alice)
+        assert established.pread(4096, 0) == image.read_bytes()[:4096]
+        established.shutdown()
+    finally:
+        proc.terminate()
+        assert proc.wait(15) == 0
+        log.close()
