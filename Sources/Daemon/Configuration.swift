@@ -11,6 +11,10 @@ public struct NBDServerSpec: Sendable, Equatable {
     public var maxConnections: Int
     /// `handshake-max-seconds`.
     public var handshakeSeconds: Double
+    /// `tls-creds`: clients must start TLS with these credentials.
+    public var tlsCreds: String? = nil
+    /// `tls-authz`: the authorization object TLS clients' identities are checked with.
+    public var tlsAuthz: String? = nil
 }
 
 /// One `--export type=nbd`.
@@ -106,6 +110,8 @@ public struct DaemonConfiguration: Sendable {
     public var monitors: [MonitorSpec] = []
     /// `--object throttle-group` definitions.
     public var throttleGroups: [ThrottleGroupSpec] = []
+    /// `--object tls-creds-*` and `authz-*` definitions.
+    public var securityObjects: [SecurityObjectSpec] = []
     /// `--pidfile`.
     public var pidfile: String?
     /// `--daemonize`.
@@ -129,10 +135,19 @@ public struct DaemonConfiguration: Sendable {
             }
         }
         for item in objects {
+            if let security = try item.located({ () throws(OptionError) in
+                try SecurityObjectSpec.parse(try parse(item, "--object", impliedKey: "qom-type"))
+            }) {
+                guard !self.securityObjects.contains(where: { $0.id == security.id }) && !self.throttleGroups.contains(where: { $0.id == security.id }) else {
+                    throw OptionError("--object: id '\(security.id)' is used twice").at(item.location)
+                }
+                self.securityObjects.append(security)
+                continue
+            }
             let group = try item.located { () throws(OptionError) in
                 try ThrottleOptions.parseObject(try parse(item, "--object", impliedKey: "qom-type"))
             }
-            guard !self.throttleGroups.contains(where: { $0.id == group.id }) else {
+            guard !self.throttleGroups.contains(where: { $0.id == group.id }) && !self.securityObjects.contains(where: { $0.id == group.id }) else {
                 throw OptionError("--object: id '\(group.id)' is used twice").at(item.location)
             }
             self.throttleGroups.append(group)
@@ -178,11 +193,10 @@ public struct DaemonConfiguration: Sendable {
         let address = try ListenAddress.parse(addr)
         let maxConnections = try reader.unsigned("max-connections") ?? 0
         let handshake = try reader.unsigned("handshake-max-seconds") ?? 10
-        if let creds = try reader.string("tls-creds") {
-            throw OptionError("--nbd-server: tls-creds='\(creds)': TLS is not supported yet")
-        }
-        _ = try reader.string("tls-authz")
+        let tlsCreds = try reader.string("tls-creds")
+        let tlsAuthz = try reader.string("tls-authz")
         try reader.finish()
+        if tlsAuthz != nil && tlsCreds == nil { throw OptionError("--nbd-server: tls-authz is not supported without tls-creds") }
         guard maxConnections <= 100_000, handshake > 0, handshake <= 3600 else {
             throw OptionError("--nbd-server: max-connections must be at most 100000 and handshake-max-seconds 1 to 3600")
         }
@@ -191,7 +205,7 @@ public struct DaemonConfiguration: Sendable {
                 throw OptionError("--nbd-server: parameter 'addr.port' expects a port number from 0 to 65535, got '\(port)'")
             }
         }
-        return NBDServerSpec(address: address, maxConnections: Int(maxConnections), handshakeSeconds: Double(handshake))
+        return NBDServerSpec(address: address, maxConnections: Int(maxConnections), handshakeSeconds: Double(handshake), tlsCreds: tlsCreds, tlsAuthz: tlsAuthz)
     }
 
     /// Reads one `--chardev` object: `socket,id=ID,path=PATH,server=on,wait=off` or `host=H,port=P`.

@@ -39,6 +39,8 @@ public final class Daemon: @unchecked Sendable {
     var nodeDefinitions: [String: NodeDefinition] = [:]
     /// The QMP monitor, when `--monitor` asked for one.
     private(set) var monitor: QMPServer?
+    /// TLS credentials and authorization objects.
+    let security = SecurityRegistry()
 
     /// Creates a daemon for a configuration; nothing is opened yet.
     public init(configuration: DaemonConfiguration, activation: SocketActivation? = nil) {
@@ -53,6 +55,7 @@ public final class Daemon: @unchecked Sendable {
             throw OptionError("--export type=nbd needs an --nbd-server to serve it")
         }
         applyThrottleGroups(configuration.throttleGroups)
+        try applySecurityObjects(configuration.securityObjects)
         for (blockdev, location) in zip(configuration.blockdevs, configuration.blockdevLocations) {
             try openNode(blockdev, location: location)
         }
@@ -62,6 +65,7 @@ public final class Daemon: @unchecked Sendable {
             limits.handshakeTimeout = first.handshakeSeconds
         }
         server = NBDServer(limits: limits, engineFactory: { CombinedEngine(ring: URingEngine()) })
+        try applyServerTLS(configuration.servers)
         for spec in configuration.exports { try addConfiguredExport(spec) }
         for address in addresses { try server.listen(on: address) }
         try startMonitors()
@@ -120,6 +124,9 @@ public final class Daemon: @unchecked Sendable {
             }
         }
         applyThrottleGroups(new.throttleGroups)
+        // Credentials are read again (new connections use them; established ones keep theirs).
+        try applySecurityObjects(new.securityObjects, removing: old.securityObjects)
+        try applyServerTLS(new.servers)
         for spec in droppedExports { removeExport(spec.id) }
         for name in droppedNodes.reversed() {
             do {

@@ -14,14 +14,18 @@ struct Connection {
     let exports: ExportTable
     let handshakeTimeout: Double
     let engineFactory: IOBatchEngineFactory?
+    /// TLS the client must start before anything else (nil: plain connections).
+    let tls: TLSSettings?
+    /// Called once TLS is established, with what it agreed on.
+    let secured: (TLSDescription) -> Void
     /// Called when the handshake chose an export, before the reply that ends it is sent; false when
     /// the export was removed meanwhile.
     let attached: (NBDExport) -> Bool
 
     /// Serves the client until it leaves; the caller closes the descriptor.
     func run() {
-        let io = SocketIO(fd: fd)
-        guard let session = negotiate(io) else {
+        var io = SocketIO(fd: fd)
+        guard let session = negotiate(&io) else {
             Log.debug("\(peer): handshake ended without an export")
             return
         }
@@ -35,11 +39,54 @@ struct Connection {
         }
     }
 
-    private func negotiate(_ plain: SocketIO) -> NegotiatedSession? {
-        var io = plain
+    /// Runs the TLS handshake after STARTTLS was acknowledged, checks the peer and asks the
+    /// authorization; hands the keys to the kernel when it can take them. False drops the client.
+    private func startTLS(_ io: inout SocketIO) -> Bool {
+        guard let tls, io.arm() else { return false }
+        let channel: TLSChannel
+        do throws(TLSError) {
+            channel = try TLSChannel(fd: fd, credentials: tls.credentials)
+            try channel.handshake()
+        } catch {
+            Log.warning("\(peer): \(error.message); dropped")
+            return false
+        }
+        let identity: String?
+        do throws(TLSError) {
+            identity = try channel.peerIdentity()
+        } catch {
+            Log.warning("\(peer): TLS client refused: \(error.message)")
+            return false
+        }
+        let shown = identity.map { "'\($0)'" } ?? "(no identity)"
+        guard tls.authorize(identity) else {
+            Log.warning("\(peer): TLS client \(shown) is not authorized by '\(tls.authorizationID ?? "")'; dropped")
+            return false
+        }
+        let negotiated = channel.negotiated
+        switch channel.offloadToKernel() {
+        case .enabled:
+            secured(TLSDescription(negotiated: negotiated, identity: identity, kernel: true))
+            Log.info("\(peer): TLS \(negotiated) (kernel TLS), client \(shown)")
+            return true
+        case .failed:
+            Log.warning("\(peer): handing the TLS keys to the kernel failed; dropped")
+            return false
+        case .unavailable:
+            secured(TLSDescription(negotiated: negotiated, identity: identity, kernel: false))
+            Log.info("\(peer): TLS \(negotiated) (userspace TLS), client \(shown)")
+            io.tls = channel
+            return true
+        }
+    }
+
+    private func negotiate(_ io: inout SocketIO) -> NegotiatedSession? {
         io.deadline = MonotonicClock.seconds() + handshakeTimeout
-        defer { io.disarm() }
-        var machine = Negotiation(exports: exports)
+        defer {
+            io.disarm()
+            io.deadline = nil
+        }
+        var machine = Negotiation(exports: exports, tlsRequired: tls != nil)
         guard io.sendAll(Negotiation.greeting), let flagBytes = io.receiveBytes(4) else { return nil }
         var flagReader = ByteReader(flagBytes)
         let clientFlags = flagReader.read(UInt32.self)!
@@ -78,6 +125,8 @@ struct Connection {
                     return session
                 case .close:
                     return nil
+                case .startTLS:
+                    guard startTLS(&io) else { return nil }
                 }
             }
         }

@@ -33,18 +33,47 @@ public final class NBDServer: Sendable {
         var sequence: UInt64
         /// Closed to make room for another peer; no longer counted.
         var evicted = false
+        /// The TLS session, once the handshake is done.
+        var tls: TLSDescription?
+    }
+
+    /// One connection as `clients` lists it.
+    public struct ClientInfo: Sendable {
+        /// The peer's address.
+        public var peer: String
+        /// The export's id (nil during the handshake).
+        public var exportID: String?
+        /// The TLS session (nil: plain, or still negotiating).
+        public var tls: TLSDescription?
+    }
+
+    /// The connections, oldest first.
+    public var clients: [ClientInfo] {
+        connections.withLock { state in
+            state.live.values.filter { !$0.evicted }.sorted { $0.sequence < $1.sequence }
+                .map { ClientInfo(peer: $0.peer.description, exportID: $0.exportID, tls: $0.tls) }
+        }
     }
 
     /// Live connections by descriptor; an entry goes before its descriptor is closed.
     private let connections = Mutex<(live: [Int32: Live], admitted: UInt64)>(([:], 0))
     private let draining = Atomic<Bool>(false)
     private let engineFactory: IOBatchEngineFactory?
+    private let tlsSettings = Mutex<TLSSettings?>(nil)
 
     /// Creates a server that is not listening yet; `engineFactory` makes each connection's batch I/O engine.
     public init(limits: ServerLimits = ServerLimits(), engineFactory: IOBatchEngineFactory? = nil) {
         self.limits = Mutex(limits)
         self.engineFactory = engineFactory
     }
+
+    /// Requires TLS (or, with nil, plain connections) of clients that connect from now on.
+    public func setTLS(_ settings: TLSSettings?) {
+        tlsSettings.withLock { $0 = settings }
+    }
+
+    /// The TLS clients that connect from now on must start.
+    public var tls: TLSSettings? { tlsSettings.withLock { $0 } }
 
     /// Changes the connection limit for clients that connect from now on.
     public func setMaxConnections(_ limit: Int) {
@@ -153,9 +182,11 @@ public final class NBDServer: Sendable {
         }
         let exports = self.exports
         let engineFactory = self.engineFactory
+        let tls = self.tls
         spawnThread { [self] in
             let connection = Connection(
-                fd: fd, peer: peer.description, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory,
+                fd: fd, peer: peer.description, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory, tls: tls,
+                secured: { [self] description in connections.withLock { $0.live[fd]?.tls = description } },
                 attached: { [self] export in
                     // An export removed during the handshake must not be served.
                     connections.withLock { $0.live[fd]?.exportID = export.id }

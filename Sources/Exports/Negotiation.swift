@@ -52,6 +52,8 @@ public struct Negotiation {
         case transmit(NegotiatedSession)
         /// Drop the connection (after sending what came before).
         case close
+        /// Run the TLS handshake (after sending what came before), then go on reading options.
+        case startTLS
     }
 
     /// Longest option data accepted; longer options are answered `NBD_REP_ERR_TOO_BIG`.
@@ -61,9 +63,17 @@ public struct Negotiation {
     private var style: ReplyStyle = .simple
     private var noZeroes = false
     private var selected: (export: String, contexts: [MetaContext])?
+    /// TLS is configured and the client has not started it yet: only STARTTLS and ABORT are served.
+    private var tlsPending: Bool
+    /// TLS is configured (and, once `tlsPending` is false, running).
+    private let tlsConfigured: Bool
 
-    /// Starts a negotiation over the given exports.
-    public init(exports: ExportTable) { self.exports = exports }
+    /// Starts a negotiation over the given exports; with `tlsRequired` the client must start TLS first.
+    public init(exports: ExportTable, tlsRequired: Bool = false) {
+        self.exports = exports
+        self.tlsPending = tlsRequired
+        self.tlsConfigured = tlsRequired
+    }
 
     /// The greeting the server sends first.
     public static var greeting: [UInt8] {
@@ -89,6 +99,7 @@ public struct Negotiation {
 
     /// Handles one complete option.
     public mutating func receive(option code: UInt32, data: [UInt8]) -> [Action] {
+        if tlsPending, let tlsActions = beforeTLS(code, data: data) { return tlsActions }
         guard let option = NBDOption(rawValue: code) else {
             return [reply(code, .errUnsupported, "option \(code) is not supported")]
         }
@@ -120,6 +131,7 @@ public struct Negotiation {
             return actions
         case .startTLS:
             guard data.isEmpty else { return [reply(code, .errInvalid, "NBD_OPT_STARTTLS takes no data")] }
+            if tlsConfigured { return [reply(code, .errInvalid, "TLS already enabled")] }
             return [reply(code, .errUnsupported, "TLS is not configured on this server")]
         case .info, .go:
             return exportInformation(option: option, data: data)
@@ -136,6 +148,24 @@ public struct Negotiation {
             return metaContexts(option: option, data: data)
         case .peekExport:
             return [reply(code, .errUnsupported, "option \(code) is not supported")]
+        }
+    }
+
+    /// The answer to an option while TLS is required and not started (doc/proto.md § TLS support);
+    /// nil for ABORT, which is served as usual.
+    private mutating func beforeTLS(_ code: UInt32, data: [UInt8]) -> [Action]? {
+        switch NBDOption(rawValue: code) {
+        case .abort:
+            return nil
+        case .exportName:
+            // NBD_OPT_EXPORT_NAME cannot be answered with an error: the connection ends.
+            return [.close]
+        case .startTLS:
+            guard data.isEmpty else { return [reply(code, .errInvalid, "NBD_OPT_STARTTLS takes no data")] }
+            tlsPending = false
+            return [.send(OptionReply(option: code, type: .ack).encode()), .startTLS]
+        default:
+            return [reply(code, .errTLSRequired, "Option 0x\(String(code, radix: 16)) not permitted before TLS")]
         }
     }
 

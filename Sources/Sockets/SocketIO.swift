@@ -11,6 +11,8 @@ public struct SocketIO: Sendable {
     public let fd: Int32
     /// Monotonic seconds after which every receive and send fails.
     public var deadline: Double?
+    /// The TLS session records go through once `NBD_OPT_STARTTLS` succeeded (nil: plain, or kernel TLS).
+    public var tls: TLSChannel?
 
     /// Wraps a connected descriptor.
     public init(fd: Int32, deadline: Double? = nil) {
@@ -19,7 +21,7 @@ public struct SocketIO: Sendable {
     }
 
     /// Arms the socket's timeouts with the time left; false when none is left.
-    private func arm() -> Bool {
+    public func arm() -> Bool {
         guard let deadline else { return true }
         let left = deadline - MonotonicClock.seconds()
         guard left > 0 else { return false }
@@ -37,6 +39,7 @@ public struct SocketIO: Sendable {
     @inline(__always)
     public func receive(into base: UnsafeMutableRawPointer, count: Int) -> Int? {
         if deadline != nil && !arm() { return nil }
+        if let tls { return tls.receive(into: base, count: count) }
         while true {
             let result = recv(fd, base, count, 0)
             if result >= 0 { return result }
@@ -78,6 +81,10 @@ public struct SocketIO: Sendable {
     /// Sends every byte; false when the peer is gone.
     @inline(__always)
     public func sendAll(_ base: UnsafeRawPointer, count: Int) -> Bool {
+        if let tls {
+            if deadline != nil && !arm() { return false }
+            return tls.send(base, count: count)
+        }
         var done = 0
         while done < count {
             if deadline != nil && !arm() { return false }
@@ -96,6 +103,7 @@ public struct SocketIO: Sendable {
     /// Sends every byte of the vectors, advancing past partial sends; false when the peer is gone.
     /// The vectors are consumed (modified) in place.
     public func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>) -> Bool {
+        if let tls { return tls.send(vectors) }
         var first = 0
         while first < vectors.count {
             var message = msghdr()

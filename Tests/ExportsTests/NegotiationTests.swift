@@ -25,6 +25,7 @@ final class NegotiationTests: XCTestCase {
             case .send(let bytes): replies.append(bytes)
             case .transmit(let chosen): session = chosen
             case .close: closed = true
+            case .startTLS: break
             }
         }
         return (replies, session, closed)
@@ -66,6 +67,37 @@ final class NegotiationTests: XCTestCase {
     func testStartTLSIsUnsupported() {
         var machine = Negotiation(exports: table)
         XCTAssertEqual(run(&machine, .startTLS).replies.map(replyType), [OptionReplyType.errUnsupported.rawValue])
+    }
+
+    /// With TLS configured: everything but STARTTLS and ABORT is refused with TLS_REQD, EXPORT_NAME
+    /// closes, STARTTLS is acknowledged and then asks for the handshake; a second STARTTLS is invalid.
+    func testTLSRequiredTranscript() {
+        var machine = Negotiation(exports: table, tlsRequired: true)
+        let required = OptionReplyType.errTLSRequired.rawValue
+        XCTAssertEqual(run(&machine, .list).replies.map(replyType), [required])
+        XCTAssertEqual(run(&machine, .go, InfoRequest(exportName: "disk0", requests: []).encode()).replies.map(replyType), [required])
+        XCTAssertEqual(run(&machine, .structuredReply).replies.map(replyType), [required])
+        let unknown = machine.receive(option: 4711, data: [])
+        guard case .send(let bytes) = unknown.first else { return XCTFail("expected a reply") }
+        XCTAssertEqual(replyType(bytes), required)
+        XCTAssertEqual(run(&machine, .startTLS, [1]).replies.map(replyType), [OptionReplyType.errInvalid.rawValue])
+        let start = machine.receive(option: NBDOption.startTLS.rawValue, data: [])
+        XCTAssertEqual(start.count, 2)
+        guard case .send(let ack) = start.first, case .startTLS = start.last else { return XCTFail("expected ack, then the handshake") }
+        XCTAssertEqual(replyType(ack), OptionReplyType.ack.rawValue)
+        XCTAssertEqual(run(&machine, .startTLS).replies.map(replyType), [OptionReplyType.errInvalid.rawValue])
+        XCTAssertNotNil(run(&machine, .go, InfoRequest(exportName: "disk0", requests: []).encode()).session)
+    }
+
+    func testExportNameBeforeTLSCloses() {
+        var machine = Negotiation(exports: table, tlsRequired: true)
+        let result = run(&machine, .exportName, Array("disk0".utf8))
+        XCTAssertTrue(result.closed)
+        XCTAssertTrue(result.replies.isEmpty)
+        var aborting = Negotiation(exports: table, tlsRequired: true)
+        let abort = run(&aborting, .abort)
+        XCTAssertEqual(abort.replies.map(replyType), [OptionReplyType.ack.rawValue])
+        XCTAssertTrue(abort.closed)
     }
 
     func testGoForUnknownExport() {

@@ -29,7 +29,7 @@ final class TransmissionTests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         finished = done
         spawnThread {
-            Connection(fd: serverFD, peer: "test", exports: table, handshakeTimeout: 10, engineFactory: nil, attached: { _ in true }).run()
+            Connection(fd: serverFD, peer: "test", exports: table, handshakeTimeout: 10, engineFactory: nil, tls: nil, secured: { _ in }, attached: { _ in true }).run()
             close(serverFD)
             done.signal()
         }

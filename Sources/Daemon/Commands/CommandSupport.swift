@@ -35,5 +35,6 @@ extension Daemon {
         registerGraphCommands(on: table)
         registerObjectCommands(on: table)
         registerBitmapCommands(on: table)
+        registerTLSCommands(on: table)
     }
 }

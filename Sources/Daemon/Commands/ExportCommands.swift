@@ -38,6 +38,7 @@ extension Daemon {
             guard !server.addresses.isEmpty else { throw .generic("NBD server not running") }
             for export in server.exports.all { removeExport(export.id) }
             for address in server.addresses { server.stopListening(on: address) }
+            server.setTLS(nil)
             return QAPIEmpty()
         }
     }
@@ -91,13 +92,22 @@ extension Daemon {
     /// `nbd-server-start` with its address decoded: listens there unless the server already runs.
     func startServer(_ arguments: NbdServerStartArguments, at address: ListenAddress) throws(QAPIError) {
         guard server.addresses.isEmpty else { throw .generic("NBD server already running") }
-        if arguments.tlsCreds != nil || arguments.tlsAuthz != nil { throw .generic("TLS is not supported yet") }
+        var tls: TLSSettings?
+        if let credentials = arguments.tlsCreds {
+            do throws(OptionError) {
+                tls = try security.serverSettings(credentials: credentials, authorization: arguments.tlsAuthz)
+            } catch {
+                throw .generic(error.message)
+            }
+        }
         if let limit = arguments.maxConnections {
             server.setMaxConnections(limit == 0 ? Int(UInt32.max) : Int(limit))
         }
+        server.setTLS(tls)
         do throws(OptionError) {
             try server.listen(on: address)
         } catch {
+            server.setTLS(nil)
             throw error.qmp
         }
     }

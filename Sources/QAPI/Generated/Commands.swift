@@ -498,6 +498,14 @@ public enum ObjectDelCommand: QAPICommand {
     public typealias Result = QAPIEmpty
 }
 
+/// Lists the connections to the NBD server, with the TLS cipher each negotiated. A blockd
+/// extension.
+public enum XBlockdQueryNbdClientsCommand: QAPICommand {
+    public static let name = "x-blockd-query-nbd-clients"
+    public typealias Arguments = QAPIEmpty
+    public typealias Result = [BlockdNbdClientInfo]
+}
+
 /// Every command of the schema, in schema order.
 public enum QAPICommands {
     /// The command descriptions, for registering handlers and listing names.
@@ -561,5 +569,6 @@ public enum QAPICommands {
         QueryJobsCommand.self,
         ObjectAddCommand.self,
         ObjectDelCommand.self,
+        XBlockdQueryNbdClientsCommand.self,
     ]
 }

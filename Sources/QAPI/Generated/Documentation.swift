@@ -1024,6 +1024,16 @@ public enum QAPIDocumentation {
             returns: nil,
             returnsDoc: ""
         ),
+        CommandDoc(
+            name: "x-blockd-query-nbd-clients",
+            summary: "Lists the connections to the NBD server, with the TLS cipher each negotiated.",
+            text: "Lists the connections to the NBD server, with the TLS cipher each negotiated. A blockd extension.\n\nReturns: one BlockdNbdClientInfo per connection\n\nExample:\n  -> { \"execute\": \"x-blockd-query-nbd-clients\" }\n  <- { \"return\": [ { \"peer\": \"127.0.0.1:40162\", \"export\": \"e0\",\n                     \"tls\": \"TLS1.3 AES-256-GCM\",\n                     \"tls-identity\": \"O=Example,CN=backup.example.com\",\n                     \"kernel-tls\": false } ] }",
+            arguments: [],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: "[BlockdNbdClientInfo]",
+            returnsDoc: "one BlockdNbdClientInfo per connection"
+        ),
     ]
 
     /// Event documentation in schema order.

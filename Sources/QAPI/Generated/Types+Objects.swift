@@ -5,15 +5,16 @@ import JSON
 
 // MARK: - ObjectType
 
-/// The object types QEMU 7.2 knows; blockd creates throttle-group objects only.
+/// The object types QEMU 7.2 knows; blockd creates throttle-group, tls-creds-* and authz-* (but
+/// authz-pam) objects.
 public enum ObjectType: String, QAPIValue, CaseIterable, Sendable {
-    /// Not supported by blockd
+    /// Rules, then a default policy, on TLS client identities
     case authzList = "authz-list"
-    /// Not supported by blockd
+    /// Authz-list rules read from a JSON file
     case authzListfile = "authz-listfile"
     /// Not supported by blockd
     case authzPam = "authz-pam"
-    /// Not supported by blockd
+    /// Allows one TLS client identity
     case authzSimple = "authz-simple"
     /// Not supported by blockd
     case canBus = "can-bus"
@@ -83,11 +84,11 @@ public enum ObjectType: String, QAPIValue, CaseIterable, Sendable {
     case s390PvGuest = "s390-pv-guest"
     /// A throttle group that throttle nodes and devices join
     case throttleGroup = "throttle-group"
-    /// Not supported by blockd yet
+    /// Anonymous TLS credentials
     case tlsCredsAnon = "tls-creds-anon"
-    /// Not supported by blockd yet
+    /// TLS pre-shared keys (dir/keys.psk)
     case tlsCredsPsk = "tls-creds-psk"
-    /// Not supported by blockd yet
+    /// TLS certificates (dir/ca-cert.pem, server-cert.pem, server-key.pem)
     case tlsCredsX509 = "tls-creds-x509"
     /// Not supported by blockd
     case tlsCipherSuites = "tls-cipher-suites"
