@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "blockd", targets: ["blockd"]),
         .executable(name: "blockctl", targets: ["blockctl"]),
         .executable(name: "blockimg", targets: ["blockimg"]),
+        .executable(name: "blockd-nbd", targets: ["blockd-nbd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -37,6 +38,7 @@ let package = Package(
             name: "blockd",
             dependencies: ["Daemon", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
+        .executableTarget(name: "blockd-nbd", dependencies: ["Daemon"], swiftSettings: strict),
         .executableTarget(
             name: "blockctl",
             dependencies: ["QMPClient", "JSON", .product(name: "ArgumentParser", package: "swift-argument-parser")],
