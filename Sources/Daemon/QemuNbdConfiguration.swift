@@ -49,10 +49,12 @@ extension QemuNbdOptions {
         }
         var path: String?
         if case .string(let name)? = members["file"] {
-            path = name
-            members["file"] = .object(["driver": .string("file"), "filename": .string(name)])
-        } else if case .object(let child)? = members["file"], case .string(let name)? = child["filename"] {
-            path = name
+            // A string names an existing node, and qemu-nbd has none.
+            throw QemuNbdError("Failed to blk_new_open '\(file ?? "")': Cannot find device='\(name)' nor node-name='\(name)'")
+        } else if case .object(var child)? = members["file"] {
+            if child["driver"] == nil { child["driver"] = .string("file") }
+            if case .string(let name)? = child["filename"] { path = name }
+            members["file"] = .object(child)
         } else if case .string(let name)? = members["filename"] {
             path = name
         }
@@ -97,9 +99,12 @@ extension QemuNbdOptions {
         if case .object(let members) = node, case .string(let given)? = members["node-name"] { name = given } else { name = QemuNbdOptions.nodeName }
         configuration.servers = [NBDServerSpec(
             address: address, maxConnections: shared == 0 ? Int(Int32.max) : shared, handshakeSeconds: 10)]
-        configuration.exports = [ExportSpec(
+        var export = ExportSpec(
             id: QemuNbdOptions.exportID, nodeName: name, name: exportName ?? "", description: description,
-            writable: !readOnly, allocationDepth: allocationDepth)]
+            writable: !readOnly, allocationDepth: allocationDepth)
+        // qemu-nbd advertises multi-conn only when more than one client may connect.
+        export.multiConn = shared != 1
+        configuration.exports = [export]
         return configuration
     }
 }

@@ -37,6 +37,7 @@ enum QemuNbdImage {
                     throw failure("Unknown driver '\(given)'")
                 }
                 format = given
+                if given == "qcow2" && probe(file, warn: false) != "qcow2" { throw failure("Image is not in qcow2 format") }
             } else {
                 format = probe(file, warn: !options.readOnly)
             }
@@ -155,8 +156,16 @@ enum QemuNbdImage {
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) + "/" + path
     }
 
-    /// A blockd open error without the option context blockd puts in front (`--blockdev 'x' (driver y): `).
+    /// A blockd open error without the option context blockd puts in front (`--blockdev 'x' (driver y): `),
+    /// in QEMU's words where they are known.
     static func plain(_ message: String) -> String {
+        if let range = message.range(of: "): unknown parameter '"),
+           let driverStart = message[..<range.lowerBound].range(of: "(driver ", options: .backwards) {
+            let driver = message[driverStart.upperBound..<range.lowerBound]
+            let option = message[range.upperBound...].dropLast()
+            return formats.contains(String(driver)) ? "Block format '\(driver)' does not support the option '\(option)'"
+                : "Block protocol '\(driver)' doesn't support the option '\(option)'"
+        }
         var text = Substring(message)
         while text.hasPrefix("--blockdev") || text.hasPrefix("blockd-nbd") || text.hasPrefix("--export"), let colon = text.range(of: ": ") {
             text = text[colon.upperBound...]

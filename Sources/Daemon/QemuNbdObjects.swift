@@ -10,6 +10,29 @@ public enum QemuNbdObjects {
         "authz-simple", "authz-list", "authz-listfile", "authz-pam",
     ]
 
+    /// `--tls-creds=ID`: QEMU's messages when no object has that id, it is not TLS credentials, or
+    /// its endpoint is the wrong one (`server` to serve, `client` to list).
+    public static func checkTLSCreds(_ id: String, in objects: [String], server: Bool) throws(QemuNbdError) {
+        var found: (type: String, endpoint: String)?
+        for text in objects {
+            guard let (type, objectID) = try? typeAndID(text), objectID == id else { continue }
+            var endpoint = "client"
+            if case .object(let members)? = try? KeyValueParser.parse(text, impliedKey: "qom-type"),
+               case .string(let given)? = members["endpoint"] {
+                endpoint = given
+            }
+            found = (type, endpoint)
+        }
+        guard let found else { throw QemuNbdError("Failed to get TLS creds: No TLS credentials with id '\(id)'") }
+        guard found.type.hasPrefix("tls-creds") else {
+            throw QemuNbdError("Failed to get TLS creds: Object with id '\(id)' is not TLS credentials")
+        }
+        let wanted = server ? "server" : "client"
+        guard found.endpoint == wanted else {
+            throw QemuNbdError("Failed to get TLS creds: Expected TLS credentials for a \(wanted) endpoint")
+        }
+    }
+
     /// The type and id of one `--object` value; QEMU's messages for a bad one.
     public static func check(_ text: String) throws(QemuNbdError) {
         _ = try typeAndID(text)

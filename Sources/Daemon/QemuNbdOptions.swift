@@ -155,9 +155,7 @@ public struct QemuNbdOptions: Sendable, Equatable {
             options.file = operands[0]
             if options.exportName == nil { options.exportName = "" }
         }
-        if let tlsCreds = options.tlsCreds {
-            _ = tlsCreds
-            if options.socketPath != nil { throw QemuNbdError("TLS is only supported with IPv4/IPv6") }
+        if options.tlsCreds != nil {
             if options.device != nil { throw QemuNbdError("TLS is not supported with a host device") }
             if options.tlsAuthz != nil && options.action == .list {
                 throw QemuNbdError("TLS authorization is incompatible with export list")
@@ -168,6 +166,9 @@ public struct QemuNbdOptions: Sendable, Equatable {
         } else {
             if options.tlsAuthz != nil { throw QemuNbdError("--tls-authz is not permitted without --tls-creds") }
             if options.tlsHostname != nil { throw QemuNbdError("--tls-hostname is not permitted without --tls-creds") }
+        }
+        if let creds = options.tlsCreds {
+            try QemuNbdObjects.checkTLSCreds(creds, in: options.objects, server: options.action != .list)
         }
         if options.selinuxLabel != nil && options.socketPath == nil && options.device == nil {
             throw QemuNbdError("--selinux-label is not permitted without --socket")

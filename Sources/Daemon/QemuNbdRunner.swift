@@ -28,6 +28,7 @@ public enum QemuNbdRunner {
             printOut(QemuNbdText.version(argv0))
             return 0
         case .list:
+            if options.tlsCreds != nil { return fail(QemuNbdError("--tls-creds: TLS is not supported yet by blockd-nbd"), argv0) }
             return QemuNbdList.run(options, argv0: argv0)
         case .disconnect(let device):
             do {
@@ -59,12 +60,7 @@ public enum QemuNbdRunner {
     }
 
     private static func serve(_ options: QemuNbdOptions, argv0: String) -> Int32 {
-        if let creds = options.tlsCreds {
-            let known = options.objects.compactMap { try? QemuNbdObjects.typeAndID($0) }.first { $0.id == creds }
-            guard let known else { return fail(QemuNbdError("Failed to get TLS creds: No TLS credentials with id '\(creds)'"), argv0) }
-            guard known.type.hasPrefix("tls-creds") else {
-                return fail(QemuNbdError("Failed to get TLS creds: Object with id '\(creds)' is not TLS credentials"), argv0)
-            }
+        if options.tlsCreds != nil {
             return fail(QemuNbdError("--tls-creds: TLS is not supported yet by blockd-nbd"), argv0)
         }
         if options.selinuxLabel != nil { return fail(QemuNbdError("SELinux support not enabled in this binary"), argv0) }
@@ -76,13 +72,8 @@ public enum QemuNbdRunner {
 
         // Like qemu-nbd: with --fork (or -c without -v) the parent prints what the child reports
         // on its standard error until the child is serving, and exits 1 if it reported anything.
-        var parentStderr: Int32 = -1
-        if options.fork || (options.device != nil && !options.verbose) {
-            switch forkReporting(keepStderr: options.fork) {
-            case .parent(let status): return status
-            case .child(let saved): parentStderr = saved
-            }
-        }
+        let forked = options.fork || (options.device != nil && !options.verbose)
+        if forked, case .parent(let status) = forkReporting() { return status }
 
         let listenFD: Int32
         do {
@@ -90,7 +81,7 @@ public enum QemuNbdRunner {
         } catch {
             return fail(error, argv0)
         }
-        var cleanup = Cleanup(socketPath: options.socketPath, overlay: nil, pidFile: nil)
+        var cleanup = Cleanup(socketPath: options.socketPath, overlay: nil)
         defer { cleanup.run() }
 
         let node: OptionValue
@@ -139,13 +130,10 @@ public enum QemuNbdRunner {
             var text = Array("\(getpid())\n".utf8)
             _ = write(fd, &text, text.count)
             close(fd)
-            cleanup.pidFile = pidFile
         }
-        if parentStderr >= 0 {
-            // Serving: the parent sees the pipe close and exits 0; errors go where the caller's stderr went.
-            dup2(parentStderr, 2)
-            close(parentStderr)
-        } else if options.device != nil && !options.verbose {
+        if forked {
+            // Serving: standard error goes where standard output went (/dev/null), which closes the
+            // pipe; the parent sees that and exits 0 (qemu-nbd 7.2's behaviour).
             dup2(1, 2)
         }
         Log.info("ready: \(daemon.status)")
@@ -161,24 +149,22 @@ public enum QemuNbdRunner {
     private struct Cleanup {
         var socketPath: String?
         var overlay: String?
-        var pidFile: String?
 
         func run() {
             if let socketPath { unlink(socketPath) }
             if let overlay { unlink(overlay) }
-            if let pidFile { unlink(pidFile) }
         }
     }
 
     private enum ForkResult {
         case parent(Int32)
-        case child(Int32)
+        case child
     }
 
     /// Forks. The parent copies the child's standard error (a pipe) to its own until the pipe
-    /// closes, then exits 1 if anything came, else 0. The child gets a new session, /dev/null as
-    /// standard input and output, and (with `keepStderr`) a copy of the original standard error.
-    private static func forkReporting(keepStderr: Bool) -> ForkResult {
+    /// closes, then exits 1 if anything came, else 0. The child gets a new session and /dev/null
+    /// as standard input and output.
+    private static func forkReporting() -> ForkResult {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else {
             printError("Error setting up communication pipe: \(String(cString: strerror(errno)))\n")
@@ -203,8 +189,6 @@ public enum QemuNbdRunner {
             return .parent(errors ? 1 : 0)
         }
         close(fds[0])
-        let saved = keepStderr ? dup(2) : -1
-        if saved >= 0 { _ = fcntl(saved, F_SETFD, FD_CLOEXEC) }
         setsid()
         let null = open("/dev/null", O_RDWR)
         if null >= 0 {
@@ -214,6 +198,6 @@ public enum QemuNbdRunner {
         }
         dup2(fds[1], 2)
         close(fds[1])
-        return .child(saved)
+        return .child
     }
 }

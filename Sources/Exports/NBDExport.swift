@@ -19,6 +19,9 @@ public final class NBDExport: Sendable {
     public let resizable: Bool
     /// The meta contexts clients may select (`qemu:allocation-depth` only when the export asks for it).
     public let metaContexts: [MetaContext]
+    /// Whether multi-conn may be advertised (it is, when the node makes it safe); blockd-nbd turns it off
+    /// with `-e 1`, as qemu-nbd does.
+    public let multiConn: Bool
 
     /// Largest read or write payload accepted (`NBD_INFO_BLOCK_SIZE` maximum).
     public static let maxPayload = 32 << 20
@@ -26,7 +29,7 @@ public final class NBDExport: Sendable {
     /// Creates an export of a device; `writable` needs a writable medium (when one is inserted).
     public init(
         id: String, name: String, description: String?, backend: BlockBackend, writable: Bool, resizable: Bool = false,
-        metaContexts: [MetaContext] = [.baseAllocation]
+        metaContexts: [MetaContext] = [.baseAllocation], multiConn: Bool = true
     ) throws(OptionError) {
         if writable, let node = backend.medium, node.readOnly {
             throw OptionError("export '\(id)': node '\(node.name)' is read-only; it cannot be exported with writable=on")
@@ -38,6 +41,7 @@ public final class NBDExport: Sendable {
         self.writable = writable
         self.resizable = resizable
         self.metaContexts = metaContexts
+        self.multiConn = multiConn
     }
 
     /// The node requests reach now: nil while the device has no medium or its tray is open.
@@ -55,7 +59,7 @@ public final class NBDExport: Sendable {
             flags.insert(.readOnly)
         }
         if style != .simple { flags.insert(.sendDF) }
-        if features.multiConnSafe { flags.insert(.canMultiConn) }
+        if multiConn && features.multiConnSafe { flags.insert(.canMultiConn) }
         if features.rotational { flags.insert(.rotational) }
         return flags
     }

@@ -123,7 +123,8 @@ extension Daemon {
         do throws(OptionError) {
             try server.exports.add(try NBDExport(
                 id: spec.id, name: spec.name, description: spec.description, backend: backend, writable: spec.writable,
-                resizable: spec.resizable, metaContexts: spec.allocationDepth ? [.baseAllocation, .allocationDepth] : [.baseAllocation]))
+                resizable: spec.resizable, metaContexts: spec.allocationDepth ? [.baseAllocation, .allocationDepth] : [.baseAllocation],
+                multiConn: spec.multiConn))
         } catch {
             throw error.qmp
         }
