@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, free_port, import_or_skip, require
+from conftest import ROOT, free_port, import_or_skip, require, skip_or_fail
 from qemu_nbd_cases import CASES, Case
 
 # Cases where blockd-nbd answers differently on purpose (docs/compatibility.md, section qemu-nbd, repeats them).
@@ -362,3 +362,27 @@ def leaf_differences(reference, ours, path: str = "") -> list[str]:
     if isinstance(reference, list) and isinstance(ours, list) and len(reference) == len(ours):
         return [line for i, (a, b) in enumerate(zip(reference, ours)) for line in leaf_differences(a, b, f"{path}[{i}]")]
     return [] if reference == ours else [f"{path}: qemu-nbd={reference!r} blockd-nbd={ours!r}"]
+
+
+@pytest.mark.parametrize("program", ["qemu-nbd", "blockd-nbd"])
+def test_kernel_device_attach_and_detach(tmp_path, program):
+    """-c /dev/nbdX serves the image through the kernel's nbd device (the data read there is the image's),
+    -d disconnects it; both programs alike. Needs the nbd kernel module."""
+    device = Path("/dev/nbd0")
+    if not device.exists() or not Path("/sys/block/nbd0").exists():
+        skip_or_fail("the nbd kernel module is not loaded (no /dev/nbd0); -c/-d cannot be tried here")
+    executable = "qemu-nbd" if program == "qemu-nbd" else blockd_nbd()
+    make_images(tmp_path)
+    image = tmp_path / "disk.raw"
+    attach = subprocess.run([executable, "-c", str(device), "-r", "-f", "raw", str(image)], capture_output=True, text=True,
+                            timeout=30)
+    assert attach.returncode == 0, attach.stderr
+    try:
+        deadline = time.monotonic() + 10
+        while int(Path("/sys/block/nbd0/size").read_text()) == 0:
+            assert time.monotonic() < deadline, "the device never got its size"
+            time.sleep(0.05)
+        assert hashlib.sha256(device.read_bytes()).digest() == hashlib.sha256(image.read_bytes()).digest()
+    finally:
+        detach = subprocess.run([executable, "-d", str(device)], capture_output=True, text=True, timeout=30)
+    assert detach.returncode == 0 and detach.stdout == f"{device} disconnected\n"
