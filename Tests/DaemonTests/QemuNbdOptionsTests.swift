@@ -71,7 +71,9 @@ final class QemuNbdOptionsTests: XCTestCase {
         XCTAssertEqual(failure(["-L", "--fork"]), "qemu-nbd: List mode is incompatible with forking\n")
         XCTAssertEqual(failure(["--tls-authz=a", "f"]), "qemu-nbd: --tls-authz is not permitted without --tls-creds\n")
         XCTAssertEqual(failure(["--tls-hostname=x", "f"]), "qemu-nbd: --tls-hostname is not permitted without --tls-creds\n")
-        XCTAssertEqual(failure(["--tls-creds=t", "-k", "/s", "f"]), "qemu-nbd: TLS is only supported with IPv4/IPv6\n")
+        // qemu-nbd 7.2 takes TLS over unix sockets too: the credentials are looked up first.
+        XCTAssertEqual(failure(["--tls-creds=t", "-k", "/s", "f"]), "qemu-nbd: Failed to get TLS creds: No TLS credentials with id 't'\n")
+        XCTAssertEqual(failure(["--tls-creds=t", "-c", "/dev/nbd0", "f"]), "qemu-nbd: TLS is not supported with a host device\n")
         XCTAssertEqual(failure(["--selinux-label=x", "f"]), "qemu-nbd: --selinux-label is not permitted without --socket\n")
         XCTAssertEqual(failure(["--object", "foo,id=x", "f"]), "qemu-nbd: Parameter 'qom-type' does not accept value 'foo'\n")
         XCTAssertEqual(failure(["--object", "secret", "f"]), "qemu-nbd: Parameter 'id' is missing\n")
