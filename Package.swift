@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "blockd", targets: ["blockd"]),
         .executable(name: "blockctl", targets: ["blockctl"]),
         .executable(name: "blockimg", targets: ["blockimg"]),
+        .executable(name: "blockd-nbd", targets: ["blockd-nbd"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -55,6 +56,8 @@ let package = Package(
             dependencies: ["Daemon", "LogOptionsClock", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict,
             linkerSettings: selfContained),
+        .executableTarget(
+            name: "blockd-nbd", dependencies: ["Daemon", "LogOptionsClock"], swiftSettings: strict, linkerSettings: selfContained),
         .executableTarget(
             name: "blockctl",
             dependencies: ["QMPClient", "JSON", "Version", .product(name: "ArgumentParser", package: "swift-argument-parser")],

@@ -72,3 +72,7 @@ int blk_accept(int fd, struct sockaddr *address, unsigned int *length) {
     *length = size;
     return client;
 }
+
+int blk_ioctl_ulong(int fd, unsigned long request, unsigned long argument) {
+    return ioctl(fd, request, argument);
+}

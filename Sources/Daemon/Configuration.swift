@@ -33,6 +33,8 @@ public struct ExportSpec: Sendable, Equatable {
     public var resizable = false
     /// `allocation-depth`: offer the `qemu:allocation-depth` meta context.
     public var allocationDepth = false
+    /// Whether multi-conn is advertised when the node makes it safe (blockd-nbd turns it off with `-e 1`, as qemu-nbd).
+    public var multiConn = true
     /// `bitmaps`: dirty bitmaps offered as `qemu:dirty-bitmap:NAME`, by name (found on the node or
     /// below it) or by node and name.
     public var bitmaps: [ExportBitmap] = []

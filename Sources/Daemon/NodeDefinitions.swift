@@ -1,5 +1,6 @@
 import BlockCore
 import BlockDrivers
+import JSON
 import LogOptionsClock
 
 /// How a top-level node was defined: the options it was opened with, and whether the monitor owns

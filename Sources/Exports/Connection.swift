@@ -22,12 +22,14 @@ struct Connection {
     /// the export was removed meanwhile.
     let attached: (NBDExport) -> Bool
 
-    /// Serves the client until it leaves; the caller closes the descriptor.
-    func run() {
+    /// Serves the client until it leaves; the caller closes the descriptor. True when the handshake
+    /// chose an export (the client was served), false when it ended without one.
+    @discardableResult
+    func run() -> Bool {
         var io = SocketIO(fd: fd)
         guard let session = negotiate(&io) else {
             Log.debug("\(peer): handshake ended without an export")
-            return
+            return false
         }
         Log.info("\(peer): connected to export '\(session.export.name)' (\(session.style))")
         let ending = Transmission(io: io, peer: peer, session: session, engineFactory: engineFactory).run()
@@ -37,6 +39,7 @@ struct Connection {
         case .protocolError(let reason):
             Log.warning("\(peer): dropped: \(reason)")
         }
+        return true
     }
 
     /// Runs the TLS handshake after STARTTLS was acknowledged, checks the peer and asks the

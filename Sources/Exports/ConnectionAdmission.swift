@@ -1,7 +1,8 @@
 /// Who gets a connection slot. While slots are free everyone does, as with QEMU's
 /// `max-connections`. When all are taken, a newcomer takes the newest connection of the peer
 /// holding the most, provided that peer holds more than `protectedPerPeer` connections and at
-/// least two more than the newcomer's peer; otherwise the newcomer is refused. So one peer
+/// least two more than the newcomer's peer; otherwise the newcomer waits for a slot (QEMU keeps
+/// it waiting too: a full server stops accepting). So one peer
 /// (a process on a unix socket, an address over TCP) that keeps reconnecting cannot hold every
 /// slot against others, while a peer using up to `protectedPerPeer` connections never loses one.
 public struct ConnectionAdmission: Sendable, Equatable {
@@ -28,7 +29,7 @@ public struct ConnectionAdmission: Sendable, Equatable {
         case admit
         /// Admit after closing this connection of the peer holding the most.
         case admitClosing(ID)
-        /// Refuse: every slot is taken and no peer holds more than its share.
+        /// No slot for now: every slot is taken and no peer holds more than its share; the newcomer waits.
         case refuse
     }
 

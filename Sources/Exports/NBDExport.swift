@@ -20,6 +20,9 @@ public final class NBDExport: Sendable {
     public let resizable: Bool
     /// The meta contexts clients may select (`qemu:allocation-depth` only when the export asks for it).
     public let metaContexts: [MetaContext]
+    /// Whether multi-conn may be advertised (it is, when the node makes it safe); blockd-nbd turns it off
+    /// with `-e 1`, as qemu-nbd does.
+    public let multiConn: Bool
 
     /// Largest read or write payload accepted (`NBD_INFO_BLOCK_SIZE` maximum).
     public static let maxPayload = 32 << 20
@@ -27,7 +30,7 @@ public final class NBDExport: Sendable {
     /// Creates an export of a device; `writable` needs a writable medium (when one is inserted).
     public init(
         id: String, name: String, description: String?, backend: BlockBackend, writable: Bool, resizable: Bool = false,
-        metaContexts: [MetaContext] = [.baseAllocation]
+        metaContexts: [MetaContext] = [.baseAllocation], multiConn: Bool = true
     ) throws(OptionError) {
         if writable, let node = backend.medium, node.readOnly {
             throw OptionError("export '\(id)': node '\(node.name)' is read-only; it cannot be exported with writable=on")
@@ -39,6 +42,7 @@ public final class NBDExport: Sendable {
         self.writable = writable
         self.resizable = resizable
         self.metaContexts = metaContexts
+        self.multiConn = multiConn
         for context in metaContexts { context.bitmap?.retain() }
     }
 
@@ -62,7 +66,7 @@ public final class NBDExport: Sendable {
             flags.insert(.readOnly)
         }
         if style != .simple { flags.insert(.sendDF) }
-        if features.multiConnSafe { flags.insert(.canMultiConn) }
+        if multiConn && features.multiConnSafe { flags.insert(.canMultiConn) }
         if features.rotational { flags.insert(.rotational) }
         return flags
     }

@@ -12,6 +12,9 @@ public struct ServerLimits: Sendable {
     public var maxConnections = 100
     /// Connections per peer never closed to make room for another peer.
     public var protectedPerPeer = 16
+    /// Newcomers accepted while every slot is taken, waiting (without a greeting) for a slot; past
+    /// them the server stops accepting and further clients wait in the listen backlog, as with QEMU.
+    public var maxWaiting = 16
     /// Seconds a client has to finish the handshake.
     public var handshakeTimeout = 10.0
 
@@ -55,8 +58,11 @@ public final class NBDServer: Sendable {
         }
     }
 
-    /// Live connections by descriptor; an entry goes before its descriptor is closed.
-    private let connections = Mutex<(live: [Int32: Live], admitted: UInt64)>(([:], 0))
+    /// Live connections by descriptor (an entry goes before its descriptor is closed), and the
+    /// accepted clients waiting for a slot, oldest first.
+    private let connections = Mutex<(live: [Int32: Live], admitted: UInt64, waiting: [(fd: Int32, peer: Peer)])>(([:], 0, []))
+    /// Called once when the last client that finished its handshake leaves (qemu-nbd without `-t`).
+    private let whenIdle = Mutex<(@Sendable () -> Void)?>(nil)
     private let draining = Atomic<Bool>(false)
     private let engineFactory: IOBatchEngineFactory?
     private let tlsSettings = Mutex<TLSSettings?>(nil)
@@ -80,12 +86,21 @@ public final class NBDServer: Sendable {
         limits.withLock { $0.maxConnections = limit }
     }
 
+    /// Runs `action` once, when the last client that finished a handshake disconnects; from then on
+    /// no client is admitted (qemu-nbd's exit after the last client, without `--persistent`).
+    public func onLastClientGone(_ action: @escaping @Sendable () -> Void) {
+        whenIdle.withLock { $0 = action }
+    }
+
     /// Starts listening on `address`; returns the bound TCP port, if any.
     @discardableResult
     public func listen(on address: ListenAddress) throws(OptionError) -> Int? {
         let listener = try Listener(address: address)
         listeners.withLock { $0.append(listener) }
-        listener.start { [self] fd, peer in accept(fd, peer: peer) }
+        let maxWaiting = limits.withLock { $0.maxWaiting }
+        listener.start({ [self] fd, peer in accept(fd, peer: peer) }, gate: { [self] in
+            connections.withLock { $0.waiting.count < maxWaiting }
+        })
         Log.info("NBD server listening on \(address)")
         return listener.boundPort
     }
@@ -150,15 +165,17 @@ public final class NBDServer: Sendable {
     private func accept(_ fd: Int32, peer: Peer) {
         let current = limits.withLock { $0 }
         let admission = ConnectionAdmission(maxConnections: current.maxConnections, protectedPerPeer: current.protectedPerPeer)
-        let (decision, closed) = connections.withLock { state -> (ConnectionAdmission.Decision<Int32>, Peer?) in
-            guard !draining.load(ordering: .relaxed) else { return (.refuse, nil) }
+        let (decision, closed) = connections.withLock { state -> (ConnectionAdmission.Decision<Int32>?, Peer?) in
+            guard !draining.load(ordering: .relaxed) else { return (nil, nil) }
             let counted = state.live.filter { !$0.value.evicted }.mapValues {
                 ConnectionAdmission.Slot(peer: $0.peer.identity, attached: $0.exportID != nil, sequence: $0.sequence)
             }
-            let decision = admission.decide(peer: peer.identity, live: counted)
+            // Newcomers queue behind those already waiting.
+            let decision = state.waiting.isEmpty ? admission.decide(peer: peer.identity, live: counted) : .refuse
             var closed: Peer?
             switch decision {
             case .refuse:
+                state.waiting.append((fd, peer))
                 return (decision, nil)
             case .admitClosing(let victim):
                 // Under the lock: the victim's descriptor stays open until its entry is gone.
@@ -172,29 +189,54 @@ public final class NBDServer: Sendable {
             state.live[fd] = Live(peer: peer, exportID: nil, sequence: state.admitted)
             return (decision, closed)
         }
-        guard decision != .refuse else {
-            Log.warning("\(peer.description): refused: \(draining.load(ordering: .relaxed) ? "shutting down" : "connection limit \(current.maxConnections) reached")")
+        guard let decision else {
+            Log.warning("\(peer.description): refused: shutting down")
             close(fd)
+            return
+        }
+        guard decision != .refuse else {
+            Log.info("\(peer.description): waits for a slot: all \(current.maxConnections) connections are taken")
             return
         }
         if let closed {
             Log.warning("\(closed.description): closed to admit \(peer.description): all \(current.maxConnections) connections were taken and '\(closed.identity)' held the most")
         }
+        serve(fd, peer: peer, handshakeTimeout: current.handshakeTimeout)
+    }
+
+    /// Runs an admitted connection on a thread of its own; when it ends, a waiting client takes its slot.
+    private func serve(_ fd: Int32, peer: Peer, handshakeTimeout: Double) {
         let exports = self.exports
         let engineFactory = self.engineFactory
         let tls = self.tls
         spawnThread { [self] in
             let connection = Connection(
-                fd: fd, peer: peer.description, exports: exports, handshakeTimeout: current.handshakeTimeout, engineFactory: engineFactory, tls: tls,
+                fd: fd, peer: peer.description, exports: exports, handshakeTimeout: handshakeTimeout, engineFactory: engineFactory, tls: tls,
                 secured: { [self] description in connections.withLock { $0.live[fd]?.tls = description } },
                 attached: { [self] export in
                     // An export removed during the handshake must not be served.
                     connections.withLock { $0.live[fd]?.exportID = export.id }
                     return self.exports.export(named: export.name) === export
                 })
-            connection.run()
-            connections.withLock { _ = $0.live.removeValue(forKey: fd) }
+            let negotiated = connection.run()
+            let maxConnections = limits.withLock { $0.maxConnections }
+            let (next, idle) = connections.withLock { state -> ((fd: Int32, peer: Peer)?, Bool) in
+                _ = state.live.removeValue(forKey: fd)
+                if negotiated && state.live.isEmpty && whenIdle.withLock({ $0 != nil }) {
+                    draining.store(true, ordering: .relaxed)
+                    return (nil, true)
+                }
+                guard !draining.load(ordering: .relaxed), !state.waiting.isEmpty,
+                      state.live.values.filter({ !$0.evicted }).count < maxConnections else { return (nil, false) }
+                let next = state.waiting.removeFirst()
+                state.admitted += 1
+                state.live[next.fd] = Live(peer: next.peer, exportID: nil, sequence: state.admitted)
+                return (next, false)
+            }
             close(fd)
+            if idle, let action = whenIdle.withLock({ $0 }) { action() }
+            if let next { serve(next.fd, peer: next.peer, handshakeTimeout: handshakeTimeout) }
+            for listener in listeners.withLock({ $0 }) { listener.resume() }
         }
     }
 
@@ -202,6 +244,11 @@ public final class NBDServer: Sendable {
     public func shutdown(timeout: Double = 10) {
         draining.store(true, ordering: .relaxed)
         for listener in listeners.withLock({ $0 }) { listener.close() }
+        let waiting = connections.withLock { state in
+            defer { state.waiting.removeAll() }
+            return state.waiting
+        }
+        for client in waiting { close(client.fd) }
         // Half-close: threads see end of input after the requests already received, reply, and exit.
         connections.withLock { state in for fd in state.live.keys { Glibc.shutdown(fd, Int32(SHUT_RD)) } }
         let deadline = MonotonicClock.seconds() + timeout

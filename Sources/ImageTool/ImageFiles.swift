@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import BlockDrivers
+import JSON
 import LogOptionsClock
 
 /// An opened image: the format node on top, its protocol (`file`) node, and the graph that holds them.

@@ -16,6 +16,9 @@ public final class Listener: Sendable {
     /// touching the socket, which for an inherited one (socket activation) belongs to systemd too.
     private let wakeRead: Int32
     private let wakeWrite: Int32
+    /// A pipe `resume()` writes to: wakes an accept thread that stopped accepting because its gate said so.
+    private let resumeRead: Int32
+    private let resumeWrite: Int32
 
     /// Binds and listens; fails with a message naming the address.
     public init(address: ListenAddress) throws(OptionError) {
@@ -25,11 +28,19 @@ public final class Listener: Sendable {
         for end in pipeFDs { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
         wakeRead = pipeFDs[0]
         wakeWrite = pipeFDs[1]
+        var resumeFDs: [Int32] = [-1, -1]
+        guard pipe(&resumeFDs) == 0 else {
+            Glibc.close(wakeRead)
+            Glibc.close(wakeWrite)
+            throw OptionError("pipe: \(String(cString: strerror(errno)))")
+        }
+        for end in resumeFDs { _ = fcntl(end, F_SETFD, FD_CLOEXEC); _ = fcntl(end, F_SETFL, O_NONBLOCK) }
+        resumeRead = resumeFDs[0]
+        resumeWrite = resumeFDs[1]
         do {
             fd = try Listener.open(address)
         } catch {
-            Glibc.close(wakeRead)
-            Glibc.close(wakeWrite)
+            for end in [wakeRead, wakeWrite, resumeRead, resumeWrite] { Glibc.close(end) }
             throw error
         }
     }
@@ -69,7 +80,9 @@ public final class Listener: Sendable {
     }
 
     /// Accepts connections on a thread of its own, handing each to `handle` with who connected.
-    public func start(_ handle: @escaping @Sendable (Int32, Peer) -> Void) {
+    /// While `gate` answers false nothing is accepted (clients wait in the listen backlog, as with
+    /// QEMU's full server) until `resume()` is called and the gate opens.
+    public func start(_ handle: @escaping @Sendable (Int32, Peer) -> Void, gate: (@Sendable () -> Bool)? = nil) {
         spawnThread { [self] in
             var counter = 0
             defer {
@@ -77,6 +90,14 @@ public final class Listener: Sendable {
                 Glibc.close(wakeRead)
             }
             while !closed.load(ordering: .relaxed) {
+                if let gate, !gate() {
+                    var waits = [pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0), pollfd(fd: resumeRead, events: Int16(POLLIN), revents: 0)]
+                    if poll(&waits, 2, -1) < 0 && errno != EINTR { break }
+                    if waits[0].revents != 0 { break }
+                    var drain = [UInt8](repeating: 0, count: 64)
+                    while read(resumeRead, &drain, drain.count) > 0 {}
+                    continue
+                }
                 var ready = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeRead, events: Int16(POLLIN), revents: 0)]
                 if poll(&ready, 2, -1) < 0 {
                     if errno == EINTR { continue }
@@ -107,6 +128,18 @@ public final class Listener: Sendable {
                 handle(client, peer)
             }
         }
+    }
+
+    deinit {
+        // Here, not in the accept thread: `resume()` may write until the last reference is gone.
+        Glibc.close(resumeRead)
+        Glibc.close(resumeWrite)
+    }
+
+    /// Tells a gated accept thread to ask its gate again.
+    public func resume() {
+        var byte: UInt8 = 1
+        _ = write(resumeWrite, &byte, 1)
     }
 
     /// Stops accepting: wakes the accept thread, which closes blockd's descriptor (for an inherited

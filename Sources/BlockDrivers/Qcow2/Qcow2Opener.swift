@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import JSON
 import LogOptionsClock
 
 /// Opens `qcow2` nodes: reads and checks the header and tables, and opens the backing chain.

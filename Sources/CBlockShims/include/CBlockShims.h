@@ -33,4 +33,7 @@ struct sockaddr;
 /// accept4 with SOCK_CLOEXEC; returns the descriptor or -1 with errno set.
 int blk_accept(int fd, struct sockaddr *address, unsigned int *length);
 
+/// ioctl with an unsigned long argument (the kernel nbd driver's requests); returns ioctl's result, errno set.
+int blk_ioctl_ulong(int fd, unsigned long request, unsigned long argument);
+
 #endif

@@ -155,7 +155,8 @@ extension Daemon {
         do throws(OptionError) {
             try server.exports.add(try NBDExport(
                 id: spec.id, name: spec.name, description: spec.description, backend: backend, writable: spec.writable,
-                resizable: spec.resizable, metaContexts: contexts))
+                resizable: spec.resizable, metaContexts: contexts,
+                multiConn: spec.multiConn))
         } catch {
             throw error.qmp
         }
