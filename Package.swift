@@ -27,11 +27,12 @@ let package = Package(
         .target(name: "ImageTool", dependencies: ["BlockCore", "BlockDrivers", "JSON"], swiftSettings: strict),
         .target(name: "Sockets", dependencies: ["BlockCore", "CBlockShims"], swiftSettings: strict),
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "Sockets", "CBlockShims"], swiftSettings: strict),
+        .target(name: "Jobs", dependencies: ["BlockCore"], swiftSettings: strict),
         .target(name: "QMP", dependencies: ["JSON", "QAPI", "BlockCore", "Sockets"], swiftSettings: strict),
         .target(name: "QMPClient", dependencies: ["JSON", "QAPI", "Sockets"], swiftSettings: strict),
         .target(
             name: "Daemon",
-            dependencies: ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims"],
+            dependencies: ["NBDProtocol", "BlockCore", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "Jobs", "CBlockShims"],
             swiftSettings: strict),
         .executableTarget(
             name: "blockd",
@@ -54,6 +55,7 @@ let package = Package(
         .testTarget(name: "QMPTests", dependencies: ["QMP", "QAPI", "JSON"], swiftSettings: strict),
         .testTarget(name: "Qcow2Tests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ImageToolTests", dependencies: ["ImageTool", "BlockCore", "BlockDrivers"], swiftSettings: strict),
+        .testTarget(name: "JobsTests", dependencies: ["Jobs", "BlockCore"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Sockets"], swiftSettings: strict),
     ]
 )

@@ -6,6 +6,7 @@ import BlockDrivers
 import BlockIO
 import Exports
 import Foundation
+import Jobs
 import JSON
 import QAPI
 import QMP
@@ -32,6 +33,8 @@ public final class Daemon: @unchecked Sendable {
     var nodeDefinitions: [String: NodeDefinition] = [:]
     /// The QMP monitor, when `--monitor` asked for one.
     private(set) var monitor: QMPServer?
+    /// The block jobs that have not reached `null` (JobCommands.swift).
+    let jobs = JobRegistry()
 
     /// Creates a daemon for a configuration; nothing is opened yet.
     public init(configuration: DaemonConfiguration, activation: SocketActivation? = nil) {
@@ -151,6 +154,7 @@ public final class Daemon: @unchecked Sendable {
 
     /// Drains the connections and flushes and closes every node.
     public func stop() {
+        for job in jobs.all { job.cancelAndWait() }
         monitor?.emit(ShutdownEvent())
         monitor?.shutdown()
         releaseWaitingRequests()

@@ -7,14 +7,6 @@ import XCTest
 final class SchemaCoverageTests: XCTestCase {
     /// Schema commands without a handler yet, each with why (the issue that brings it).
     static let notImplemented: [String: String] = [
-        // Block jobs (issue #13).
-        "block-commit": "#13 block jobs", "block-stream": "#13 block jobs", "blockdev-mirror": "#13 block jobs",
-        "drive-mirror": "#13 block jobs", "blockdev-backup": "#13 block jobs", "drive-backup": "#13 block jobs",
-        "block-job-cancel": "#13 block jobs", "block-job-complete": "#13 block jobs", "block-job-pause": "#13 block jobs",
-        "block-job-resume": "#13 block jobs", "block-job-set-speed": "#13 block jobs",
-        // Live snapshots and chain editing (issue #13).
-        "blockdev-snapshot": "#13 live snapshots", "blockdev-snapshot-sync": "#13 live snapshots",
-        "change-backing-file": "#13 chain editing",
         // Dirty bitmaps (issue #12).
         "block-dirty-bitmap-add": "#12 dirty bitmaps", "block-dirty-bitmap-clear": "#12 dirty bitmaps",
         "block-dirty-bitmap-remove": "#12 dirty bitmaps",

@@ -34,5 +34,11 @@ extension Daemon {
         registerMediumCommands(on: table)
         registerGraphCommands(on: table)
         registerObjectCommands(on: table)
+        registerJobCommands(on: table)
+        registerMirrorCommands(on: table)
+        registerBackupCommands(on: table)
+        registerSnapshotCommands(on: table)
+        registerChainJobCommands(on: table)
+        registerTransactionCommands(on: table)
     }
 }

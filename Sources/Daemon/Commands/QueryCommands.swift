@@ -4,7 +4,7 @@ import JSON
 import QAPI
 
 extension Daemon {
-    /// `query-block`, `query-blockstats`, `query-block-jobs`, `query-jobs`.
+    /// `query-block`, `query-blockstats` (the job queries are in JobCommands.swift).
     func registerQueryCommands(on table: QMPCommandTable) {
         table.register(QueryBlockCommand.self) { [unowned self] arguments throws(QAPIError) in
             try locked { () throws(QAPIError) in
@@ -18,12 +18,6 @@ extension Daemon {
                 }
                 return allDevices(includingExports: arguments.xBlockdExports ?? false).map(deviceStatistics)
             }
-        }
-        table.register(QueryBlockJobsCommand.self) { _ throws(QAPIError) in
-            []  // blockd has no block jobs yet, so there is never one running.
-        }
-        table.register(QueryJobsCommand.self) { _ throws(QAPIError) in
-            []  // nor jobs of any other kind
         }
     }
 

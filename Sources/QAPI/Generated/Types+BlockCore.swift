@@ -1330,6 +1330,14 @@ public struct BlockJobInfo: QAPIValue, Equatable {
     public var ioStatus: BlockDeviceIoStatus
     /// Whether block-job-complete may be used now
     public var ready: Bool
+    /// Where the job is in its life (later QEMU)
+    public var status: JobStatus?
+    /// Whether the job finalizes itself (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job dismisses itself (later QEMU)
+    public var autoDismiss: Bool?
+    /// Why the job failed, once it has (later QEMU)
+    public var error: String?
 
     /// Creates a value from its members.
     public init(
@@ -1341,7 +1349,11 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         paused: Bool,
         speed: Int64,
         ioStatus: BlockDeviceIoStatus,
-        ready: Bool
+        ready: Bool,
+        status: JobStatus? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil,
+        error: String? = nil
     ) {
         self.type = type
         self.device = device
@@ -1352,6 +1364,10 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         self.speed = speed
         self.ioStatus = ioStatus
         self.ready = ready
+        self.status = status
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
+        self.error = error
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -1365,6 +1381,10 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         self.speed = try object.required("speed")
         self.ioStatus = try object.required("io-status")
         self.ready = try object.required("ready")
+        self.status = try object.optional("status")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
+        self.error = try object.optional("error")
         try object.finish()
     }
 
@@ -1379,6 +1399,10 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         object["speed"] = speed.json
         object["io-status"] = ioStatus.json
         object["ready"] = ready.json
+        if let status { object["status"] = status.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
+        if let error { object["error"] = error.json }
         return .object(object)
     }
 }
@@ -1507,6 +1531,12 @@ public struct DriveBackup: QAPIValue, Equatable {
     public var onSourceError: BlockdevOnError?
     /// What to do when writing the target fails; "report" when absent
     public var onTargetError: BlockdevOnError?
+    /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
+    /// job-finalize (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job disappears once concluded (true when absent); false keeps it until
+    /// job-dismiss (later QEMU)
+    public var autoDismiss: Bool?
 
     /// Creates a value from its members.
     public init(
@@ -1519,7 +1549,9 @@ public struct DriveBackup: QAPIValue, Equatable {
         speed: Int64? = nil,
         bitmap: String? = nil,
         onSourceError: BlockdevOnError? = nil,
-        onTargetError: BlockdevOnError? = nil
+        onTargetError: BlockdevOnError? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil
     ) {
         self.jobId = jobId
         self.device = device
@@ -1531,6 +1563,8 @@ public struct DriveBackup: QAPIValue, Equatable {
         self.bitmap = bitmap
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -1545,6 +1579,8 @@ public struct DriveBackup: QAPIValue, Equatable {
         self.bitmap = try object.optional("bitmap")
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
     }
 
@@ -1560,6 +1596,8 @@ public struct DriveBackup: QAPIValue, Equatable {
         if let bitmap { object["bitmap"] = bitmap.json }
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
     }
 }
@@ -1583,6 +1621,12 @@ public struct BlockdevBackup: QAPIValue, Equatable {
     public var onSourceError: BlockdevOnError?
     /// What to do when writing the target fails; "report" when absent
     public var onTargetError: BlockdevOnError?
+    /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
+    /// job-finalize (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job disappears once concluded (true when absent); false keeps it until
+    /// job-dismiss (later QEMU)
+    public var autoDismiss: Bool?
 
     /// Creates a value from its members.
     public init(
@@ -1592,7 +1636,9 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         sync: MirrorSyncMode,
         speed: Int64? = nil,
         onSourceError: BlockdevOnError? = nil,
-        onTargetError: BlockdevOnError? = nil
+        onTargetError: BlockdevOnError? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil
     ) {
         self.jobId = jobId
         self.device = device
@@ -1601,6 +1647,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         self.speed = speed
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -1612,6 +1660,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         self.speed = try object.optional("speed")
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
     }
 
@@ -1624,6 +1674,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         if let speed { object["speed"] = speed.json }
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
     }
 }
