@@ -287,3 +287,23 @@ def test_speed_limit_is_kept(launcher, tmp_path):
         assert 2 * MiB <= offset <= 7 * MiB, offset
         qmp.execute("block-job-set-speed", device="b1", speed=0)
         qmp.event("BLOCK_JOB_COMPLETED", timeout=20)
+
+
+def test_fio_verifies_across_a_mirror_pivot(launcher, tmp_path):
+    """fio (nbd engine) writes with crc32c verification through the export while a mirror runs
+    and pivots: what it reads back after the pivot comes from the target and must verify."""
+    require("fio")
+    daemon = start(launcher, "blockd", tmp_path)
+    uri = f"nbd+unix:///src?socket={tmp_path / 'nbd.sock'}"
+    with daemon.qmp() as qmp:
+        qmp.execute("blockdev-mirror", {"job-id": "m1", "device": "src", "target": "dst", "sync": "full",
+                                        "speed": 16 * MiB})
+        fio = subprocess.Popen(["fio", "--name=v", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite", "--bs=4k",
+                                "--iodepth=8", "--size=4M", "--rate=1m", "--verify=crc32c", "--do_verify=1",
+                                "--verify_fatal=1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        qmp.event("BLOCK_JOB_READY", timeout=30)
+        qmp.execute("block-job-complete", device="m1")
+        assert "error" not in qmp.event("BLOCK_JOB_COMPLETED", timeout=30)["data"]
+        output, _ = fio.communicate(timeout=60)
+        assert fio.returncode == 0, output
+        assert "verify" not in output.lower() or "err=" not in output, output
