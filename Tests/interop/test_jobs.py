@@ -307,3 +307,35 @@ def test_fio_verifies_across_a_mirror_pivot(launcher, tmp_path):
         output, _ = fio.communicate(timeout=60)
         assert fio.returncode == 0, output
         assert "verify" not in output.lower() or "err=" not in output, output
+
+
+def error_policy_script(qmp, work: Path) -> list:
+    """A mirror onto a blkdebug target whose first write fails with ENOSPC, on-target-error=enospc:
+    the job stops (BLOCK_JOB_ERROR action stop, io-status nospace, paused), resume retries."""
+    run("qemu-img", "create", "-f", "raw", str(work / "flaky.raw"), str(SIZE))
+    qmp.execute("blockdev-add", {"driver": "blkdebug", "node-name": "flaky",
+                                 "inject-error": [{"event": "pwritev", "errno": 28, "once": True}],
+                                 "image": {"driver": "raw", "file": {"driver": "file", "filename": str(work / "flaky.raw")}}})
+    results = [qmp.cmd("blockdev-mirror", {"job-id": "m1", "device": "src", "target": "flaky", "sync": "full",
+                                           "on-target-error": "enospc"})]
+    results.append(job_trace(qmp, "status:paused"))
+    jobs = qmp.execute("query-block-jobs")
+    results.append([{k: job[k] for k in ("io-status", "paused", "status")} for job in jobs])
+    results.append(qmp.cmd("block-job-resume", device="m1"))
+    results.append(job_trace(qmp, "BLOCK_JOB_READY"))
+    results.append(qmp.cmd("block-job-cancel", device="m1"))
+    results.append(job_trace(qmp, "status:null"))
+    return results
+
+
+def test_on_target_error_stops_and_resume_retries_like_qemu_storage_daemon(launcher, tmp_path):
+    require("qemu-storage-daemon")
+    qsd = start(launcher, "qsd", tmp_path / "qsd")
+    ours = start(launcher, "blockd", tmp_path / "blockd")
+    with qsd.qmp() as reference, ours.qmp() as mine:
+        expected = error_policy_script(reference, tmp_path / "qsd")
+        got = error_policy_script(mine, tmp_path / "blockd")
+    assert got == expected
+    launcher.stop_all()
+    run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(tmp_path / "blockd" / "src.raw"),
+        str(tmp_path / "blockd" / "flaky.raw"))
