@@ -2,6 +2,7 @@
 the export, the job state sequences and events compared with qemu-storage-daemon's for the same
 script, and QEMU's error classes and wording. Data is checked byte for byte (qemu-img compare,
 and a model of what the clients wrote)."""
+import json
 import os
 import random
 import subprocess
@@ -339,3 +340,35 @@ def test_on_target_error_stops_and_resume_retries_like_qemu_storage_daemon(launc
     launcher.stop_all()
     run("qemu-img", "compare", "-f", "raw", "-F", "raw", str(tmp_path / "blockd" / "src.raw"),
         str(tmp_path / "blockd" / "flaky.raw"))
+
+
+def drive_script(qmp, work: Path) -> list:
+    """drive-mirror and drive-backup onto images they create (qcow2 and raw), then the images."""
+    results = [qmp.cmd("drive-mirror", {"job-id": "m1", "device": "src", "target": str(work / "m.qcow2"),
+                                        "format": "qcow2", "sync": "full"})]
+    results.append(job_trace(qmp, "BLOCK_JOB_READY"))
+    results.append(qmp.cmd("block-job-complete", device="m1"))
+    results.append(job_trace(qmp, "status:null"))
+    results.append(qmp.cmd("drive-backup", {"job-id": "b1", "device": "dst", "target": str(work / "b.raw"),
+                                            "format": "raw", "sync": "full"}))
+    results.append(job_trace(qmp, "status:null"))
+    results.append(qmp.cmd("drive-mirror", {"job-id": "m2", "device": "dst", "target": str(work / "nope" / "x.qcow2"),
+                                            "format": "qcow2", "sync": "full", "mode": "existing"}))
+    return results
+
+
+def test_drive_mirror_and_drive_backup_like_qemu_storage_daemon(launcher, tmp_path):
+    require("qemu-storage-daemon")
+    qsd = start(launcher, "qsd", tmp_path / "qsd")
+    ours = start(launcher, "blockd", tmp_path / "blockd")
+    with qsd.qmp() as reference, ours.qmp() as mine:
+        expected = drive_script(reference, tmp_path / "qsd")
+        got = drive_script(mine, tmp_path / "blockd")
+    expected = json.loads(json.dumps(expected).replace(str(tmp_path / "qsd"), "$WORK"))
+    got = json.loads(json.dumps(got).replace(str(tmp_path / "blockd"), "$WORK"))
+    assert got == expected
+    launcher.stop_all()
+    work = tmp_path / "blockd"
+    run("qemu-img", "check", str(work / "m.qcow2"))
+    run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(work / "src.raw"), str(work / "m.qcow2"))
+    run("qemu-img", "compare", "-f", "qcow2", "-F", "raw", str(work / "dst.qcow2"), str(work / "b.raw"))
