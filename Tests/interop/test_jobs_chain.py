@@ -183,3 +183,42 @@ def test_transaction_is_all_or_nothing(launcher, tmp_path):
     assert chain_of(tmp_path / "snap.qcow2") == ["snap.qcow2", "base.raw"]
     assert (tmp_path / "base.raw").read_bytes() == before
     run("qemu-img", "compare", "-F", "raw", str(tmp_path / "backup.qcow2"), str(tmp_path / "base.raw"))
+
+
+def snapshot_script(qmp, work: Path) -> list:
+    results = [qmp.cmd("blockdev-snapshot-sync", {"node-name": "disk", "snapshot-file": str(work / "ov.qcow2"),
+                                                  "snapshot-node-name": "ov", "format": "qcow2"})]
+    results.append(qmp.cmd("blockdev-snapshot-sync", {"node-name": "disk", "snapshot-file": str(work / "ov9.qcow2")}))
+    results.append(qmp.cmd("blockdev-snapshot-sync", {"node-name": "ov", "snapshot-file": str(work / "ov2.qcow2"),
+                                                      "snapshot-node-name": "ov2", "mode": "existing"}))
+    results.append(qmp.cmd("blockdev-snapshot-sync", {"node-name": "ov", "snapshot-file": str(work / "ov.qcow2"),
+                                                      "snapshot-node-name": "ov3"}))
+    results.append(qmp.cmd("blockdev-snapshot-sync", {"node-name": "nope", "snapshot-file": str(work / "x.qcow2")}))
+    results.append(qmp.cmd("blockdev-snapshot-sync", {"device": "nope", "snapshot-file": str(work / "x.qcow2")}))
+    run("qemu-img", "create", "-f", "qcow2", str(work / "ov2.qcow2"), str(SIZE))
+    results.append(qmp.cmd("blockdev-add", {"driver": "qcow2", "node-name": "ov2", "backing": None,
+                                            "file": {"driver": "file", "filename": str(work / "ov2.qcow2")}}))
+    results.append(qmp.cmd("blockdev-snapshot", node="ov", overlay="ov2"))
+    results.append(qmp.cmd("blockdev-snapshot", node="ov", overlay="ov2"))
+    results.append([e["node-name"] for e in qmp.execute("query-block-exports")])
+    results.append(qmp.cmd("change-backing-file", device="ov2", **{"image-node-name": "ov2"},
+                           **{"backing-file": str(work / "renamed.qcow2")}))
+    return results
+
+
+def test_snapshots_like_qemu_storage_daemon(launcher, tmp_path):
+    require("qemu-storage-daemon")
+    replies = {}
+    for kind in ("qsd", "blockd"):
+        work = tmp_path / kind
+        work.mkdir()
+        image = base_image(work)
+        daemon = (launcher.qsd if kind == "qsd" else launcher.blockd)(*args(work, image), name=kind)
+        with daemon.qmp() as qmp:
+            replies[kind] = json.loads(json.dumps(snapshot_script(qmp, work)).replace(str(work), "$WORK"))
+    assert replies["blockd"] == replies["qsd"]
+    launcher.stop_all()
+    for kind in ("qsd", "blockd"):
+        chain = json.loads(run("qemu-img", "info", "--output=json", str(tmp_path / kind / "ov2.qcow2")).stdout)
+        replies[kind] = chain.get("backing-filename", "").replace(str(tmp_path / kind), "$WORK")
+    assert replies["blockd"] == replies["qsd"]
