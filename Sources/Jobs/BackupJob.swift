@@ -58,7 +58,7 @@ public final class BackupJob: JobDriver, @unchecked Sendable {
     }
 
     public func run(_ job: Job) throws(JobError) {
-        let copier = RangeCopy(source: source, target: target, bufferSize: Int(clusterSize), unmap: false)
+        let copier = RangeCopy(source: source, target: target, bufferSize: max(Int(clusterSize), 1 << 20), unmap: false)
         let total = toCopy.bytes
         job.progress(current: 0, total: total)
         var done: UInt64 = 0
@@ -70,15 +70,18 @@ public final class BackupJob: JobDriver, @unchecked Sendable {
             }
             return
         }
+        let chunksPerCopy = max(1, Int((1 << 20) / clusterSize))
         while job.pausePoint() {
             if let failure = hook.copyFailure { throw JobError(failure.message) }
-            guard let run = toCopy.takeRun(limit: 1) else { break }
-            let chunk = run.lowerBound
-            let size = toCopy.byteRange(run).upperBound - toCopy.byteRange(run).lowerBound
-            _ = hook.preserve(chunk, copier: copier)
+            guard let run = toCopy.takeRun(limit: job.chunksPerRequest(chunkSize: clusterSize, most: chunksPerCopy)) else { break }
+            var chunk = run.lowerBound
+            while chunk < run.upperBound {
+                chunk += hook.preserveRun(from: chunk, limit: run.upperBound - chunk, copier: copier)
+            }
             if let failure = hook.copyFailure {
                 _ = try job.handleError(failure, write: true, policy: .report)
             }
+            let size = toCopy.byteRange(run).upperBound - toCopy.byteRange(run).lowerBound
             done += size
             job.progress(current: done, total: total)
             job.throttle(size)

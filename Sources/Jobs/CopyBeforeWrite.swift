@@ -65,6 +65,37 @@ final class CopyBeforeWrite: WriteHook, @unchecked Sendable {
         return copied
     }
 
+    /// Copies to the target the chunks from `start` on (at most `limit`, stopping at one that is
+    /// copied already or being copied) in one request: the job's background copy. Returns how many
+    /// chunks it went past (at least 1).
+    func preserveRun(from start: Int, limit: Int, copier: RangeCopy) -> Int {
+        lock.lock()
+        while busy.contains(start) { lock.wait() }
+        guard pending.contains(start) else {
+            lock.unlock()
+            return 1
+        }
+        var end = start
+        while end < start + limit && end < pending.chunks && pending.contains(end) && !busy.contains(end) {
+            busy.insert(end)
+            end += 1
+        }
+        lock.unlock()
+        do {
+            try copier.copy(pending.byteRange(start..<end))
+        } catch {
+            lock.lock()
+            if failure == nil { failure = error.error }
+            lock.unlock()
+        }
+        for chunk in start..<end { pending.clear(chunk) }
+        lock.lock()
+        for chunk in start..<end { busy.remove(chunk) }
+        lock.broadcast()
+        lock.unlock()
+        return end - start
+    }
+
     /// The failure of a client-triggered copy, if any.
     var copyFailure: BlockError? {
         lock.lock()

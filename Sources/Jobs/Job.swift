@@ -1,5 +1,6 @@
 import BlockCore
 import Foundation
+import Synchronization
 
 /// One job: its status in QEMU's state machine, its progress and speed limit, the requests made
 /// to it (pause, cancel, complete, finalize, dismiss), and the thread its driver runs on.
@@ -34,6 +35,8 @@ public final class Job: @unchecked Sendable {
     private var expected: UInt64 = 0
     private var failure: String?
     private var io: JobIOStatus = .ok
+    /// Set while the job's thread waits in `idle`: only then does `wake` take the lock.
+    private let idling = Atomic<Bool>(false)
 
     /// Creates a job in status `undefined`; `start` runs it.
     public init(
@@ -278,6 +281,14 @@ public final class Job: @unchecked Sendable {
         }
     }
 
+    /// How many chunks of `chunkSize` bytes one request of the job may copy, at most `most`: a
+    /// speed limit makes it at most a tenth of a second's worth, so that a slow job sleeps often.
+    public func chunksPerRequest(chunkSize: UInt64, most: Int) -> Int {
+        let speed = locked { self.limit.bytesPerSecond }
+        guard speed > 0 else { return most }
+        return max(1, min(most, Int(speed / 10 / max(chunkSize, 1))))
+    }
+
     /// The progress so far.
     public var progressValues: (current: UInt64, total: UInt64) { locked { (done, max(expected, done)) } }
 
@@ -334,13 +345,16 @@ public final class Job: @unchecked Sendable {
         locked {
             guard !hardCancel && !completeAsked && !softCancel && !userPaused else { return }
             sleeping = true
+            idling.store(true, ordering: .sequentiallyConsistent)
             _ = lock.wait(until: Date(timeIntervalSinceNow: Double(nanoseconds) / 1e9))
+            idling.store(false, ordering: .sequentiallyConsistent)
             sleeping = false
         }
     }
 
-    /// Wakes the job's thread from `idle` (new work arrived).
+    /// Wakes the job's thread from `idle` (new work arrived); one atomic load when it is not idle.
     public func wake() {
+        guard idling.load(ordering: .sequentiallyConsistent) else { return }
         lock.lock()
         lock.broadcast()
         lock.unlock()

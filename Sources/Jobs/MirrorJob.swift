@@ -83,7 +83,7 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
         let chunksPerCopy = max(1, chunkBytes / Int(granularity))
         job.progress(current: 0, total: dirty.bytes)
         while job.pausePoint() {
-            if let run = dirty.takeRun(limit: chunksPerCopy) {
+            if let run = dirty.takeRun(limit: job.chunksPerRequest(chunkSize: granularity, most: chunksPerCopy)) {
                 let range = dirty.byteRange(run)
                 try copyWithPolicy(copier, range, run, job)
                 job.addProgress(done: range.upperBound - range.lowerBound)
