@@ -77,8 +77,9 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
         } catch {
             throw JobError(error.message)
         }
-        // At most 1 MiB (QEMU's largest mirror request) and the buffer size per copy.
-        let chunkBytes = max(Int(granularity), min(bufferSize, 1 << 20))
+        // At most 4 MiB and the buffer size per copy: one request in flight, where QEMU keeps up
+        // to 16 of at most 1 MiB.
+        let chunkBytes = max(Int(granularity), min(bufferSize, 4 << 20))
         let copier = RangeCopy(source: source, target: target, bufferSize: chunkBytes, unmap: unmap)
         let chunksPerCopy = max(1, chunkBytes / Int(granularity))
         job.progress(current: 0, total: dirty.bytes)
