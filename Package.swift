@@ -45,11 +45,12 @@ let package = Package(
         .target(name: "BlockTestSupport", dependencies: ["BlockCore", "LogOptionsClock"], swiftSettings: strict),
         .target(name: "Sockets", dependencies: ["LogOptionsClock", "CBlockShims", "CTLS"], swiftSettings: strict),
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "Sockets", "CBlockShims"], swiftSettings: strict),
+        .target(name: "Jobs", dependencies: ["BlockCore", "LogOptionsClock", "Sockets"], swiftSettings: strict),
         .target(name: "QMP", dependencies: ["JSON", "QAPI", "LogOptionsClock", "Sockets"], swiftSettings: strict),
         .target(name: "QMPClient", dependencies: ["JSON", "QAPI", "Sockets"], swiftSettings: strict),
         .target(
             name: "Daemon",
-            dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "CBlockShims", "Version"],
+            dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "Jobs", "CBlockShims", "Version"],
             swiftSettings: strict),
         .executableTarget(
             name: "blockd",
@@ -80,6 +81,7 @@ let package = Package(
         .testTarget(name: "QMPTests", dependencies: ["QMP", "QAPI", "JSON"], swiftSettings: strict),
         .testTarget(name: "Qcow2Tests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ImageToolTests", dependencies: ["ImageTool", "BlockCore", "BlockDrivers"], swiftSettings: strict),
+        .testTarget(name: "JobsTests", dependencies: ["Jobs", "BlockCore"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Sockets"], swiftSettings: strict),
     ]
 )

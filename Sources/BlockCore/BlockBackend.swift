@@ -141,6 +141,18 @@ public final class BlockBackend: Sendable {
         }
     }
 
+    /// Puts `new` in place of the medium when the medium is `old` (a block job's pivot or a live
+    /// snapshot), whatever the tray and removability: requests go on to `new`. Returns the medium
+    /// taken out, nil (nothing changed) when `old` is not the medium.
+    public func replaceMedium(_ old: BlockNode, with new: BlockNode) -> Medium? {
+        change { state -> Medium? in
+            guard let current = state.medium, current.node === old else { return nil }
+            state.medium = Medium(new)
+            state.readOnly = new.readOnly
+            return current
+        }
+    }
+
     /// The throttle group the device belongs to, if any.
     public var throttleGroup: ThrottleGroup? { state.withLock { $0.throttle } }
 

@@ -12,7 +12,8 @@ public final class BlockNode: Sendable {
     /// The driver behind it.
     public let driver: any BlockDriver
     /// Children by role (`file`, `backing`, ...).
-    public let children: [(role: String, node: BlockNode)]
+    public var children: [(role: String, node: BlockNode)] { childList.withLock { $0 } }
+    private let childList: Mutex<[(role: String, node: BlockNode)]>
     /// True when no write may reach the node.
     public let readOnly: Bool
     /// The settings common to every node (cache mode, discard, aio) it was opened with.
@@ -41,6 +42,8 @@ public final class BlockNode: Sendable {
     /// The node's dirty bitmaps; writes, zero-writes and discards that reach the node mark the
     /// recording ones (see BlockNode+Bitmaps.swift).
     public let dirtyBitmaps = DirtyBitmapSet()
+    /// The block job's hook around writes (`PolicyBits.writeHook` tells whether there is one).
+    let hook = Mutex<(any WriteHook)?>(nil)
 
     /// The end of the furthest write so far (`wr_highest_offset` of the node).
     public var highestWriteOffset: UInt64 { highestWrite.load(ordering: .relaxed) }
@@ -59,7 +62,7 @@ public final class BlockNode: Sendable {
         self.name = name
         self.common = common
         self.driver = driver
-        self.children = children
+        self.childList = Mutex(children)
         self.readOnly = readOnly
         self.alignmentLock = driver.features.alignment > 1 ? ReadWriteLock() : nil
         self.events = events
@@ -70,6 +73,15 @@ public final class BlockNode: Sendable {
         if common.detectZeroes != .off { bits |= PolicyBits.detectZeroes }
         self.policyBits = Atomic(bits)
         attachDirtyBitmaps()
+    }
+
+    /// Points the child `role` at `node` (nil: removes it), for a live graph change (a job's end,
+    /// a snapshot); the driver is changed first by the caller.
+    public func setChild(_ role: String, to node: BlockNode?) {
+        childList.withLock { list in
+            list.removeAll { $0.role == role }
+            if let node { list.append((role, node)) }
+        }
     }
 
     /// The node's size in bytes.
@@ -124,6 +136,12 @@ public final class BlockNode: Sendable {
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, fua: Bool) throws(BlockError) {
         assert(!readOnly && offset + UInt64(buffer.count) <= length)
         if policyBits.load(ordering: .relaxed) != 0 {
+            if let hook = currentWriteHook {
+                try hook.around(self, .data(buffer), at: offset, length: UInt64(buffer.count)) { () throws(BlockError) in
+                    try writeWithPolicies(buffer, at: offset, fua: fua)
+                }
+                return
+            }
             try writeWithPolicies(buffer, at: offset, fua: fua)
         } else {
             try writeData(buffer, at: offset, fua: fua, events: false)
@@ -153,6 +171,13 @@ public final class BlockNode: Sendable {
     public func writeZeroes(at offset: UInt64, length count: UInt64, flags: ZeroFlags) throws(BlockError) {
         assert(!readOnly && offset + count <= length)
         let bits = policyBits.load(ordering: .relaxed)
+        if bits & PolicyBits.writeHook != 0, let hook = currentWriteHook {
+            try hook.around(self, .zeroes, at: offset, length: count) { () throws(BlockError) in
+                if bits & PolicyBits.threshold != 0 { checkWriteThreshold(offset, count) }
+                try zeroData(at: offset, length: count, flags: flags, events: bits & PolicyBits.debugEvents != 0)
+            }
+            return
+        }
         if bits & PolicyBits.threshold != 0 { checkWriteThreshold(offset, count) }
         defer { if bits & PolicyBits.dirtyBitmaps != 0 { dirtyBitmaps.mark(offset, count) } }
         try zeroData(at: offset, length: count, flags: flags, events: bits & PolicyBits.debugEvents != 0)
@@ -188,6 +213,16 @@ public final class BlockNode: Sendable {
     /// Discards a range where the driver supports it; otherwise does nothing, which the spec allows.
     public func discard(at offset: UInt64, length count: UInt64) throws(BlockError) {
         assert(!readOnly && offset + count <= length)
+        if policyBits.load(ordering: .relaxed) & PolicyBits.writeHook != 0, let hook = currentWriteHook {
+            try hook.around(self, .discard, at: offset, length: count) { () throws(BlockError) in
+                try discardData(at: offset, length: count)
+            }
+            return
+        }
+        try discardData(at: offset, length: count)
+    }
+
+    private func discardData(at offset: UInt64, length count: UInt64) throws(BlockError) {
         guard driver.features.discard else { return }
         if policyBits.load(ordering: .relaxed) & PolicyBits.dirtyBitmaps != 0 { dirtyBitmaps.mark(offset, count) }
         let align = UInt64(driver.features.alignment)

@@ -3,7 +3,6 @@ import Glibc
 #endif
 import BlockCore
 import LogOptionsClock
-import Foundation
 import JSON
 import Synchronization
 
@@ -137,7 +136,7 @@ final class Authorization: Sendable {
 
     private static func read(_ path: String) throws(OptionError) -> (AuthorizationList, timespec) {
         var info = stat()
-        guard stat(path, &info) == 0, let data = FileManager.default.contents(atPath: path) else {
+        guard stat(path, &info) == 0, let data = Authorization.contents(of: path) else {
             throw OptionError("Unable to read '\(path)': \(String(cString: strerror(errno)))")
         }
         let value: JSONValue
@@ -148,5 +147,20 @@ final class Authorization: Sendable {
         }
         let list = try AuthorizationList.parse(try OptionReader(value, context: path, syntax: .qmp))
         return (list, info.st_mtim)
+    }
+}
+
+extension Authorization {
+    /// The whole file at `path`, or nil with `errno` set.
+    static func contents(of path: String) -> [UInt8]? {
+        guard let file = fopen(path, "rb") else { return nil }
+        defer { fclose(file) }
+        var data: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = fread(&chunk, 1, chunk.count, file)
+            data.append(contentsOf: chunk[0..<count])
+            if count < chunk.count { return ferror(file) != 0 ? nil : data }
+        }
     }
 }

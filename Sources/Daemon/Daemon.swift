@@ -5,6 +5,7 @@ import BlockCore
 import BlockDrivers
 import BlockIO
 import Exports
+import Jobs
 import JSON
 import QAPI
 import QMP
@@ -41,6 +42,8 @@ public final class Daemon: @unchecked Sendable {
     private(set) var monitor: QMPServer?
     /// TLS credentials and authorization objects.
     let security = SecurityRegistry()
+    /// The block jobs that have not reached `null` (JobCommands.swift).
+    let jobs = JobRegistry()
 
     /// Creates a daemon for a configuration; nothing is opened yet.
     public init(configuration: DaemonConfiguration, activation: SocketActivation? = nil) {
@@ -168,6 +171,7 @@ public final class Daemon: @unchecked Sendable {
 
     /// Drains the connections and flushes and closes every node.
     public func stop() {
+        for job in jobs.all { job.cancelAndWait() }
         monitor?.emit(ShutdownEvent())
         monitor?.shutdown()
         releaseWaitingRequests()

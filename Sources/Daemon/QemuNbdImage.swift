@@ -5,7 +5,6 @@ import BlockCore
 import JSON
 import LogOptionsClock
 import BlockDrivers
-import Foundation
 
 /// Opening FILE as qemu-nbd does: the format probed when `-f` is absent (with QEMU's warning for
 /// a writable raw guess), QEMU's messages for a missing file, an unknown format, a bad offset, a
@@ -161,15 +160,15 @@ enum QemuNbdImage {
     /// A blockd open error without the option context blockd puts in front (`--blockdev 'x' (driver y): `),
     /// in QEMU's words where they are known.
     static func plain(_ message: String) -> String {
-        if let range = message.range(of: "): unknown parameter '"),
-           let driverStart = message[..<range.lowerBound].range(of: "(driver ", options: .backwards) {
+        if let range = message.firstRange(of: "): unknown parameter '"),
+           let driverStart = message[..<range.lowerBound].ranges(of: "(driver ").last {
             let driver = message[driverStart.upperBound..<range.lowerBound]
             let option = message[range.upperBound...].dropLast()
             return formats.contains(String(driver)) ? "Block format '\(driver)' does not support the option '\(option)'"
                 : "Block protocol '\(driver)' doesn't support the option '\(option)'"
         }
         var text = Substring(message)
-        while text.hasPrefix("--blockdev") || text.hasPrefix("blockd-nbd") || text.hasPrefix("--export"), let colon = text.range(of: ": ") {
+        while text.hasPrefix("--blockdev") || text.hasPrefix("blockd-nbd") || text.hasPrefix("--export"), let colon = text.firstRange(of: ": ") {
             text = text[colon.upperBound...]
         }
         return String(text)

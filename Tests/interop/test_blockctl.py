@@ -97,5 +97,6 @@ def test_help_from_the_schema(monitor):
     detail = subprocess.run([blockctl_binary(), "help", "nbd-server-remove"], capture_output=True, text=True, check=True).stdout
     assert "name=..." in detail and "mode" in detail
     marked = run(qmp, "help").stdout
-    assert "- block-commit" in marked and "  query-block " in marked
+    # A schema command the server does not offer is marked "-" (block jobs are offered now).
+    assert "- block-dirty-bitmap-add" in marked and "  query-block " in marked and "  block-commit " in marked
     assert subprocess.run([blockctl_binary(), "help", "nope"], capture_output=True, text=True).returncode != 0

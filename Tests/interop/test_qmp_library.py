@@ -48,7 +48,7 @@ def test_qmp_client_runs_commands_and_receives_events(launcher, tmp_path):
             await client.execute("blockdev-del", {"node-name": "nosuch"})
         assert failure.value.error_class == "GenericError"
         with pytest.raises(ExecuteError) as failure:
-            await client.execute("block-commit", {"device": "dev0"})
+            await client.execute("no-such-command", {"device": "dev0"})
         assert failure.value.error_class == "CommandNotFound"
 
         # Events: BLOCK_EXPORT_DELETED when an export goes away.

@@ -20,7 +20,9 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
     public let driverName = "qcow2"
     public let features: DriverFeatures
     let file: BlockNode
-    let backing: BlockNode?
+    /// The backing node; changed live by a stream, commit or blockdev-snapshot (Qcow2Driver+Backing.swift).
+    let backingSlot: Mutex<BlockNode?>
+    var backing: BlockNode? { backingSlot.withLock { $0 } }
     let lock = MonotonicCondition()
     /// Guarded by `lock`.
     let meta: Qcow2Metadata
@@ -39,7 +41,7 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
 
     init(file: BlockNode, backing: BlockNode?, meta: Qcow2Metadata, readOnly: Bool, discard: Bool) {
         self.file = file
-        self.backing = backing
+        self.backingSlot = Mutex(backing)
         self.meta = meta
         self.readOnly = readOnly
         self.clusterBits = UInt64(meta.clusterBits)

@@ -36,5 +36,11 @@ extension Daemon {
         registerObjectCommands(on: table)
         registerBitmapCommands(on: table)
         registerTLSCommands(on: table)
+        registerJobCommands(on: table)
+        registerMirrorCommands(on: table)
+        registerBackupCommands(on: table)
+        registerSnapshotCommands(on: table)
+        registerChainJobCommands(on: table)
+        registerTransactionCommands(on: table)
     }
 }

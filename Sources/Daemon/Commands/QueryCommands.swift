@@ -4,12 +4,10 @@ import JSON
 import QAPI
 
 extension Daemon {
-    /// `query-block`, `query-blockstats`, `query-block-jobs`, `query-jobs`.
+    /// `query-block`, `query-blockstats` (the job queries are in JobCommands.swift).
     func registerQueryCommands(on table: QMPCommandTable) {
         table.register(QueryBlockCommand.self) { [unowned self] arguments throws(QAPIError) in try self.queryBlock(arguments) }
         table.register(QueryBlockstatsCommand.self) { [unowned self] arguments throws(QAPIError) in try self.queryBlockstats(arguments) }
-        table.register(QueryBlockJobsCommand.self) { [unowned self] _ throws(QAPIError) in try self.queryBlockJobs() }
-        table.register(QueryJobsCommand.self) { [unowned self] _ throws(QAPIError) in try self.queryJobs() }
     }
 
     /// `query-block`: lists every device with its medium.
@@ -27,16 +25,6 @@ extension Daemon {
             }
             return allDevices(includingExports: arguments.xBlockdExports ?? false).map(deviceStatistics)
         }
-    }
-
-    /// `query-block-jobs`: lists the running block jobs.
-    func queryBlockJobs() throws(QAPIError) -> [BlockJobInfo] {
-        []  // blockd has no block jobs yet, so there is never one running.
-    }
-
-    /// `query-jobs`: lists the jobs.
-    func queryJobs() throws(QAPIError) -> [JobInfo] {
-        []  // nor jobs of any other kind
     }
 
     /// A device as query-block describes it. Every device has a tray that no guest locks (the

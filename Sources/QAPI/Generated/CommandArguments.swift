@@ -196,6 +196,12 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
     public var backingFile: String?
     /// A speed limit in bytes per second
     public var speed: Int64?
+    /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
+    /// job-finalize (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job disappears once concluded (true when absent); false keeps it until
+    /// job-dismiss (later QEMU)
+    public var autoDismiss: Bool?
 
     /// Creates a value from its members.
     public init(
@@ -204,7 +210,9 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         base: String? = nil,
         top: String? = nil,
         backingFile: String? = nil,
-        speed: Int64? = nil
+        speed: Int64? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil
     ) {
         self.jobId = jobId
         self.device = device
@@ -212,6 +220,8 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         self.top = top
         self.backingFile = backingFile
         self.speed = speed
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -222,6 +232,8 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         self.top = try object.optional("top")
         self.backingFile = try object.optional("backing-file")
         self.speed = try object.optional("speed")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
     }
 
@@ -233,6 +245,8 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         if let top { object["top"] = top.json }
         if let backingFile { object["backing-file"] = backingFile.json }
         if let speed { object["speed"] = speed.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
     }
 }
@@ -295,6 +309,12 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
     /// Whether zero ranges of the source are unmapped on the destination (true, the default) or
     /// written as zeroes; the contents end up the same either way
     public var unmap: Bool?
+    /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
+    /// job-finalize (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job disappears once concluded (true when absent); false keeps it until
+    /// job-dismiss (later QEMU)
+    public var autoDismiss: Bool?
 
     /// Creates a value from its members.
     public init(
@@ -311,7 +331,9 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
         bufSize: Int64? = nil,
         onSourceError: BlockdevOnError? = nil,
         onTargetError: BlockdevOnError? = nil,
-        unmap: Bool? = nil
+        unmap: Bool? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil
     ) {
         self.jobId = jobId
         self.device = device
@@ -327,6 +349,8 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
         self.unmap = unmap
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -345,6 +369,8 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
         self.unmap = try object.optional("unmap")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
     }
 
@@ -364,6 +390,8 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
         if let unmap { object["unmap"] = unmap.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
     }
 }
@@ -392,6 +420,12 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
     public var onSourceError: BlockdevOnError?
     /// What to do when writing the target fails; "report" when absent
     public var onTargetError: BlockdevOnError?
+    /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
+    /// job-finalize (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job disappears once concluded (true when absent); false keeps it until
+    /// job-dismiss (later QEMU)
+    public var autoDismiss: Bool?
 
     /// Creates a value from its members.
     public init(
@@ -404,7 +438,9 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
         granularity: UInt32? = nil,
         bufSize: Int64? = nil,
         onSourceError: BlockdevOnError? = nil,
-        onTargetError: BlockdevOnError? = nil
+        onTargetError: BlockdevOnError? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil
     ) {
         self.jobId = jobId
         self.device = device
@@ -416,6 +452,8 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
         self.bufSize = bufSize
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -430,6 +468,8 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
         self.bufSize = try object.optional("buf-size")
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
     }
 
@@ -445,6 +485,8 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
         if let bufSize { object["buf-size"] = bufSize.json }
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
     }
 }
@@ -617,6 +659,12 @@ public struct BlockStreamArguments: QAPIValue, Equatable {
     /// What to do when I/O fails; "report" when absent. "stop" and "enospc" need a device that
     /// tracks its I/O status
     public var onError: BlockdevOnError?
+    /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
+    /// job-finalize (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job disappears once concluded (true when absent); false keeps it until
+    /// job-dismiss (later QEMU)
+    public var autoDismiss: Bool?
 
     /// Creates a value from its members.
     public init(
@@ -625,7 +673,9 @@ public struct BlockStreamArguments: QAPIValue, Equatable {
         base: String? = nil,
         backingFile: String? = nil,
         speed: Int64? = nil,
-        onError: BlockdevOnError? = nil
+        onError: BlockdevOnError? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil
     ) {
         self.jobId = jobId
         self.device = device
@@ -633,6 +683,8 @@ public struct BlockStreamArguments: QAPIValue, Equatable {
         self.backingFile = backingFile
         self.speed = speed
         self.onError = onError
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -643,6 +695,8 @@ public struct BlockStreamArguments: QAPIValue, Equatable {
         self.backingFile = try object.optional("backing-file")
         self.speed = try object.optional("speed")
         self.onError = try object.optional("on-error")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
     }
 
@@ -654,6 +708,8 @@ public struct BlockStreamArguments: QAPIValue, Equatable {
         if let backingFile { object["backing-file"] = backingFile.json }
         if let speed { object["speed"] = speed.json }
         if let onError { object["on-error"] = onError.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
     }
 }
@@ -1310,6 +1366,213 @@ public struct NbdServerRemoveArguments: QAPIValue, Equatable {
         var object: [String: JSONValue] = [:]
         object["name"] = name.json
         if let mode { object["mode"] = mode.json }
+        return .object(object)
+    }
+}
+
+/// The arguments of 'job-pause'.
+public struct JobPauseArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'job-resume'.
+public struct JobResumeArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'job-cancel'.
+public struct JobCancelArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'job-complete'.
+public struct JobCompleteArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'job-dismiss'.
+public struct JobDismissArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'job-finalize'.
+public struct JobFinalizeArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'block-job-dismiss'.
+public struct BlockJobDismissArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'block-job-finalize'.
+public struct BlockJobFinalizeArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(id: String) {
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'transaction'.
+public struct TransactionArguments: QAPIValue, Equatable {
+    /// The actions, in order
+    public var actions: [TransactionAction]
+
+    /// Creates a value from its members.
+    public init(actions: [TransactionAction]) {
+        self.actions = actions
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.actions = try object.required("actions")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["actions"] = actions.json
         return .object(object)
     }
 }

@@ -479,6 +479,73 @@ public enum QueryJobsCommand: QAPICommand {
     public typealias Result = [JobInfo]
 }
 
+/// Asks a job to pause at its next pause point. A running job becomes paused, a ready job standby.
+public enum JobPauseCommand: QAPICommand {
+    public static let name = "job-pause"
+    public typealias Arguments = JobPauseArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// Resumes a job paused by job-pause or block-job-pause.
+public enum JobResumeCommand: QAPICommand {
+    public static let name = "job-resume"
+    public typealias Arguments = JobResumeArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// Cancels a job. Unlike block-job-cancel, a ready mirror is aborted, not completed without a
+/// pivot.
+public enum JobCancelCommand: QAPICommand {
+    public static let name = "job-cancel"
+    public typealias Arguments = JobCancelArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// Asks a ready job (a mirror or an active commit) to finish: it copies what is left and pivots
+/// onto its target.
+public enum JobCompleteCommand: QAPICommand {
+    public static let name = "job-complete"
+    public typealias Arguments = JobCompleteArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// Removes a concluded job started with auto-dismiss false.
+public enum JobDismissCommand: QAPICommand {
+    public static let name = "job-dismiss"
+    public typealias Arguments = JobDismissArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// Finishes a pending job started with auto-finalize false: its graph changes are made and its
+/// completion event is sent.
+public enum JobFinalizeCommand: QAPICommand {
+    public static let name = "job-finalize"
+    public typealias Arguments = JobFinalizeArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// The block-job form of job-dismiss.
+public enum BlockJobDismissCommand: QAPICommand {
+    public static let name = "block-job-dismiss"
+    public typealias Arguments = BlockJobDismissArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// The block-job form of job-finalize.
+public enum BlockJobFinalizeCommand: QAPICommand {
+    public static let name = "block-job-finalize"
+    public typealias Arguments = BlockJobFinalizeArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// Runs several snapshot and backup actions as one: either every action takes effect, at the same
+/// moment as far as clients can tell, or none does (the first failure is the command's error).
+public enum TransactionCommand: QAPICommand {
+    public static let name = "transaction"
+    public typealias Arguments = TransactionArguments
+    public typealias Result = QAPIEmpty
+}
+
 /// Creates an object. The arguments are "qom-type" (an `ObjectType`), "id" (letters, digits, '-',
 /// '.', '_', starting with a letter) and the type's properties. For throttle-group: "limits" (the
 /// limits in the form of --object's limits.*: bps-total, iops-read-max, bps-write-max-length,
@@ -567,6 +634,15 @@ public enum QAPICommands {
         NbdServerRemoveCommand.self,
         NbdServerStopCommand.self,
         QueryJobsCommand.self,
+        JobPauseCommand.self,
+        JobResumeCommand.self,
+        JobCancelCommand.self,
+        JobCompleteCommand.self,
+        JobDismissCommand.self,
+        JobFinalizeCommand.self,
+        BlockJobDismissCommand.self,
+        BlockJobFinalizeCommand.self,
+        TransactionCommand.self,
         ObjectAddCommand.self,
         ObjectDelCommand.self,
         XBlockdQueryNbdClientsCommand.self,

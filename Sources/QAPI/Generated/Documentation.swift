@@ -218,7 +218,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "block-commit",
             summary: "Starts a job that merges the data of the images from 'top' down to just above 'base' into 'base', then drops them from the chain.",
-            text: "Starts a job that merges the data of the images from 'top' down to just above 'base' into 'base', then drops them from the chain.\n\nWhen 'top' is the active (top) image, the job does not end by itself: it sends BLOCK_JOB_READY and waits for block-job-complete. A base smaller than 'top' is grown to 'top''s size.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device whose chain is committed\n  base (str, optional): the file name of the image to commit into; the bottom of the chain when absent\n  top (str, optional): the file name of the topmost image to commit; the active image when absent\n  backing-file (str, optional): the backing file name to store in the image above 'top'; refused when 'top' is the active image. Stored without any check; when absent, a suitable name is chosen or the command fails\n  speed (int, optional): a speed limit in bytes per second\n\nErrors: DeviceInUse when another job runs on the device; DeviceNotFound when 'device' does not exist; NotSupported when the device cannot commit; InvalidParameter when 'speed' is out of range; GenericError when 'base' or 'top' is not usable (including 'top' equal to 'base').",
+            text: "Starts a job that merges the data of the images from 'top' down to just above 'base' into 'base', then drops them from the chain.\n\nWhen 'top' is the active (top) image, the job does not end by itself: it sends BLOCK_JOB_READY and waits for block-job-complete. A base smaller than 'top' is grown to 'top''s size.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device whose chain is committed\n  base (str, optional): the file name of the image to commit into; the bottom of the chain when absent\n  top (str, optional): the file name of the topmost image to commit; the active image when absent\n  backing-file (str, optional): the backing file name to store in the image above 'top'; refused when 'top' is the active image. Stored without any check; when absent, a suitable name is chosen or the command fails\n  speed (int, optional): a speed limit in bytes per second\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)\n\nErrors: DeviceInUse when another job runs on the device; DeviceNotFound when 'device' does not exist; NotSupported when the device cannot commit; InvalidParameter when 'speed' is out of range; GenericError when 'base' or 'top' is not usable (including 'top' equal to 'base').",
             arguments: [
                 ArgumentDoc(name: "job-id", type: "str", optional: true,
                             doc: "the identifier of the new job; the device name when absent"),
@@ -232,6 +232,10 @@ public enum QAPIDocumentation {
                             doc: "the backing file name to store in the image above 'top'; refused when 'top' is the active image. Stored without any check; when absent, a suitable name is chosen or the command fails"),
                 ArgumentDoc(name: "speed", type: "int", optional: true,
                             doc: "a speed limit in bytes per second"),
+                ArgumentDoc(name: "auto-finalize", type: "bool", optional: true,
+                            doc: "whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)"),
+                ArgumentDoc(name: "auto-dismiss", type: "bool", optional: true,
+                            doc: "whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)"),
             ],
             argumentsType: nil,
             acceptsOtherArguments: false,
@@ -241,7 +245,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "drive-backup",
             summary: "Starts a job that copies a point-in-time image of a device into a file.",
-            text: "Starts a job that copies a point-in-time image of a device into a file. Its progress shows in query-block-jobs with type \"backup\" and it can be stopped with block-job-cancel. The arguments are those of DriveBackup.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to back up\n  target (str): the destination file; created unless it exists or is a device\n  format (str, optional): the destination format; probed in mode \"existing\", else the source format\n  sync (MirrorSyncMode): which data to copy\n  mode (NewImageMode, optional): whether to create 'target'; \"absolute-paths\" when absent\n  speed (int, optional): a speed limit in bytes per second\n  bitmap (str, optional): the dirty bitmap to copy from; required with sync \"incremental\" and refused otherwise\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n\nErrors: DeviceNotFound when 'device' does not exist.",
+            text: "Starts a job that copies a point-in-time image of a device into a file. Its progress shows in query-block-jobs with type \"backup\" and it can be stopped with block-job-cancel. The arguments are those of DriveBackup.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to back up\n  target (str): the destination file; created unless it exists or is a device\n  format (str, optional): the destination format; probed in mode \"existing\", else the source format\n  sync (MirrorSyncMode): which data to copy\n  mode (NewImageMode, optional): whether to create 'target'; \"absolute-paths\" when absent\n  speed (int, optional): a speed limit in bytes per second\n  bitmap (str, optional): the dirty bitmap to copy from; required with sync \"incremental\" and refused otherwise\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)\n\nErrors: DeviceNotFound when 'device' does not exist.",
             arguments: [
                 ArgumentDoc(name: "job-id", type: "str", optional: true,
                             doc: "the identifier of the new job; the device name when absent"),
@@ -263,6 +267,10 @@ public enum QAPIDocumentation {
                             doc: "what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status"),
                 ArgumentDoc(name: "on-target-error", type: "BlockdevOnError", optional: true,
                             doc: "what to do when writing the target fails; \"report\" when absent"),
+                ArgumentDoc(name: "auto-finalize", type: "bool", optional: true,
+                            doc: "whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)"),
+                ArgumentDoc(name: "auto-dismiss", type: "bool", optional: true,
+                            doc: "whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)"),
             ],
             argumentsType: "DriveBackup",
             acceptsOtherArguments: false,
@@ -272,7 +280,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "blockdev-backup",
             summary: "Starts a job that copies a point-in-time image of a device onto another device or node.",
-            text: "Starts a job that copies a point-in-time image of a device onto another device or node. Its progress shows in query-block-jobs with type \"backup\" and it can be stopped with block-job-cancel. The arguments are those of BlockdevBackup.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to back up\n  target (str): the device or node to copy to\n  sync (MirrorSyncMode): which data to copy\n  speed (int, optional): a speed limit in bytes per second; 0 (the default) means none\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent",
+            text: "Starts a job that copies a point-in-time image of a device onto another device or node. Its progress shows in query-block-jobs with type \"backup\" and it can be stopped with block-job-cancel. The arguments are those of BlockdevBackup.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to back up\n  target (str): the device or node to copy to\n  sync (MirrorSyncMode): which data to copy\n  speed (int, optional): a speed limit in bytes per second; 0 (the default) means none\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)",
             arguments: [
                 ArgumentDoc(name: "job-id", type: "str", optional: true,
                             doc: "the identifier of the new job; the device name when absent"),
@@ -288,6 +296,10 @@ public enum QAPIDocumentation {
                             doc: "what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status"),
                 ArgumentDoc(name: "on-target-error", type: "BlockdevOnError", optional: true,
                             doc: "what to do when writing the target fails; \"report\" when absent"),
+                ArgumentDoc(name: "auto-finalize", type: "bool", optional: true,
+                            doc: "whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)"),
+                ArgumentDoc(name: "auto-dismiss", type: "bool", optional: true,
+                            doc: "whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)"),
             ],
             argumentsType: "BlockdevBackup",
             acceptsOtherArguments: false,
@@ -310,7 +322,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "drive-mirror",
             summary: "Starts a job that copies a device into a file and then keeps the copy in step with every new write.",
-            text: "Starts a job that copies a device into a file and then keeps the copy in step with every new write. Once the copy has caught up the job sends BLOCK_JOB_READY; block-job-complete then switches the device over to the copy.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to mirror\n  target (str): the destination file; created unless it exists or is a device\n  format (str, optional): the destination format; probed in mode \"existing\", else the source format\n  node-name (str, optional): the node name to give the destination's node\n  replaces (str, optional): with sync \"full\", the node that the destination replaces when the job completes (used to repair quorum children)\n  sync (MirrorSyncMode): which data to copy first\n  mode (NewImageMode, optional): whether to create 'target'; \"absolute-paths\" when absent\n  speed (int, optional): a speed limit in bytes per second\n  granularity (uint32, optional): bytes per bit of the job's dirty bitmap; a power of two from 512 to 64M. When absent: the cluster size, but at least 4K, or 64K for formats without clusters\n  buf-size (int, optional): the most bytes in flight between source and destination\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  unmap (bool, optional): whether zero ranges of the source are unmapped on the destination (true, the default) or written as zeroes; the contents end up the same either way\n\nErrors: DeviceNotFound when 'device' does not exist.",
+            text: "Starts a job that copies a device into a file and then keeps the copy in step with every new write. Once the copy has caught up the job sends BLOCK_JOB_READY; block-job-complete then switches the device over to the copy.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to mirror\n  target (str): the destination file; created unless it exists or is a device\n  format (str, optional): the destination format; probed in mode \"existing\", else the source format\n  node-name (str, optional): the node name to give the destination's node\n  replaces (str, optional): with sync \"full\", the node that the destination replaces when the job completes (used to repair quorum children)\n  sync (MirrorSyncMode): which data to copy first\n  mode (NewImageMode, optional): whether to create 'target'; \"absolute-paths\" when absent\n  speed (int, optional): a speed limit in bytes per second\n  granularity (uint32, optional): bytes per bit of the job's dirty bitmap; a power of two from 512 to 64M. When absent: the cluster size, but at least 4K, or 64K for formats without clusters\n  buf-size (int, optional): the most bytes in flight between source and destination\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  unmap (bool, optional): whether zero ranges of the source are unmapped on the destination (true, the default) or written as zeroes; the contents end up the same either way\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)\n\nErrors: DeviceNotFound when 'device' does not exist.",
             arguments: [
                 ArgumentDoc(name: "job-id", type: "str", optional: true,
                             doc: "the identifier of the new job; the device name when absent"),
@@ -340,6 +352,10 @@ public enum QAPIDocumentation {
                             doc: "what to do when writing the target fails; \"report\" when absent"),
                 ArgumentDoc(name: "unmap", type: "bool", optional: true,
                             doc: "whether zero ranges of the source are unmapped on the destination (true, the default) or written as zeroes; the contents end up the same either way"),
+                ArgumentDoc(name: "auto-finalize", type: "bool", optional: true,
+                            doc: "whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)"),
+                ArgumentDoc(name: "auto-dismiss", type: "bool", optional: true,
+                            doc: "whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)"),
             ],
             argumentsType: nil,
             acceptsOtherArguments: false,
@@ -400,7 +416,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "blockdev-mirror",
             summary: "Starts a job that copies a device onto another device or node and then keeps the copy in step with every new write, like drive-mirror but with a destination that already exists.",
-            text: "Starts a job that copies a device onto another device or node and then keeps the copy in step with every new write, like drive-mirror but with a destination that already exists.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to mirror\n  target (str): the device or node to copy to; it must not be attached to a guest\n  replaces (str, optional): with sync \"full\", the node that the destination replaces when the job completes\n  sync (MirrorSyncMode): which data to copy first\n  speed (int, optional): a speed limit in bytes per second\n  granularity (uint32, optional): bytes per bit of the job's dirty bitmap; a power of two from 512 to 64M. When absent: the cluster size, but at least 4K, or 64K for formats without clusters\n  buf-size (int, optional): the most bytes in flight between source and destination\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent",
+            text: "Starts a job that copies a device onto another device or node and then keeps the copy in step with every new write, like drive-mirror but with a destination that already exists.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to mirror\n  target (str): the device or node to copy to; it must not be attached to a guest\n  replaces (str, optional): with sync \"full\", the node that the destination replaces when the job completes\n  sync (MirrorSyncMode): which data to copy first\n  speed (int, optional): a speed limit in bytes per second\n  granularity (uint32, optional): bytes per bit of the job's dirty bitmap; a power of two from 512 to 64M. When absent: the cluster size, but at least 4K, or 64K for formats without clusters\n  buf-size (int, optional): the most bytes in flight between source and destination\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)",
             arguments: [
                 ArgumentDoc(name: "job-id", type: "str", optional: true,
                             doc: "the identifier of the new job; the device name when absent"),
@@ -422,6 +438,10 @@ public enum QAPIDocumentation {
                             doc: "what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status"),
                 ArgumentDoc(name: "on-target-error", type: "BlockdevOnError", optional: true,
                             doc: "what to do when writing the target fails; \"report\" when absent"),
+                ArgumentDoc(name: "auto-finalize", type: "bool", optional: true,
+                            doc: "whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)"),
+                ArgumentDoc(name: "auto-dismiss", type: "bool", optional: true,
+                            doc: "whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)"),
             ],
             argumentsType: nil,
             acceptsOtherArguments: false,
@@ -486,7 +506,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "block-stream",
             summary: "Starts a job that copies data from the backing chain into the top image of a device, so that the chain can be shortened.",
-            text: "Starts a job that copies data from the backing chain into the top image of a device, so that the chain can be shortened. The command returns as soon as the job runs; query-block-jobs shows its progress and block-job-cancel stops it.\n\nWith 'base', data held by 'base' and the images below it is not copied, and 'base' becomes the new backing file; without it the whole chain is flattened. When the job ends the backing file is dropped or replaced and BLOCK_JOB_COMPLETED is sent.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to stream into\n  base (str, optional): the file name of the backing image to keep\n  backing-file (str, optional): the backing file name to store in the top image. Stored without any check; when absent, a suitable name is chosen or the command fails\n  speed (int, optional): a speed limit in bytes per second\n  on-error (BlockdevOnError, optional): what to do when I/O fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n\nErrors: DeviceNotFound when 'device' does not exist.",
+            text: "Starts a job that copies data from the backing chain into the top image of a device, so that the chain can be shortened. The command returns as soon as the job runs; query-block-jobs shows its progress and block-job-cancel stops it.\n\nWith 'base', data held by 'base' and the images below it is not copied, and 'base' becomes the new backing file; without it the whole chain is flattened. When the job ends the backing file is dropped or replaced and BLOCK_JOB_COMPLETED is sent.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to stream into\n  base (str, optional): the file name of the backing image to keep\n  backing-file (str, optional): the backing file name to store in the top image. Stored without any check; when absent, a suitable name is chosen or the command fails\n  speed (int, optional): a speed limit in bytes per second\n  on-error (BlockdevOnError, optional): what to do when I/O fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)\n\nErrors: DeviceNotFound when 'device' does not exist.",
             arguments: [
                 ArgumentDoc(name: "job-id", type: "str", optional: true,
                             doc: "the identifier of the new job; the device name when absent"),
@@ -500,6 +520,10 @@ public enum QAPIDocumentation {
                             doc: "a speed limit in bytes per second"),
                 ArgumentDoc(name: "on-error", type: "BlockdevOnError", optional: true,
                             doc: "what to do when I/O fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status"),
+                ArgumentDoc(name: "auto-finalize", type: "bool", optional: true,
+                            doc: "whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)"),
+                ArgumentDoc(name: "auto-dismiss", type: "bool", optional: true,
+                            doc: "whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)"),
             ],
             argumentsType: nil,
             acceptsOtherArguments: false,
@@ -1002,6 +1026,123 @@ public enum QAPIDocumentation {
             returnsDoc: "one JobInfo per job"
         ),
         CommandDoc(
+            name: "job-pause",
+            summary: "Asks a job to pause at its next pause point.",
+            text: "Asks a job to pause at its next pause point. A running job becomes paused, a ready job standby.\n\nArguments:\n  id (str): the job's identifier",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "job-resume",
+            summary: "Resumes a job paused by job-pause or block-job-pause.",
+            text: "Resumes a job paused by job-pause or block-job-pause.\n\nArguments:\n  id (str): the job's identifier",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "job-cancel",
+            summary: "Cancels a job.",
+            text: "Cancels a job. Unlike block-job-cancel, a ready mirror is aborted, not completed without a pivot.\n\nArguments:\n  id (str): the job's identifier",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "job-complete",
+            summary: "Asks a ready job (a mirror or an active commit) to finish: it copies what is left and pivots onto its target.",
+            text: "Asks a ready job (a mirror or an active commit) to finish: it copies what is left and pivots onto its target.\n\nArguments:\n  id (str): the job's identifier",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "job-dismiss",
+            summary: "Removes a concluded job started with auto-dismiss false.",
+            text: "Removes a concluded job started with auto-dismiss false.\n\nArguments:\n  id (str): the job's identifier",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "job-finalize",
+            summary: "Finishes a pending job started with auto-finalize false: its graph changes are made and its completion event is sent.",
+            text: "Finishes a pending job started with auto-finalize false: its graph changes are made and its completion event is sent.\n\nArguments:\n  id (str): the job's identifier",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "block-job-dismiss",
+            summary: "The block-job form of job-dismiss.",
+            text: "The block-job form of job-dismiss.\n\nArguments:\n  id (str): the job's identifier",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "block-job-finalize",
+            summary: "The block-job form of job-finalize.",
+            text: "The block-job form of job-finalize.\n\nArguments:\n  id (str): the job's identifier",
+            arguments: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "transaction",
+            summary: "Runs several snapshot and backup actions as one: either every action takes effect, at the same moment as far as clients can tell, or none does (the first failure is the command's error).",
+            text: "Runs several snapshot and backup actions as one: either every action takes effect, at the same moment as far as clients can tell, or none does (the first failure is the command's error).\n\nArguments:\n  actions ([TransactionAction]): the actions, in order",
+            arguments: [
+                ArgumentDoc(name: "actions", type: "[TransactionAction]", optional: false,
+                            doc: "the actions, in order"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
             name: "object-add",
             summary: "Creates an object.",
             text: "Creates an object. The arguments are \"qom-type\" (an ObjectType), \"id\" (letters, digits, '-', '.', '_', starting with a letter) and the type's properties. For throttle-group: \"limits\" (the limits in the form of --object's limits.*: bps-total, iops-read-max, bps-write-max-length, iops-size, ...) or the same limits as flat \"x-bps-total\"-style properties.\n\nExample:\n  -> { \"execute\": \"object-add\",\n       \"arguments\": { \"qom-type\": \"throttle-group\", \"id\": \"tg0\",\n                      \"limits\": { \"bps-total\": 1048576 } } }\n  <- { \"return\": {} }",
@@ -1221,6 +1362,28 @@ public enum QAPIDocumentation {
                             doc: "the first 512-byte sector of the request"),
                 ArgumentDoc(name: "sectors-count", type: "int", optional: false,
                             doc: "the length of the request in 512-byte sectors"),
+            ]
+        ),
+        EventDoc(
+            name: "JOB_STATUS_CHANGE",
+            summary: "Sent on every change of a job's status.",
+            text: "Sent on every change of a job's status.\n\nArguments:\n  id (str): the job's identifier\n  status (JobStatus): the new status",
+            members: [
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+                ArgumentDoc(name: "status", type: "JobStatus", optional: false,
+                            doc: "the new status"),
+            ]
+        ),
+        EventDoc(
+            name: "BLOCK_JOB_PENDING",
+            summary: "Sent when a job started with auto-finalize false is waiting for job-finalize.",
+            text: "Sent when a job started with auto-finalize false is waiting for job-finalize.\n\nArguments:\n  type (JobType): the kind of job\n  id (str): the job's identifier",
+            members: [
+                ArgumentDoc(name: "type", type: "JobType", optional: false,
+                            doc: "the kind of job"),
+                ArgumentDoc(name: "id", type: "str", optional: false,
+                            doc: "the job's identifier"),
             ]
         ),
     ]

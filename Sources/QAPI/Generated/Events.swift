@@ -536,6 +536,66 @@ public struct QuorumReportBadEvent: QAPIEvent, Equatable {
     }
 }
 
+/// Sent on every change of a job's status.
+public struct JobStatusChangeEvent: QAPIEvent, Equatable {
+    public static let name = "JOB_STATUS_CHANGE"
+
+    /// The job's identifier
+    public var id: String
+    /// The new status
+    public var status: JobStatus
+
+    /// Creates a value from its members.
+    public init(id: String, status: JobStatus) {
+        self.id = id
+        self.status = status
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.id = try object.required("id")
+        self.status = try object.required("status")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["id"] = id.json
+        object["status"] = status.json
+        return .object(object)
+    }
+}
+
+/// Sent when a job started with auto-finalize false is waiting for job-finalize.
+public struct BlockJobPendingEvent: QAPIEvent, Equatable {
+    public static let name = "BLOCK_JOB_PENDING"
+
+    /// The kind of job
+    public var type: JobType
+    /// The job's identifier
+    public var id: String
+
+    /// Creates a value from its members.
+    public init(type: JobType, id: String) {
+        self.type = type
+        self.id = id
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.type = try object.required("type")
+        self.id = try object.required("id")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["type"] = type.json
+        object["id"] = id.json
+        return .object(object)
+    }
+}
+
 /// Every event of the schema, in schema order.
 public enum QAPIEvents {
     /// The event types, for listing names and decoding received events.
@@ -554,5 +614,7 @@ public enum QAPIEvents {
         BlockExportDeletedEvent.self,
         QuorumFailureEvent.self,
         QuorumReportBadEvent.self,
+        JobStatusChangeEvent.self,
+        BlockJobPendingEvent.self,
     ]
 }

@@ -1366,6 +1366,14 @@ public struct BlockJobInfo: QAPIValue, Equatable {
     public var ioStatus: BlockDeviceIoStatus
     /// Whether block-job-complete may be used now
     public var ready: Bool
+    /// Where the job is in its life (later QEMU)
+    public var status: JobStatus?
+    /// Whether the job finalizes itself (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job dismisses itself (later QEMU)
+    public var autoDismiss: Bool?
+    /// Why the job failed, once it has (later QEMU)
+    public var error: String?
 
     /// Creates a value from its members.
     public init(
@@ -1377,7 +1385,11 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         paused: Bool,
         speed: Int64,
         ioStatus: BlockDeviceIoStatus,
-        ready: Bool
+        ready: Bool,
+        status: JobStatus? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil,
+        error: String? = nil
     ) {
         self.type = type
         self.device = device
@@ -1388,6 +1400,10 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         self.speed = speed
         self.ioStatus = ioStatus
         self.ready = ready
+        self.status = status
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
+        self.error = error
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -1401,6 +1417,10 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         self.speed = try object.required("speed")
         self.ioStatus = try object.required("io-status")
         self.ready = try object.required("ready")
+        self.status = try object.optional("status")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
+        self.error = try object.optional("error")
         try object.finish()
     }
 
@@ -1415,6 +1435,10 @@ public struct BlockJobInfo: QAPIValue, Equatable {
         object["speed"] = speed.json
         object["io-status"] = ioStatus.json
         object["ready"] = ready.json
+        if let status { object["status"] = status.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
+        if let error { object["error"] = error.json }
         return .object(object)
     }
 }
@@ -1543,6 +1567,12 @@ public struct DriveBackup: QAPIValue, Equatable {
     public var onSourceError: BlockdevOnError?
     /// What to do when writing the target fails; "report" when absent
     public var onTargetError: BlockdevOnError?
+    /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
+    /// job-finalize (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job disappears once concluded (true when absent); false keeps it until
+    /// job-dismiss (later QEMU)
+    public var autoDismiss: Bool?
 
     /// Creates a value from its members.
     public init(
@@ -1555,7 +1585,9 @@ public struct DriveBackup: QAPIValue, Equatable {
         speed: Int64? = nil,
         bitmap: String? = nil,
         onSourceError: BlockdevOnError? = nil,
-        onTargetError: BlockdevOnError? = nil
+        onTargetError: BlockdevOnError? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil
     ) {
         self.jobId = jobId
         self.device = device
@@ -1567,6 +1599,8 @@ public struct DriveBackup: QAPIValue, Equatable {
         self.bitmap = bitmap
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -1581,6 +1615,8 @@ public struct DriveBackup: QAPIValue, Equatable {
         self.bitmap = try object.optional("bitmap")
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
     }
 
@@ -1596,6 +1632,8 @@ public struct DriveBackup: QAPIValue, Equatable {
         if let bitmap { object["bitmap"] = bitmap.json }
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
     }
 }
@@ -1619,6 +1657,12 @@ public struct BlockdevBackup: QAPIValue, Equatable {
     public var onSourceError: BlockdevOnError?
     /// What to do when writing the target fails; "report" when absent
     public var onTargetError: BlockdevOnError?
+    /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
+    /// job-finalize (later QEMU)
+    public var autoFinalize: Bool?
+    /// Whether the job disappears once concluded (true when absent); false keeps it until
+    /// job-dismiss (later QEMU)
+    public var autoDismiss: Bool?
 
     /// Creates a value from its members.
     public init(
@@ -1628,7 +1672,9 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         sync: MirrorSyncMode,
         speed: Int64? = nil,
         onSourceError: BlockdevOnError? = nil,
-        onTargetError: BlockdevOnError? = nil
+        onTargetError: BlockdevOnError? = nil,
+        autoFinalize: Bool? = nil,
+        autoDismiss: Bool? = nil
     ) {
         self.jobId = jobId
         self.device = device
@@ -1637,6 +1683,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         self.speed = speed
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
+        self.autoFinalize = autoFinalize
+        self.autoDismiss = autoDismiss
     }
 
     public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
@@ -1648,6 +1696,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         self.speed = try object.optional("speed")
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
+        self.autoFinalize = try object.optional("auto-finalize")
+        self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
     }
 
@@ -1660,6 +1710,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         if let speed { object["speed"] = speed.json }
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
+        if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
+        if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
     }
 }
