@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, require
 
 
 def blockctl_binary() -> str:
@@ -97,6 +97,24 @@ def test_help_from_the_schema(monitor):
     detail = subprocess.run([blockctl_binary(), "help", "nbd-server-remove"], capture_output=True, text=True, check=True).stdout
     assert "name=..." in detail and "mode" in detail
     marked = run(qmp, "help").stdout
-    # A schema command the server does not offer is marked "-" (block jobs are offered now).
-    assert "- block-dirty-bitmap-add" in marked and "  query-block " in marked and "  block-commit " in marked
+    # blockd offers every command of its schema: none is marked "-".
+    assert "  query-block " in marked and "  block-commit " in marked and "  block-dirty-bitmap-add " in marked
+    assert "\n- " not in marked, marked
+
+
+def test_help_marks_what_a_server_does_not_offer(tmp_path):
+    """Against qemu-storage-daemon, which has no 2.6 device commands, those are marked "-"."""
+    require("qemu-storage-daemon")
+    sock = tmp_path / "qsd.sock"
+    qsd = subprocess.Popen(["qemu-storage-daemon", "--chardev", f"socket,id=m0,path={sock},server=on,wait=off",
+                            "--monitor", "chardev=m0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        marked = run(sock, "help").stdout
+        assert "- block_passwd" in marked and "  query-named-block-nodes " in marked, marked
+    finally:
+        qsd.terminate()
+        qsd.wait(timeout=10)
     assert subprocess.run([blockctl_binary(), "help", "nope"], capture_output=True, text=True).returncode != 0
