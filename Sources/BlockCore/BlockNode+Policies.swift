@@ -14,6 +14,7 @@ enum PolicyBits {
     static let debugEvents: UInt8 = 1 << 2
     /// Some dirty bitmap of the node records writes.
     static let dirtyBitmaps: UInt8 = 1 << 3
+    // 1 << 4: a block job's write hook (BlockNode+WriteHook.swift).
 }
 
 extension BlockNode {

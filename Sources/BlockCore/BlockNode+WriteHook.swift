@@ -1,6 +1,6 @@
 extension PolicyBits {
-    /// A block job's write hook is installed.
-    static let writeHook: UInt8 = 1 << 3
+    /// A block job's write hook is installed (bit 3 is `dirtyBitmaps`).
+    static let writeHook: UInt8 = 1 << 4
 }
 
 extension BlockNode {

@@ -20,13 +20,17 @@ public final class BackupJob: JobDriver, @unchecked Sendable {
     let clusterSize: UInt64
     /// The chunks the job copies itself.
     let toCopy: ChunkBitmap
+    /// Told whether the job succeeded, once it ends (an incremental backup's bitmap keeps or drops its bits).
+    let finished: (@Sendable (_ succeeded: Bool) -> Void)?
 
     /// A backup of `source` onto `target` (the same size) of the ranges `copy`, preserving the old
     /// data of `preserve` against clients' writes until the job ends.
     public init(
         source: BlockNode, target: BlockNode, copy: [Range<UInt64>], preserve: [Range<UInt64>], clusterSize: UInt64 = 65536,
-        onSourceError: JobErrorPolicy = .report, onTargetError: JobErrorPolicy = .report
+        onSourceError: JobErrorPolicy = .report, onTargetError: JobErrorPolicy = .report,
+        finished: (@Sendable (_ succeeded: Bool) -> Void)? = nil
     ) {
+        self.finished = finished
         self.source = source
         self.target = target
         self.copyRanges = copy
@@ -35,7 +39,7 @@ public final class BackupJob: JobDriver, @unchecked Sendable {
         self.clusterSize = clusterSize
         let pending = ChunkBitmap(length: source.length, granularity: clusterSize)
         for range in preserve { pending.set(range.lowerBound, range.upperBound - range.lowerBound) }
-        self.hook = CopyBeforeWrite(pending: pending, source: source, target: target)
+        self.hook = CopyBeforeWrite(pending: pending, source: source, target: target, zeroesAsData: finished != nil)
         self.toCopy = ChunkBitmap(length: source.length, granularity: clusterSize)
         for range in copy { toCopy.set(range.lowerBound, range.upperBound - range.lowerBound) }
     }
@@ -58,7 +62,8 @@ public final class BackupJob: JobDriver, @unchecked Sendable {
     }
 
     public func run(_ job: Job) throws(JobError) {
-        let copier = RangeCopy(source: source, target: target, bufferSize: max(Int(clusterSize), 1 << 20), unmap: false)
+        let copier = RangeCopy(source: source, target: target, bufferSize: max(Int(clusterSize), 1 << 20), unmap: false,
+                               zeroesAsData: finished != nil)
         let total = toCopy.bytes
         job.progress(current: 0, total: total)
         var done: UInt64 = 0
@@ -94,7 +99,22 @@ public final class BackupJob: JobDriver, @unchecked Sendable {
         }
     }
 
+    public func commit(_ job: Job) throws(JobError) {
+        finished?(true)
+    }
+
+    public func abort(_ job: Job) {
+        finished?(false)
+    }
+
     public func clean(_ job: Job) {
+        detach()
+    }
+
+    /// Gives up a job that was prepared but never started: copy-before-write comes off and the
+    /// bitmap of an incremental backup keeps its bits.
+    public func abandon() {
+        finished?(false)
         detach()
     }
 

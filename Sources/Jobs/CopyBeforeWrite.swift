@@ -18,9 +18,10 @@ final class CopyBeforeWrite: WriteHook, @unchecked Sendable {
     /// The first failure of a copy made for a client's write; the job fails with it.
     private(set) var failure: BlockError?
 
-    init(pending: ChunkBitmap, source: BlockNode, target: BlockNode) {
+    init(pending: ChunkBitmap, source: BlockNode, target: BlockNode, zeroesAsData: Bool = false) {
         self.pending = pending
-        self.copier = RangeCopy(source: source, target: target, bufferSize: Int(pending.granularity), unmap: false)
+        self.copier = RangeCopy(
+            source: source, target: target, bufferSize: Int(pending.granularity), unmap: false, zeroesAsData: zeroesAsData)
     }
 
     func around(

@@ -7,12 +7,17 @@ final class RangeCopy: @unchecked Sendable {
     let target: BlockNode
     /// Zero ranges may be deallocated on the target.
     let unmap: Bool
+    /// Zero ranges are written as data, so that the target holds them whatever lies under it later
+    /// (an incremental backup is restored over a full one; a zero-write into an unallocated
+    /// cluster of an image without a backing file would change nothing).
+    let zeroesAsData: Bool
     private let buffer: AlignedBuffer
 
-    init(source: BlockNode, target: BlockNode, bufferSize: Int, unmap: Bool = true) {
+    init(source: BlockNode, target: BlockNode, bufferSize: Int, unmap: Bool = true, zeroesAsData: Bool = false) {
         self.source = source
         self.target = target
         self.unmap = unmap
+        self.zeroesAsData = zeroesAsData
         self.buffer = AlignedBuffer(capacity: bufferSize)
     }
 
@@ -30,7 +35,7 @@ final class RangeCopy: @unchecked Sendable {
             }
             let first = extents.first ?? .data(range.upperBound - position)
             let count = max(1, min(first.length, range.upperBound - position))
-            if first.zero {
+            if first.zero && !zeroesAsData {
                 do {
                     try target.writeZeroes(at: position, length: count, flags: unmap ? [.mayUnmap] : [])
                 } catch {

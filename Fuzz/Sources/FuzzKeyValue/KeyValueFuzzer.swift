@@ -1,4 +1,5 @@
 import BlockCore
+import LogOptionsClock
 import BlockDrivers
 import Daemon
 import FuzzSupport

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BlockCore
+import LogOptionsClock
 import CFuzzDriver
 
 /// Starts libFuzzer, which calls the target's `LLVMFuzzerTestOneInput` once per input.

@@ -18,6 +18,7 @@ extension Daemon {
             let source = try jobNode(arguments.device)
             let target = try jobNode(arguments.target)
             try startBackup(start, source: source, target: target, sync: arguments.sync,
+                            bitmap: BackupBitmap(name: arguments.bitmap, mode: arguments.bitmapMode),
                             onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError)
             return QAPIEmpty()
         }
@@ -41,6 +42,7 @@ extension Daemon {
         let source = try jobNode(arguments.device)
         let target = try jobNode(arguments.target)
         return try prepareBackup(start, source: source, target: target, sync: arguments.sync,
+                                 bitmap: BackupBitmap(name: arguments.bitmap, mode: arguments.bitmapMode),
                                  onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError, reserved: reserved)
     }
 
@@ -51,7 +53,7 @@ extension Daemon {
             autoDismiss: arguments.autoDismiss)
         let source = try jobNode(arguments.device)
         _ = try checkJobStart(start)
-        try checkBackupSync(arguments.sync, bitmap: arguments.bitmap)
+        try checkBackupSync(arguments.sync, bitmap: BackupBitmap(name: arguments.bitmap, mode: nil))
         let format = arguments.format ?? imageFormat(of: source)
         let backing = arguments.sync == .top ? backingOf(source) : nil
         if arguments.mode != .existing {
@@ -60,7 +62,7 @@ extension Daemon {
         let target = try openJobImage(arguments.target, format: format, nodeName: nil, followBacking: backing != nil)
         do throws(QAPIError) {
             var prepared = try prepareBackup(start, source: source, target: target, sync: arguments.sync,
-                                             onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError,
+                                             bitmap: BackupBitmap(name: arguments.bitmap, mode: nil), onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError,
                                              reserved: reserved)
             prepared.opened = target
             return prepared
@@ -72,7 +74,7 @@ extension Daemon {
 
     /// Undoes a prepared backup that will not start.
     func abortPrepared(_ prepared: PreparedJob) {
-        prepared.driver.detach()
+        prepared.driver.abandon()
         if let opened = prepared.opened { try? graph.remove(opened.name) }
     }
 
@@ -90,40 +92,76 @@ extension Daemon {
         }
     }
 
-    /// Refuses the sync modes that need a dirty bitmap, as QEMU words it.
-    func checkBackupSync(_ sync: MirrorSyncMode, bitmap: String?) throws(QAPIError) {
-        if sync == .incremental && bitmap == nil {
+    /// The dirty bitmap of an incremental backup, as the command names it.
+    struct BackupBitmap {
+        var name: String?
+        var mode: BitmapSyncMode?
+    }
+
+    /// Checks a backup's sync mode against its bitmap, as QEMU words it.
+    func checkBackupSync(_ sync: MirrorSyncMode, bitmap: BackupBitmap) throws(QAPIError) {
+        if sync == .incremental && bitmap.name == nil {
             throw .generic("must provide a valid bitmap name for 'incremental' sync mode")
         }
-        if sync == .incremental { throw .generic("Sync mode 'incremental' not supported") }
+        if sync == .incremental, let mode = bitmap.mode, mode != .onSuccess {
+            throw .generic("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+        }
+        if sync != .incremental && bitmap.name != nil {
+            throw .generic("a bitmap was given, but sync mode is not 'incremental'")
+        }
+        if sync != .incremental && bitmap.mode != nil {
+            throw .generic("Cannot specify bitmap sync mode without a bitmap")
+        }
+    }
+
+    /// Freezes the bitmap of an incremental backup: its dirty parts are what the job copies, and
+    /// writes from now on are recorded apart until the job ends (`DirtyBitmapSet.freeze`).
+    func freezeBackupBitmap(_ name: String, of source: BlockNode) throws(QAPIError) -> DirtyBitmap {
+        guard let bitmap = source.dirtyBitmaps.find(name) else { throw .generic("Bitmap '\(name)' could not be found") }
+        do throws(DirtyBitmapError) {
+            try source.dirtyBitmaps.freeze(bitmap)
+        } catch {
+            throw .generic(error.message)
+        }
+        return bitmap
     }
 
     private func startBackup(
-        _ start: JobStart, source: BlockNode, target: BlockNode, sync: MirrorSyncMode,
+        _ start: JobStart, source: BlockNode, target: BlockNode, sync: MirrorSyncMode, bitmap: BackupBitmap,
         onSourceError: BlockdevOnError?, onTargetError: BlockdevOnError?
     ) throws(QAPIError) {
-        let prepared = try prepareBackup(start, source: source, target: target, sync: sync,
+        let prepared = try prepareBackup(start, source: source, target: target, sync: sync, bitmap: bitmap,
                                          onSourceError: onSourceError, onTargetError: onTargetError, reserved: [])
-        _ = try startJob(id: prepared.id, driver: prepared.driver, start: start)
+        do throws(QAPIError) {
+            _ = try startJob(id: prepared.id, driver: prepared.driver, start: start)
+        } catch {
+            abortPrepared(prepared)
+            throw error
+        }
     }
 
     private func prepareBackup(
-        _ start: JobStart, source: BlockNode, target: BlockNode, sync: MirrorSyncMode,
+        _ start: JobStart, source: BlockNode, target: BlockNode, sync: MirrorSyncMode, bitmap: BackupBitmap,
         onSourceError: BlockdevOnError?, onTargetError: BlockdevOnError?, reserved: Set<String>
     ) throws(QAPIError) -> PreparedJob {
         // QEMU finds a node in use before it looks at the job id.
         try checkNotBusy([target, source])
         let id = try checkJobStart(start)
         if reserved.contains(id) { throw .generic("Job ID '\(id)' already in use") }
-        try checkBackupSync(sync, bitmap: nil)
+        try checkBackupSync(sync, bitmap: bitmap)
         guard source !== target else { throw .generic("Can't backup node into itself") }
         guard source.length == target.length else { throw .generic("Source and target image have different sizes") }
         guard !target.readOnly else { throw .generic("Target node '\(target.name)' is read-only") }
         let everything = [0..<source.length]
         let copy: [Range<UInt64>]
+        var frozen: DirtyBitmap?
         switch sync {
         case .full: copy = everything
         case .none: copy = []
+        case .incremental:
+            let dirty = try freezeBackupBitmap(bitmap.name ?? "", of: source)
+            frozen = dirty
+            copy = dirty.dirtyRanges().map { $0.offset..<min($0.offset + $0.length, source.length) }
         default:
             do throws(BlockError) {
                 copy = try BackupJob.allocatedRanges(of: source)
@@ -131,10 +169,17 @@ extension Daemon {
                 throw .generic(error.message)
             }
         }
+        let bitmaps = source.dirtyBitmaps
+        var finished: (@Sendable (Bool) -> Void)?
+        if let dirty = frozen {
+            finished = { succeeded in bitmaps.finishJob(dirty, mode: .onSuccess, succeeded: succeeded, remaining: nil) }
+        }
+        let preserve = sync == .top || sync == .incremental ? copy : everything
         let driver = BackupJob(
-            source: source, target: target, copy: copy, preserve: sync == .top ? copy : everything,
-            onSourceError: Daemon.policy(onSourceError), onTargetError: Daemon.policy(onTargetError))
+            source: source, target: target, copy: copy, preserve: preserve,
+            onSourceError: Daemon.policy(onSourceError), onTargetError: Daemon.policy(onTargetError), finished: finished)
         guard driver.attach() else {
+            if let frozen { bitmaps.thaw(frozen, clearFrozenBits: false) }
             throw .generic("Node '\(source.name)' is busy: block device is in use by a block job")
         }
         return PreparedJob(id: id, driver: driver, start: start, opened: nil)

@@ -280,7 +280,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "blockdev-backup",
             summary: "Starts a job that copies a point-in-time image of a device onto another device or node.",
-            text: "Starts a job that copies a point-in-time image of a device onto another device or node. Its progress shows in query-block-jobs with type \"backup\" and it can be stopped with block-job-cancel. The arguments are those of BlockdevBackup.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to back up\n  target (str): the device or node to copy to\n  sync (MirrorSyncMode): which data to copy\n  speed (int, optional): a speed limit in bytes per second; 0 (the default) means none\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)",
+            text: "Starts a job that copies a point-in-time image of a device onto another device or node. Its progress shows in query-block-jobs with type \"backup\" and it can be stopped with block-job-cancel. The arguments are those of BlockdevBackup.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to back up\n  target (str): the device or node to copy to\n  sync (MirrorSyncMode): which data to copy; \"incremental\" copies the dirty parts of 'bitmap'\n  speed (int, optional): a speed limit in bytes per second; 0 (the default) means none\n  bitmap (str, optional): the dirty bitmap of 'device' whose dirty parts an \"incremental\" backup copies (later QEMU)\n  bitmap-mode (BitmapSyncMode, optional): what the bitmap keeps when the job ends; \"on-success\" (the only mode \"incremental\" takes) when absent (later QEMU)\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)",
             arguments: [
                 ArgumentDoc(name: "job-id", type: "str", optional: true,
                             doc: "the identifier of the new job; the device name when absent"),
@@ -289,9 +289,13 @@ public enum QAPIDocumentation {
                 ArgumentDoc(name: "target", type: "str", optional: false,
                             doc: "the device or node to copy to"),
                 ArgumentDoc(name: "sync", type: "MirrorSyncMode", optional: false,
-                            doc: "which data to copy"),
+                            doc: "which data to copy; \"incremental\" copies the dirty parts of 'bitmap'"),
                 ArgumentDoc(name: "speed", type: "int", optional: true,
                             doc: "a speed limit in bytes per second; 0 (the default) means none"),
+                ArgumentDoc(name: "bitmap", type: "str", optional: true,
+                            doc: "the dirty bitmap of 'device' whose dirty parts an \"incremental\" backup copies (later QEMU)"),
+                ArgumentDoc(name: "bitmap-mode", type: "BitmapSyncMode", optional: true,
+                            doc: "what the bitmap keeps when the job ends; \"on-success\" (the only mode \"incremental\" takes) when absent (later QEMU)"),
                 ArgumentDoc(name: "on-source-error", type: "BlockdevOnError", optional: true,
                             doc: "what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status"),
                 ArgumentDoc(name: "on-target-error", type: "BlockdevOnError", optional: true,

@@ -1638,6 +1638,18 @@ public struct DriveBackup: QAPIValue, Equatable {
     }
 }
 
+// MARK: - BitmapSyncMode
+
+/// What a backup's dirty bitmap keeps when the job ends (later QEMU).
+public enum BitmapSyncMode: String, QAPIValue, CaseIterable, Sendable {
+    /// Cleared of what the job copied when it succeeds, kept whole when it fails
+    case onSuccess = "on-success"
+    /// Kept whole
+    case never = "never"
+    /// Cleared of what the job copied, whether it succeeded or not
+    case always = "always"
+}
+
 // MARK: - BlockdevBackup
 
 /// Arguments of a backup onto a device or node that already exists.
@@ -1648,10 +1660,15 @@ public struct BlockdevBackup: QAPIValue, Equatable {
     public var device: String
     /// The device or node to copy to
     public var target: String
-    /// Which data to copy
+    /// Which data to copy; "incremental" copies the dirty parts of `bitmap`
     public var sync: MirrorSyncMode
     /// A speed limit in bytes per second; 0 (the default) means none
     public var speed: Int64?
+    /// The dirty bitmap of `device` whose dirty parts an "incremental" backup copies (later QEMU)
+    public var bitmap: String?
+    /// What the bitmap keeps when the job ends; "on-success" (the only mode "incremental" takes)
+    /// when absent (later QEMU)
+    public var bitmapMode: BitmapSyncMode?
     /// What to do when reading the source fails; "report" when absent. "stop" and "enospc" need a
     /// device that tracks its I/O status
     public var onSourceError: BlockdevOnError?
@@ -1671,6 +1688,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         target: String,
         sync: MirrorSyncMode,
         speed: Int64? = nil,
+        bitmap: String? = nil,
+        bitmapMode: BitmapSyncMode? = nil,
         onSourceError: BlockdevOnError? = nil,
         onTargetError: BlockdevOnError? = nil,
         autoFinalize: Bool? = nil,
@@ -1681,6 +1700,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         self.target = target
         self.sync = sync
         self.speed = speed
+        self.bitmap = bitmap
+        self.bitmapMode = bitmapMode
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
         self.autoFinalize = autoFinalize
@@ -1694,6 +1715,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         self.target = try object.required("target")
         self.sync = try object.required("sync")
         self.speed = try object.optional("speed")
+        self.bitmap = try object.optional("bitmap")
+        self.bitmapMode = try object.optional("bitmap-mode")
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
         self.autoFinalize = try object.optional("auto-finalize")
@@ -1708,6 +1731,8 @@ public struct BlockdevBackup: QAPIValue, Equatable {
         object["target"] = target.json
         object["sync"] = sync.json
         if let speed { object["speed"] = speed.json }
+        if let bitmap { object["bitmap"] = bitmap.json }
+        if let bitmapMode { object["bitmap-mode"] = bitmapMode.json }
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
         if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
