@@ -10,7 +10,7 @@ public func nbdOptionsFuzzInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> I
     let input = fuzzBytes(data, size)
     SocketPeer.exchange(input) { fd in
         let connection = Connection(
-            fd: fd, peer: "fuzz", exports: FuzzExports.table, handshakeTimeout: 30, engineFactory: nil, attached: { _ in true })
+            fd: fd, peer: "fuzz", exports: FuzzExports.table, handshakeTimeout: 30, engineFactory: nil, tls: nil, secured: { _ in }, attached: { _ in true })
         connection.run()
     }
     return 0
