@@ -12,8 +12,8 @@ public struct ServerLimits: Sendable {
     public var maxConnections = 100
     /// Connections per peer never closed to make room for another peer.
     public var protectedPerPeer = 16
-    /// Newcomers accepted while every slot is taken, waiting (without a greeting) for a slot; past
-    /// them the server stops accepting and further clients wait in the listen backlog, as with QEMU.
+    /// Newcomers accepted while every slot is taken, waiting (without a greeting) for a slot, as
+    /// QEMU's clients wait; past them a newcomer is closed ("connection limit reached").
     public var maxWaiting = 16
     /// Seconds a client has to finish the handshake.
     public var handshakeTimeout = 10.0
@@ -97,10 +97,9 @@ public final class NBDServer: Sendable {
     public func listen(on address: ListenAddress) throws(OptionError) -> Int? {
         let listener = try Listener(address: address)
         listeners.withLock { $0.append(listener) }
-        let maxWaiting = limits.withLock { $0.maxWaiting }
-        listener.start({ [self] fd, peer in accept(fd, peer: peer) }, gate: { [self] in
-            connections.withLock { $0.waiting.count < maxWaiting }
-        })
+        // Every newcomer is accepted and judged (a peer that holds every slot must not keep another
+        // out by filling the listen backlog); past `maxWaiting` waiting clients a newcomer is closed.
+        listener.start { [self] fd, peer in accept(fd, peer: peer) }
         Log.info("NBD server listening on \(address)")
         return listener.boundPort
     }
@@ -165,17 +164,24 @@ public final class NBDServer: Sendable {
     private func accept(_ fd: Int32, peer: Peer) {
         let current = limits.withLock { $0 }
         let admission = ConnectionAdmission(maxConnections: current.maxConnections, protectedPerPeer: current.protectedPerPeer)
+        var full = false
         let (decision, closed) = connections.withLock { state -> (ConnectionAdmission.Decision<Int32>?, Peer?) in
             guard !draining.load(ordering: .relaxed) else { return (nil, nil) }
             let counted = state.live.filter { !$0.value.evicted }.mapValues {
                 ConnectionAdmission.Slot(peer: $0.peer.identity, attached: $0.exportID != nil, sequence: $0.sequence)
             }
-            // Newcomers queue behind those already waiting.
-            let decision = state.waiting.isEmpty ? admission.decide(peer: peer.identity, live: counted) : .refuse
+            var decision = admission.decide(peer: peer.identity, live: counted)
+            // A free slot goes to those already waiting first; closing a connection of the peer that
+            // holds the most (the fair-admission rule) does not wait.
+            if !state.waiting.isEmpty, case .admit = decision { decision = .refuse }
             var closed: Peer?
             switch decision {
             case .refuse:
-                state.waiting.append((fd, peer))
+                if state.waiting.count >= current.maxWaiting {
+                    full = true
+                } else {
+                    state.waiting.append((fd, peer))
+                }
                 return (decision, nil)
             case .admitClosing(let victim):
                 // Under the lock: the victim's descriptor stays open until its entry is gone.
@@ -195,7 +201,12 @@ public final class NBDServer: Sendable {
             return
         }
         guard decision != .refuse else {
-            Log.info("\(peer.description): waits for a slot: all \(current.maxConnections) connections are taken")
+            if full {
+                Log.warning("\(peer.description): refused: connection limit \(current.maxConnections) reached and \(current.maxWaiting) clients wait")
+                close(fd)
+            } else {
+                Log.info("\(peer.description): waits for a slot: all \(current.maxConnections) connections are taken")
+            }
             return
         }
         if let closed {

@@ -3,12 +3,16 @@ requests, ids, version and command list, quit."""
 from differential import Call, Case, Group, Qmp
 
 
-def fresh(*messages: bytes, negotiate: bool = False):
-    """A new connection: its greeting's capabilities, then the reply to each raw message."""
+def fresh(*messages: bytes, negotiate: bool = False, oob: bool = False):
+    """A new connection: its greeting's capabilities (or, with `oob`, the reply to negotiating
+    out-of-band execution), then the reply to each raw message."""
     def run(side):
         q = side.fresh()
         try:
-            out = [q.greeting["QMP"]["capabilities"]]
+            if oob:
+                out = [q.request({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})]
+            else:
+                out = [q.greeting["QMP"]["capabilities"]]
             if negotiate:
                 out.append(q.request({"execute": "qmp_capabilities"}))
             for message in messages:
@@ -18,23 +22,12 @@ def fresh(*messages: bytes, negotiate: bool = False):
         finally:
             q.close()
             side.reopen()
-    return Call(run, "fresh connection")
+    return Call(run, "fresh connection with oob" if oob else "fresh connection")
 
 
 def fresh_oob(*messages: bytes):
     """A new connection negotiated with out-of-band execution enabled, then the reply to each message."""
-    def run(side):
-        q = side.fresh()
-        try:
-            out = [q.request({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}})]
-            for message in messages:
-                q.send_raw(message)
-                out.append(q.reply())
-            return out
-        finally:
-            q.close()
-            side.reopen()
-    return Call(run, "fresh connection with oob")
+    return fresh(*messages, oob=True)
 
 
 def raw(*messages: bytes):
