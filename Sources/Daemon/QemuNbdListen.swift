@@ -44,33 +44,14 @@ enum QemuNbdListen {
     }
 
     private static func inet(_ host: String, _ port: String) throws(QemuNbdError) -> Int32 {
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        hints.ai_flags = AI_PASSIVE
-        var list: UnsafeMutablePointer<addrinfo>?
-        let bare = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
-        let status = getaddrinfo(bare.isEmpty ? nil : bare, port, &hints, &list)
-        guard status == 0, let first = list else {
-            throw QemuNbdError("address resolution failed for \(host):\(port): \(String(cString: gai_strerror(status)))")
-        }
-        defer { freeaddrinfo(list) }
-        var reason = "no usable address"
-        var entry: UnsafeMutablePointer<addrinfo>? = first
-        while let info = entry {
-            entry = info.pointee.ai_next
-            let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), info.pointee.ai_protocol)
-            guard fd >= 0 else { continue }
-            var on: Int32 = 1
-            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
-            if info.pointee.ai_family == AF_INET6 {
-                setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &on, socklen_t(MemoryLayout<Int32>.size))
+        do throws(InetListenFailure) {
+            // qemu-nbd resolves service names too, and listens with the system's largest backlog.
+            return try Listener.listeningInetSocket(host: host, port: port, numericPort: false, backlog: SOMAXCONN)
+        } catch {
+            switch error {
+            case .resolve(let reason): throw QemuNbdError("address resolution failed for \(host):\(port): \(reason)")
+            case .bind(let reason): throw QemuNbdError("Failed to find an available port: \(reason)")
             }
-            if Glibc.bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0, listen(fd, SOMAXCONN) == 0 {
-                return fd
-            }
-            reason = String(cString: strerror(errno))
-            close(fd)
         }
-        throw QemuNbdError("Failed to find an available port: \(reason)")
     }
 }

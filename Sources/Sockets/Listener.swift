@@ -169,15 +169,28 @@ public final class Listener: Sendable {
     }
 
     private static func bindInet(host: String, port: String) throws(OptionError) -> Int32 {
+        do throws(InetListenFailure) {
+            return try listeningInetSocket(host: host, port: port)
+        } catch {
+            switch error {
+            case .resolve(let reason): throw OptionError("cannot resolve '\(host):\(port)': \(reason)")
+            case .bind(let reason): throw OptionError("cannot listen on \(host):\(port): \(reason)")
+            }
+        }
+    }
+
+    /// A bound, listening TCP socket on the first usable address of `host` (a name, an address, an
+    /// IPv6 address in brackets, or empty for every address) and `port`; IPv6 sockets are v6-only.
+    public static func listeningInetSocket(
+        host: String, port: String, numericPort: Bool = true, backlog: Int32 = 128
+    ) throws(InetListenFailure) -> Int32 {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
+        hints.ai_flags = numericPort ? AI_PASSIVE | AI_NUMERICSERV : AI_PASSIVE
         var list: UnsafeMutablePointer<addrinfo>?
         let bareHost = host.hasPrefix("[") && host.hasSuffix("]") ? String(host.dropFirst().dropLast()) : host
         let status = getaddrinfo(bareHost.isEmpty ? nil : bareHost, port, &hints, &list)
-        guard status == 0, let first = list else {
-            throw OptionError("cannot resolve '\(host):\(port)': \(String(cString: gai_strerror(status)))")
-        }
+        guard status == 0, let first = list else { throw .resolve(String(cString: gai_strerror(status))) }
         defer { freeaddrinfo(list) }
         var lastError = "no usable address"
         var entry: UnsafeMutablePointer<addrinfo>? = first
@@ -190,12 +203,20 @@ public final class Listener: Sendable {
             if info.pointee.ai_family == AF_INET6 {
                 setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &on, socklen_t(MemoryLayout<Int32>.size))
             }
-            if bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0, listen(fd, 128) == 0 {
+            if bind(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0, listen(fd, backlog) == 0 {
                 return fd
             }
             lastError = String(cString: strerror(errno))
             Glibc.close(fd)
         }
-        throw OptionError("cannot listen on \(host):\(port): \(lastError)")
+        throw .bind(lastError)
     }
+}
+
+/// Why a TCP listening socket could not be made, in the C library's words.
+public enum InetListenFailure: Error, Sendable {
+    /// The host or port did not resolve (`gai_strerror`).
+    case resolve(String)
+    /// No resolved address could be bound and listened on (the last `strerror`).
+    case bind(String)
 }
