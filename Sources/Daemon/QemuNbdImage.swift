@@ -11,7 +11,7 @@ import BlockDrivers
 /// missing snapshot or bitmap, and the temporary overlay of `-s`.
 enum QemuNbdImage {
     /// The formats blockd-nbd opens.
-    static let formats = ["raw", "qcow2"]
+    static var formats: [String] { ["raw", "qcow2"] + ImageFormats.all.map(\.name) }
     /// Other format names QEMU knows: refused as not supported rather than unknown.
     static let qemuFormats = ["bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qed", "vdi", "vhdx", "vmdk", "vpc", "vvfat"]
 
@@ -34,7 +34,7 @@ enum QemuNbdImage {
             try checkAccess(file, readOnly: options.readOnly, failure)
             if let given = options.format {
                 guard formats.contains(given) else {
-                    if qemuFormats.contains(given) { throw failure("Driver '\(given)' is not supported by blockd-nbd (raw, qcow2)") }
+                    if qemuFormats.contains(given) { throw failure("Driver '\(given)' is not supported by blockd-nbd (\(formats.joined(separator: ", ")))") }
                     throw failure("Unknown driver '\(given)'")
                 }
                 format = given
@@ -89,13 +89,15 @@ enum QemuNbdImage {
 
     /// `qcow2` when the file starts with its magic, else `raw` (with QEMU's warning when writable).
     private static func probe(_ path: String, warn: Bool) -> String {
-        var magic = [UInt8](repeating: 0, count: 4)
+        var header = [UInt8](repeating: 0, count: ImageFormats.probeLength)
+        var count = 0
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd >= 0 {
-            _ = read(fd, &magic, 4)
+            count = max(read(fd, &header, header.count), 0)
             close(fd)
         }
-        if magic == [0x51, 0x46, 0x49, 0xfb] { return "qcow2" }
+        let format = ImageFormats.probe(header: Array(header[0..<count]), filename: path)
+        if format != "raw" { return format }
         if warn {
             QemuNbdRunner.printError("""
                 WARNING: Image format was not specified for '\(path)' and probing guessed raw.

@@ -48,7 +48,10 @@ public struct CheckCommand: Sendable {
             mode = value
         }
         let chosen = try ImageFiles.format(format, of: path)
-        guard chosen == "qcow2" else { throw ImageToolError("This image format does not support checks", exitCode: 63) }
+        let registered = ImageFormats.named(chosen)?.check
+        guard chosen == "qcow2" || registered != nil else {
+            throw ImageToolError("This image format does not support checks", exitCode: 63)
+        }
         let graph = BlockGraph(drivers: Drivers.all)
         defer { graph.closeAll() }
         let file: BlockNode
@@ -60,7 +63,8 @@ public struct CheckCommand: Sendable {
             throw ImageToolError("Could not open '\(path)': \(error.message)")
         }
         do {
-            let report = try Qcow2Check.run(file: file, repair: mode)
+            let report: Qcow2CheckReport
+            if let registered { report = try registered(file, mode) } else { report = try Qcow2Check.run(file: file, repair: mode) }
             try file.flush()
             let changed = report.leaksFixed + report.corruptionsFixed > 0
             return Outcome(report: report, repaired: changed ? (report.leaksFixed, report.corruptionsFixed) : nil, format: chosen)

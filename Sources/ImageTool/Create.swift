@@ -67,6 +67,19 @@ public struct CreateCommand: Sendable {
             try ImageFiles.writeQcow2(path, settings)
             return formattingLine(settings)
         }
+        if let registered = ImageFormats.named(format), format != "raw" {
+            guard let create = registered.create else {
+                throw ImageToolError("Format driver '\(format)' does not support image creation")
+            }
+            var options = parsed.values
+            options.removeValue(forKey: "size")
+            do {
+                let words = try create(path, virtualSize, options)
+                return "Formatting '\(path)', fmt=\(format)" + (words.isEmpty ? "" : " " + words)
+            } catch {
+                throw ImageToolError("\(path): \(error.message)")
+            }
+        }
         let mode = parsed.values["preallocation"] ?? "off"
         guard ["off", "falloc", "full"].contains(mode) else {
             throw ImageToolError("Parameter 'preallocation': invalid value '\(mode)' for raw (use off, falloc or full)")

@@ -14,9 +14,14 @@ public struct CreateOptions: Sendable {
         ],
     ]
 
+    /// The option names `format` accepts: the table above, or the registered format's.
+    static func allowed(_ format: String) -> [String] {
+        known[format] ?? ImageFormats.named(format).map { ["size"] + $0.createOptions } ?? []
+    }
+
     /// Parses every `-o` argument for `format`; unknown names and malformed pairs are errors.
     public init(_ arguments: [String], format: String) throws(ImageToolError) {
-        let allowed = CreateOptions.known[format] ?? []
+        let allowed = CreateOptions.allowed(format)
         for argument in arguments {
             for pair in argument.split(separator: ",", omittingEmptySubsequences: true) {
                 guard let equals = pair.firstIndex(of: "=") else {
@@ -33,7 +38,7 @@ public struct CreateOptions: Sendable {
 
     /// The help text for `-o help`.
     public static func help(format: String) -> String {
-        "Supported options for \(format):\n" + (known[format] ?? []).map { "  \($0)" }.joined(separator: "\n")
+        "Supported options for \(format):\n" + allowed(format).map { "  \($0)" }.joined(separator: "\n")
     }
 
     /// An on/off option.

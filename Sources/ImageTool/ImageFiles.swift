@@ -40,10 +40,10 @@ public final class OpenedImage {
 
 /// Finding, probing, creating and opening image files.
 public enum ImageFiles {
-    /// The formats `blockimg` reads and writes.
-    public static let formats = ["raw", "qcow2"]
+    /// The formats `blockimg` reads (and writes, where the format can be written).
+    public static var formats: [String] { ["raw", "qcow2"] + ImageFormats.all.map(\.name) }
 
-    /// `qcow2` when the file starts with the qcow2 magic, else `raw`; nil when it cannot be read.
+    /// The format whose probe claims the file's first bytes (see `ImageFormats.probe`), else `raw`.
     public static func probe(_ path: String) throws(ImageToolError) -> String {
         if RemoteURI.isRemote(path) { return try probeRemote(path) }
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
@@ -51,9 +51,9 @@ public enum ImageFiles {
             throw ImageToolError("Could not open '\(path)': \(String(cString: strerror(errno)))")
         }
         defer { Glibc.close(fd) }
-        var magic: [UInt8] = [0, 0, 0, 0]
-        let count = magic.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4, 0) }
-        return count == 4 && magic == [0x51, 0x46, 0x49, 0xfb] ? "qcow2" : "raw"
+        var header = [UInt8](repeating: 0, count: ImageFormats.probeLength)
+        let count = header.withUnsafeMutableBytes { pread(fd, $0.baseAddress, ImageFormats.probeLength, 0) }
+        return ImageFormats.probe(header: Array(header[0..<max(count, 0)]), filename: path)
     }
 
     /// Probes a remote image by reading its first bytes through its protocol node.
@@ -63,10 +63,11 @@ public enum ImageFiles {
         do {
             let node = try graph.open(.object(try RemoteURI.definition(path, readOnly: true)), context: path)
             guard node.length >= 4 else { return "raw" }
-            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 4096)
+            let length = Int(min(UInt64(ImageFormats.probeLength), node.length))
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ImageFormats.probeLength, alignment: 4096)
             defer { buffer.deallocate() }
-            try node.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<Int(min(512, node.length))]), at: 0)
-            return Array(buffer[0..<4]) == [0x51, 0x46, 0x49, 0xfb] ? "qcow2" : "raw"
+            try node.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length]), at: 0)
+            return ImageFormats.probe(header: Array(buffer[0..<length]), filename: path)
         } catch let error as OptionError {
             throw ImageToolError("Could not open '\(path)': \(error.message)")
         } catch let error as BlockError {

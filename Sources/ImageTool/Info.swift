@@ -67,6 +67,16 @@ public struct InfoCommand: Sendable {
             "dirty-flag": .bool(false),
         ]
         if let actual = image.file.driver.allocatedSize { info["actual-size"] = .integer(Int64(actual)) }
+        if let details = ImageFormats.named(image.format)?.details?(image.node) {
+            if let cluster = details.clusterSize { info["cluster-size"] = .integer(Int64(cluster)) }
+            info["dirty-flag"] = .bool(details.dirty)
+            if let specific = details.specific { info["format-specific"] = specific }
+            if let backing = details.backingFile, !backing.isEmpty {
+                info["backing-filename"] = .string(backing)
+                info["full-backing-filename"] = .string(ImageFiles.resolveBacking(backing, of: image.path))
+                if let format = details.backingFormat { info["backing-filename-format"] = .string(format) }
+            }
+        }
         if let header = image.qcow2Header {
             info["cluster-size"] = .integer(Int64(header.clusterSize))
             info["dirty-flag"] = .bool(header.isDirty)

@@ -22,6 +22,9 @@ public struct Qcow2CheckReport: Sendable, Equatable {
     public var compressedClusters: UInt64 = 0
     /// One line per problem found, in the order found.
     public var messages: [String] = []
+
+    /// A clean report with nothing counted.
+    public init() {}
 }
 
 /// Recounts every reference an image makes (header, tables, snapshots, data) and compares the counts
