@@ -3,7 +3,8 @@ import LogOptionsClock
 
 /// The `--object` definitions `blockd-nbd` takes: throttle groups are used; secrets, TLS
 /// credentials and authorization objects are accepted (checked for a type and an id) so that
-/// command lines that define them start, and `--tls-creds` then says TLS is not there yet.
+/// command lines that define them start; secrets, credentials and authorizations are then created
+/// as blockd's `--object` creates them.
 public enum QemuNbdObjects {
     /// The object types accepted.
     public static let types = [

@@ -44,6 +44,22 @@ public enum QemuNbdRunner {
         }
     }
 
+    /// The `--object` secrets, TLS credentials and authorizations, and `--tls-creds`/`--tls-authz`
+    /// on the server, as blockd's `--object` and `--nbd-server` take them.
+    private static func addSecurityObjects(_ options: QemuNbdOptions, to configuration: inout DaemonConfiguration) throws(OptionError) {
+        for text in options.objects {
+            guard let type = (try? QemuNbdObjects.typeAndID(text))?.type, SecurityObjectSpec.types.contains(type) else { continue }
+            if let spec = try SecurityObjectSpec.parse(try KeyValueParser.parse(text, impliedKey: "qom-type")) {
+                configuration.securityObjects.append(spec)
+            }
+        }
+        guard let credentials = options.tlsCreds else { return }
+        for index in configuration.servers.indices {
+            configuration.servers[index].tlsCreds = credentials
+            configuration.servers[index].tlsAuthz = options.tlsAuthz
+        }
+    }
+
     /// Prints `error` as qemu-nbd would; returns 1.
     static func fail(_ error: QemuNbdError, _ argv0: String) -> Int32 {
         printError(error.text(argv0: argv0))
@@ -61,9 +77,6 @@ public enum QemuNbdRunner {
     }
 
     private static func serve(_ options: QemuNbdOptions, argv0: String) -> Int32 {
-        if options.tlsCreds != nil {
-            return fail(QemuNbdError("--tls-creds: TLS is not supported yet by blockd-nbd"), argv0)
-        }
         if options.selinuxLabel != nil { return fail(QemuNbdError("SELinux support not enabled in this binary"), argv0) }
 
         var signals = sigset_t()
@@ -100,6 +113,11 @@ public enum QemuNbdRunner {
             } catch {
                 return fail(QemuNbdError(error.message), argv0)
             }
+        }
+        do throws(OptionError) {
+            try addSecurityObjects(options, to: &configuration)
+        } catch {
+            return fail(QemuNbdError(error.message), argv0)
         }
 
         let daemon = Daemon(configuration: configuration)

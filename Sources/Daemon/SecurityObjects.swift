@@ -12,12 +12,15 @@ public enum SecurityObjectSpec: Sendable, Equatable {
     case credentials(CredentialsSpec)
     /// `authz-simple`, `authz-list`, `authz-listfile`.
     case authorization(id: String, AuthorizationSpec)
+    /// `secret`: a password or key that node options name (`password-secret`, `key-secret`).
+    case secret(id: String, SecretSpec)
 
     /// The object's id.
     public var id: String {
         switch self {
         case .credentials(let spec): return spec.id
         case .authorization(let id, _): return id
+        case .secret(let id, _): return id
         }
     }
 
@@ -28,11 +31,12 @@ public enum SecurityObjectSpec: Sendable, Equatable {
         case .authorization(_, .simple): return "authz-simple"
         case .authorization(_, .list): return "authz-list"
         case .authorization(_, .listFile): return "authz-listfile"
+        case .secret: return "secret"
         }
     }
 
     /// The object types this family creates.
-    static let types: Set<String> = ["tls-creds-x509", "tls-creds-psk", "tls-creds-anon", "authz-simple", "authz-list", "authz-listfile"]
+    static let types: Set<String> = ["tls-creds-x509", "tls-creds-psk", "tls-creds-anon", "authz-simple", "authz-list", "authz-listfile", "secret"]
 
     /// Reads one object of this family; nil when `qom-type` is another family's.
     static func parse(_ value: OptionValue, syntax: OptionSyntax = .commandLine) throws(OptionError) -> SecurityObjectSpec? {
@@ -47,6 +51,8 @@ public enum SecurityObjectSpec: Sendable, Equatable {
             spec = .authorization(id: id, .simple(identity: try reader.requiredString("identity")))
         case "authz-list":
             spec = .authorization(id: id, .list(try AuthorizationList.parse(reader)))
+        case "secret":
+            spec = .secret(id: id, try SecretSpec.parse(reader, id: id))
         case "authz-listfile":
             spec = .authorization(id: id, .listFile(path: try reader.requiredString("filename"), refresh: try reader.bool("refresh") ?? true))
         default:
@@ -88,6 +94,14 @@ public struct CredentialsSpec: Sendable, Equatable {
         return spec
     }
 
+    /// What a client node uses of these credentials; nil for a server endpoint.
+    var client: ClientTLSCredentials? {
+        guard endpoint == "client" else { return nil }
+        return ClientTLSCredentials(
+            kind: ClientTLSCredentials.Kind(rawValue: kind.rawValue) ?? .anon, directory: directory,
+            username: username, verifyPeer: verifyPeer)
+    }
+
     /// Loads the credentials a server needs from the directory.
     func load() throws(TLSError) -> TLSCredentials {
         if let directory, kind == .x509 { warnIfReadable("\(directory)/server-key.pem") }
@@ -109,4 +123,6 @@ enum SecurityObject: Sendable {
     case credentials(CredentialsSpec, server: TLSCredentials?)
     /// An authorization.
     case authorization(Authorization)
+    /// A secret (its bytes live in `NodeObjects`).
+    case secret
 }

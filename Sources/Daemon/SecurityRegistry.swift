@@ -29,14 +29,21 @@ final class SecurityRegistry: Sendable {
                 }
             }
             object = .credentials(credentials, server: loaded)
+            NodeObjects.shared.setCredentials(spec.id, client: credentials.client)
         case .authorization(let id, let authorization):
             object = .authorization(try Authorization(id: id, spec: authorization))
+        case .secret(let id, let secret):
+            NodeObjects.shared.setSecret(id, try secret.value())
+            object = .secret
         }
         objects.withLock { $0[spec.id] = object }
     }
 
     /// Removes an object.
-    func remove(_ id: String) { objects.withLock { _ = $0.removeValue(forKey: id) } }
+    func remove(_ id: String) {
+        objects.withLock { _ = $0.removeValue(forKey: id) }
+        NodeObjects.shared.remove(id)
+    }
 
     /// The ids of every object.
     var ids: [String] { objects.withLock { Array($0.keys) } }

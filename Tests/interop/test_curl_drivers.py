@@ -27,6 +27,8 @@ class Nginx:
         run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
              "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"])
         temp = self.dir / "tmp"
+        hashed = subprocess.run(["openssl", "passwd", "-apr1", "s3cret"], capture_output=True, text=True, check=True).stdout.strip()
+        (self.dir / "htpasswd").write_text(f"backup:{hashed}\n")
         (self.dir / "nginx.conf").write_text(f"""
 user root;
 worker_processes 1;
@@ -38,7 +40,8 @@ http {{
     access_log {self.dir}/access.log;
     client_body_temp_path {temp}; proxy_temp_path {temp}; fastcgi_temp_path {temp};
     uwsgi_temp_path {temp}; scgi_temp_path {temp};
-    server {{ listen 127.0.0.1:{self.port}; root {root}; }}
+    server {{ listen 127.0.0.1:{self.port}; root {root};
+             location /private/ {{ auth_basic "blockd"; auth_basic_user_file {self.dir}/htpasswd; }} }}
     server {{ listen 127.0.0.1:{self.ssl_port} ssl; ssl_certificate {cert}; ssl_certificate_key {key}; root {root}; }}
 }}
 """)
@@ -118,3 +121,29 @@ def test_refusals(served, launcher, tmp_path):
     names = [n["node-name"] for n in q.execute("query-named-block-nodes")]
     assert "t" not in names
     q.close()
+
+
+def test_password_secret(served, launcher, tmp_path):
+    """username and password-secret (a `secret` object, here read from a base64 file) reach a
+    server behind basic authentication; without the password the open is refused."""
+    server, image = served
+    private = image.parent / "private"
+    private.mkdir()
+    (private / "disk.qcow2").write_bytes(image.read_bytes())
+    secret_file = tmp_path / "password.b64"
+    secret_file.write_text("czNjcmV0")  # base64 of s3cret
+    url = f"http://127.0.0.1:{server.port}/private/disk.qcow2"
+    sock = tmp_path / "auth-nbd.sock"
+    daemon = launcher.blockd(
+        "--object", f"secret,id=pw,file={secret_file},format=base64",
+        "--blockdev", f"driver=http,node-name=web,url={url},read-only=on,username=backup,password-secret=pw",
+        "--blockdev", "driver=qcow2,node-name=disk0,file=web,read-only=on",
+        "--nbd-server", f"addr.type=unix,addr.path={sock}",
+        "--export", "type=nbd,id=e0,node-name=disk0,name=disk0", name="auth")
+    run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", f"nbd+unix:///disk0?socket={sock}", image])
+    q = daemon.qmp()
+    refused = q.error("blockdev-add", driver="http", **{"node-name": "anon", "read-only": True}, url=url)
+    assert "401" in refused["desc"] or "CURL" in refused["desc"], refused
+    missing = q.error("blockdev-add", driver="http", **{"node-name": "nope", "read-only": True, "password-secret": "absent"},
+                      url=url, username="backup")
+    assert missing["desc"] == "No secret with id 'absent'", missing

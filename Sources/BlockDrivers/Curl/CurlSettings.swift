@@ -35,16 +35,18 @@ struct CurlSettings: Sendable {
         if name == "https" || name == "ftps" { settings.sslVerify = try options.bool("sslverify") ?? true }
         if name == "http" || name == "https" {
             settings.cookie = try options.string("cookie")
-            if try options.string("cookie-secret") != nil {
-                throw options.failure("cookie-secret: secret objects are not supported yet; give the cookie with 'cookie'")
+            if let secret = try options.string("cookie-secret") {
+                if settings.cookie != nil { throw options.failure("cookie and cookie-secret are mutually exclusive") }
+                settings.cookie = try NodeObjects.shared.secretText(secret)
             }
         }
         settings.username = try options.string("username")
         settings.proxyUsername = try options.string("proxy-username")
-        let passwordSecret = try options.string("password-secret")
-        let proxySecret = try options.string("proxy-password-secret")
-        if passwordSecret != nil || proxySecret != nil {
-            throw options.failure("password-secret/proxy-password-secret: secret objects are not supported yet")
+        if let secret = try options.string("password-secret") {
+            settings.password = try NodeObjects.shared.secretText(secret)
+        }
+        if let secret = try options.string("proxy-password-secret") {
+            settings.proxyPassword = try NodeObjects.shared.secretText(secret)
         }
         return settings
     }

@@ -19,6 +19,8 @@ public struct NBDClientOptions: Sendable {
     public var reconnectDelay: UInt64 = 0
     /// Seconds the first connection is retried for (`open-timeout`; 0: one attempt).
     public var openTimeout: UInt64 = 0
+    /// The TLS credentials of `tls-creds`; nil for a plaintext connection.
+    public var tls: ClientTLSCredentials?
 
     /// Options for `address` and `export` with the defaults.
     public init(address: NBDServerAddress, export: String?) {
@@ -64,10 +66,21 @@ public struct NBDClientOptions: Sendable {
             throw options.missing("server")
         }
         var result = NBDClientOptions(address: address, export: try options.string("export"))
-        if try options.string("tls-creds") != nil {
-            throw options.failure("tls-creds: TLS is not supported yet by blockd's nbd client")
-        }
-        if try options.string("tls-hostname") != nil {
+        let hostname = try options.string("tls-hostname")
+        if let id = try options.string("tls-creds") {
+            let credentials = try NodeObjects.shared.clientCredentials(id)
+            guard credentials.kind != .anon else {
+                throw options.failure("tls-creds '\(id)': anonymous TLS credentials are not supported by blockd's nbd client (use x509 or psk)")
+            }
+            result.tls = credentials
+            if let hostname {
+                // libnbd checks the certificate against the host it connects to, and cannot be
+                // given another name: refuse what could not be enforced.
+                guard case .inet(let host, _) = address, host == hostname else {
+                    throw options.failure("tls-hostname: blockd's nbd client can only check the certificate against the server's host name")
+                }
+            }
+        } else if hostname != nil {
             throw options.failure("tls-hostname is only allowed with tls-creds", qmp: "tls-hostname is set but tls-creds is not")
         }
         if try options.string("x-dirty-bitmap") != nil {

@@ -30,6 +30,7 @@ final class NBDConnection: @unchecked Sendable {
         nbd_add_meta_context(handle, "base:allocation")
         nbd_add_meta_context(handle, "qemu:allocation-depth")
         nbd_set_pread_initialize(handle, false)
+        if let tls = options.tls { try connection.requireTLS(tls) }
         let started: Int32
         switch options.address {
         case .unix(let path): started = nbd_aio_connect_unix(handle, path)
@@ -46,6 +47,21 @@ final class NBDConnection: @unchecked Sendable {
             if nbd_poll(handle, wait) < 0 { throw connection.failure() }
         }
         return connection
+    }
+
+    /// Makes the connection require TLS with these credentials (x509 directory or psk key file).
+    private func requireTLS(_ tls: ClientTLSCredentials) throws(BlockError) {
+        guard nbd_set_tls(handle, LIBNBD_TLS_REQUIRE) == 0 else { throw failure() }
+        switch tls.kind {
+        case .x509:
+            if let directory = tls.directory, nbd_set_tls_certificates(handle, directory) != 0 { throw failure() }
+            guard nbd_set_tls_verify_peer(handle, tls.verifyPeer) == 0 else { throw failure() }
+        case .psk:
+            guard nbd_set_tls_psk_file(handle, "\(tls.directory ?? ".")/keys.psk") == 0,
+                  nbd_set_tls_username(handle, tls.username ?? "qemu") == 0 else { throw failure() }
+        case .anon:
+            throw BlockError(errno: ENOTSUP, "anonymous TLS is not supported by blockd's nbd client")
+        }
     }
 
     private func failure() -> BlockError {
