@@ -5,8 +5,8 @@ import JSON
 
 // MARK: - ObjectType
 
-/// The object types QEMU 7.2 knows; blockd creates throttle-group, tls-creds-* and authz-* (but
-/// authz-pam) objects.
+/// The object types QEMU 7.2 knows; blockd creates throttle-group, secret, tls-creds-* and authz-*
+/// (but authz-pam) objects.
 public enum ObjectType: String, QAPIValue, CaseIterable, Sendable {
     /// Rules, then a default policy, on TLS client identities
     case authzList = "authz-list"
@@ -72,7 +72,7 @@ public enum ObjectType: String, QAPIValue, CaseIterable, Sendable {
     case rngEgd = "rng-egd"
     /// Not supported by blockd
     case rngRandom = "rng-random"
-    /// Not supported by blockd yet
+    /// A password, key or cookie that node options name (data or file, raw or base64)
     case secret = "secret"
     /// Not supported by blockd
     case secretKeyring = "secret_keyring"
