@@ -1,6 +1,8 @@
 #include "ccurl.h"
 
 #include <curl/curl.h>
+#include <errno.h>
+#include <unistd.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
@@ -109,6 +111,31 @@ int blk_curl_range_get(void *handle, uint64_t offset, uint64_t length, void *buf
     *response = 0;
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, response);
     curl_easy_setopt(h, CURLOPT_RANGE, NULL);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, NULL);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
+    if (code != CURLE_OK) describe(code, detail, error, error_size);
+    return (int)code;
+}
+
+static size_t into_fd(char *data, size_t size, size_t count, void *user) {
+    int fd = *(int *)user;
+    size_t length = size * count, done = 0;
+    while (done < length) {
+        ssize_t n = write(fd, data + done, length - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return 0;  // stops the transfer with CURLE_WRITE_ERROR
+        done += (size_t)n;
+    }
+    return length;
+}
+
+int blk_curl_get_whole(void *handle, int fd, char *error, size_t error_size) {
+    CURL *h = handle;
+    char detail[CURL_ERROR_SIZE] = "";
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, detail);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, into_fd);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &fd);
+    CURLcode code = curl_easy_perform(h);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, NULL);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, NULL);
     if (code != CURLE_OK) describe(code, detail, error, error_size);

@@ -9,7 +9,8 @@ import Synchronization
 /// The read-only curl drivers `http`, `https`, `ftp`, `ftps` and `tftp`: an image published on a
 /// server, read with range requests through libcurl. Each read fetches its range plus `readahead`
 /// bytes, kept in a small cache; concurrent reads use separate connections from a pool, so several
-/// transfers are in flight at once. A server that does not serve byte ranges is refused at open.
+/// transfers are in flight at once. A server that does not serve byte ranges is refused at open;
+/// `tftp`, which has none, is fetched whole into a local temporary file at open.
 public final class CurlDriver: BlockDriver {
     public let driverName: String
     public let features: DriverFeatures
@@ -21,11 +22,14 @@ public final class CurlDriver: BlockDriver {
     /// Idle easy handles (each keeps its connection open).
     private let idle = Mutex<[CurlHandle]>([])
     private let cache: Mutex<CurlCache>
+    /// The local copy of a file whose protocol has no byte ranges (tftp).
+    private let whole: CurlWholeFile?
 
     /// Most easy handles kept.
     static let poolSize = 8
 
-    init(driverName: String, settings: CurlSettings, first: CurlHandle, length: UInt64, readahead: UInt64) {
+    init(driverName: String, settings: CurlSettings, first: CurlHandle, length: UInt64, readahead: UInt64, whole: CurlWholeFile? = nil) {
+        self.whole = whole
         self.driverName = driverName
         self.url = settings.url
         self.settings = settings
@@ -43,6 +47,7 @@ public final class CurlDriver: BlockDriver {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(BlockError) {
         guard let base = buffer.baseAddress, buffer.count > 0 else { return }
+        if let whole { return try whole.read(into: buffer, at: offset) }
         let count = UInt64(buffer.count)
         if cache.withLock({ $0.copy(into: base, at: offset, count: count) }) { return }
         let end = min(length, offset + count + readahead)
@@ -120,7 +125,17 @@ public final class CurlDriver: BlockDriver {
                 throw options.failure("Server does not support 'range' (byte ranges): \(settings.url)",
                                       qmp: "Server does not support 'range' (byte ranges).")
             }
-            return OpenedDriver(driver: CurlDriver(driverName: name, settings: settings, first: handle, length: UInt64(size), readahead: readahead))
+            var whole: CurlWholeFile?
+            if name == "tftp" {
+                // TFTP has no byte ranges: the file is fetched once, whole.
+                do throws(BlockError) {
+                    whole = try CurlWholeFile(settings, length: UInt64(size))
+                } catch {
+                    throw options.failure(error.message, qmp: error.message)
+                }
+            }
+            return OpenedDriver(driver: CurlDriver(
+                driverName: name, settings: settings, first: handle, length: UInt64(size), readahead: readahead, whole: whole))
         }
     }
 }

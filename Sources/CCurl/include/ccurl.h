@@ -31,5 +31,8 @@ int blk_curl_probe(void *handle, int64_t *length, int *accepts_ranges, long *res
 /// transfer stops with an error past `length`). Returns 0 or a CURLcode; `error` gets a message.
 int blk_curl_range_get(void *handle, uint64_t offset, uint64_t length, void *buffer, size_t *received,
                        long *response, char *error, size_t error_size);
+/// GET of the whole file, written to `fd` from its current position (for protocols without byte
+/// ranges). Returns 0 or a CURLcode; `error` gets a message.
+int blk_curl_get_whole(void *handle, int fd, char *error, size_t error_size);
 
 #endif
