@@ -41,7 +41,7 @@ public enum JobVerb: String, Sendable {
 
 /// The kind of a block job (QEMU's `BlockJobType` / `JobType` names).
 public enum JobKind: String, Sendable {
-    case commit, stream, mirror, backup
+    case commit, stream, mirror, backup, create
 }
 
 /// What a job does when one of its own requests fails (`BlockdevOnError`).

@@ -37,6 +37,7 @@ extension Daemon {
         registerBitmapCommands(on: table)
         registerTLSCommands(on: table)
         registerJobCommands(on: table)
+        registerCreateCommands(on: table)
         registerMirrorCommands(on: table)
         registerBackupCommands(on: table)
         registerSnapshotCommands(on: table)

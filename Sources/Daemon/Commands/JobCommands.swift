@@ -30,7 +30,7 @@ extension Daemon {
 
     /// `query-block-jobs`: every block job, as QEMU 7 lists them (with status and auto-* members).
     func queryBlockJobs() -> [BlockJobInfo] {
-        jobs.all.map { job in
+        jobs.all.filter { $0.kind != .create }.map { job in
             let state = job.snapshot
             return BlockJobInfo(
                 type: state.kind.rawValue, device: state.id, len: Int64(clamping: state.total), offset: Int64(clamping: state.current),
@@ -204,6 +204,8 @@ extension Daemon {
     /// Turns a job's report into its QMP event.
     func emitJobEvent(_ state: JobSnapshot, _ event: JobEvent) {
         guard let monitor else { return }
+        // A create job is not a block job: QEMU sends it JOB_STATUS_CHANGE only.
+        if state.kind == .create, case .statusChanged = event {} else if state.kind == .create { return }
         let type = BlockJobType(rawValue: state.kind.rawValue) ?? .mirror
         let len = Int64(clamping: state.total), offset = Int64(clamping: state.current), speed = Int64(clamping: state.speed)
         switch event {

@@ -1599,3 +1599,59 @@ public struct ObjectDelArguments: QAPIValue, Equatable {
         return .object(object)
     }
 }
+
+/// The arguments of 'blockdev-create'.
+public struct BlockdevCreateArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var jobId: String
+    /// What to create
+    public var options: BlockdevCreateOptions
+
+    /// Creates a value from its members.
+    public init(jobId: String, options: BlockdevCreateOptions) {
+        self.jobId = jobId
+        self.options = options
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.jobId = try object.required("job-id")
+        self.options = try object.required("options")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["job-id"] = jobId.json
+        object["options"] = options.json
+        return .object(object)
+    }
+}
+
+/// The arguments of 'x-blockdev-create'.
+public struct XBlockdevCreateArguments: QAPIValue, Equatable {
+    /// The job's identifier
+    public var jobId: String
+    /// What to create
+    public var options: BlockdevCreateOptions
+
+    /// Creates a value from its members.
+    public init(jobId: String, options: BlockdevCreateOptions) {
+        self.jobId = jobId
+        self.options = options
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.jobId = try object.required("job-id")
+        self.options = try object.required("options")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["job-id"] = jobId.json
+        object["options"] = options.json
+        return .object(object)
+    }
+}

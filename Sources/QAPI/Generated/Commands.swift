@@ -573,6 +573,22 @@ public enum XBlockdQueryNbdClientsCommand: QAPICommand {
     public typealias Result = [BlockdNbdClientInfo]
 }
 
+/// Starts a job that creates an image. The job is not a block job: it sends JOB_STATUS_CHANGE
+/// events only, and must be dismissed with job-dismiss once concluded; its error, if any, shows in
+/// query-jobs.
+public enum BlockdevCreateCommand: QAPICommand {
+    public static let name = "blockdev-create"
+    public typealias Arguments = BlockdevCreateArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// The name blockdev-create had in QEMU 2.12.
+public enum XBlockdevCreateCommand: QAPICommand {
+    public static let name = "x-blockdev-create"
+    public typealias Arguments = XBlockdevCreateArguments
+    public typealias Result = QAPIEmpty
+}
+
 /// Every command of the schema, in schema order.
 public enum QAPICommands {
     /// The command descriptions, for registering handlers and listing names.
@@ -646,5 +662,7 @@ public enum QAPICommands {
         ObjectAddCommand.self,
         ObjectDelCommand.self,
         XBlockdQueryNbdClientsCommand.self,
+        BlockdevCreateCommand.self,
+        XBlockdevCreateCommand.self,
     ]
 }

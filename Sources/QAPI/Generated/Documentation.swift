@@ -1179,6 +1179,36 @@ public enum QAPIDocumentation {
             returns: "[BlockdNbdClientInfo]",
             returnsDoc: "one BlockdNbdClientInfo per connection"
         ),
+        CommandDoc(
+            name: "blockdev-create",
+            summary: "Starts a job that creates an image.",
+            text: "Starts a job that creates an image. The job is not a block job: it sends JOB_STATUS_CHANGE events only, and must be dismissed with job-dismiss once concluded; its error, if any, shows in query-jobs.\n\nArguments:\n  job-id (str): the job's identifier\n  options (BlockdevCreateOptions): what to create",
+            arguments: [
+                ArgumentDoc(name: "job-id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+                ArgumentDoc(name: "options", type: "BlockdevCreateOptions", optional: false,
+                            doc: "what to create"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "x-blockdev-create",
+            summary: "The name blockdev-create had in QEMU 2.12.",
+            text: "The name blockdev-create had in QEMU 2.12.\n\nArguments:\n  job-id (str): the job's identifier\n  options (BlockdevCreateOptions): what to create",
+            arguments: [
+                ArgumentDoc(name: "job-id", type: "str", optional: false,
+                            doc: "the job's identifier"),
+                ArgumentDoc(name: "options", type: "BlockdevCreateOptions", optional: false,
+                            doc: "what to create"),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
     ]
 
     /// Event documentation in schema order.
