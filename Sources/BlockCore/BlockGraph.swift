@@ -84,11 +84,13 @@ public struct OpenContext {
         case .string(let reference):
             guard let node = graph.node(named: reference) else {
                 throw options.failure("parameter '\(key)': no node named '\(reference)'",
-                                      qmp: "Cannot find device=\(reference) nor node_name=\(reference)")
+                                      qmp: "Cannot find device='\(reference)' nor node-name='\(reference)'")
             }
             return node
         case .object:
-            return try graph.open(value, context: "\(options.context) → \(key)", inheritReadOnly: common.readOnly, syntax: options.syntax)
+            return try graph.open(
+                value, context: "\(options.context) → \(key)", inheritReadOnly: common.readOnly, syntax: options.syntax,
+                prefix: "\(options.memberPrefix)\(key).")
         default:
             throw options.failure("parameter '\(key)' expects a node-name or a definition, got a \(value.typeName)",
                                   qmp: "Invalid parameter type for '\(key)', expected: string or object")
@@ -173,9 +175,10 @@ public final class BlockGraph: Sendable {
     /// Opens a node from `--blockdev` / `blockdev-add` options and adds it to the graph.
     @discardableResult
     public func open(
-        _ value: OptionValue, context: String = "--blockdev", inheritReadOnly: Bool = false, syntax: OptionSyntax = .commandLine
+        _ value: OptionValue, context: String = "--blockdev", inheritReadOnly: Bool = false, syntax: OptionSyntax = .commandLine,
+        prefix: String = ""
     ) throws(OptionError) -> BlockNode {
-        let top = try OptionReader(value, context: context, syntax: syntax)
+        let top = try OptionReader(value, context: context, prefix: prefix, syntax: syntax)
         let driverName = try top.requiredString("driver")
         guard let entry = openers[driverName] else {
             if syntax == .qmp { throw top.badValue("driver", driverName, expected: "a driver") }
@@ -184,6 +187,10 @@ public final class BlockGraph: Sendable {
         let name: String
         if let given = try top.string("node-name") {
             guard BlockGraph.isValidNodeName(given) else {
+                if syntax == .qmp {
+                    throw OptionError(given.utf8.count >= 32 && BlockGraph.isValidNodeName(String(given.prefix(31)))
+                        ? "Node name too long" : "Invalid node-name: '\(given)'")
+                }
                 throw OptionError("\(context): invalid node-name '\(given)': use letters, digits, '-', '.', '_', starting with a letter")
             }
             name = given
@@ -191,7 +198,7 @@ public final class BlockGraph: Sendable {
             name = "#block\(anonymousCounter.wrappingAdd(1, ordering: .relaxed).newValue)"
         }
         guard node(named: name) == nil else { throw OptionError("\(context): node-name '\(name)' is already in use") }
-        let options = try OptionReader(value, context: "\(context) '\(name)' (driver \(driverName))", syntax: syntax)
+        let options = try OptionReader(value, context: "\(context) '\(name)' (driver \(driverName))", prefix: prefix, syntax: syntax)
         if case .object(let members) = value,
            let unknown = members.keys.sorted().first(where: { !BlockGraph.commonKeys.contains($0) && !entry.keys.contains($0) }) {
             throw options.unexpected(unknown)

@@ -88,7 +88,7 @@ final class FileDriverTests: XCTestCase {
     func testOpenFailuresNameThePath() {
         unlink(path)
         XCTAssertThrowsError(try open()) {
-            XCTAssertEqual("\($0)", "could not open '\(path)': No such file or directory")
+            XCTAssertEqual("\($0)", "Could not open '\(path)': No such file or directory")
         }
         XCTAssertThrowsError(try FileDriver(driverName: "file", path: "/dev/shm", common: CommonNodeOptions())) {
             XCTAssertTrue("\($0)".contains("'/dev/shm'"), "\($0)")

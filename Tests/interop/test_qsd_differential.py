@@ -24,7 +24,6 @@ GROUPS: list[Group] = [ERRORS, GRAPH, EXPORTS, STATS, ARGUMENTS, PROTOCOL]
 RESIZE_UNDER_EXPORTS = ("blockd lets block_resize change the size of a node under a live export (clients that reconnect "
                         "see the new size, docs/compatibility.md); QEMU's NBD exports unshare the resize permission")
 INTERFACE_2_6 = "blockd implements the QEMU 2.6 interface and says so: version 2.6.0, package 'blockd VERSION'"
-OPENERS = "blockdev-add wording of the driver openers and BlockGraph: another engineer is refactoring them"
 
 # Cases where blockd answers differently on purpose, with the reason (docs/compatibility.md repeats it).
 INTENTIONAL = {
@@ -51,14 +50,7 @@ INTENTIONAL = {
 }
 
 # Differences that remain to be fixed, with who or what they wait for.
-PENDING = {
-    "arguments:blockdev-add invalid node-name": OPENERS,
-    "arguments:blockdev-add node-name too long": OPENERS,
-    "arguments:blockdev-add file of raw missing": OPENERS,
-    "arguments:blockdev-add inline child unknown member": OPENERS,
-    "arguments:blockdev-add file of raw refers to nothing": OPENERS,
-    "arguments:blockdev-add file that does not exist": OPENERS,
-    "arguments:blockdev-add qcow2 of a raw file": OPENERS,
+PENDING: dict[str, str] = {
 }
 
 # Members blockd sends because its QEMU 2.6 contract requires them and QEMU 7.2 no longer does: they
@@ -182,6 +174,7 @@ BLOCKD_ONLY_COMMANDS = {
     "blockdev-open-tray": "tray and medium of the devices exports stand for",
     "blockdev-close-tray": "as above", "blockdev-remove-medium": "as above", "blockdev-insert-medium": "as above",
     "x-blockdev-remove-medium": "as above", "x-blockdev-insert-medium": "as above", "blockdev-change-medium": "as above",
+    "x-blockdev-create": "blockdev-create under its QEMU 2.12 name",
 }
 
 

@@ -40,7 +40,7 @@ public final class FileDriver: BlockDriver {
         if common.cacheDirect { flags |= blk_o_direct() }
         let fd = open(path, flags)
         guard fd >= 0 else {
-            throw OptionError("could not open '\(path)': \(String(cString: strerror(errno)))")
+            throw OptionError("Could not open '\(path)': \(String(cString: strerror(errno)))")
         }
         var info = stat()
         guard fstat(fd, &info) == 0 else {

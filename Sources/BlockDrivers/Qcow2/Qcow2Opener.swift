@@ -44,7 +44,9 @@ public enum Qcow2Opener {
             refcountTable = Qcow2Bytes.words(try readBytes(
                 file, at: header.refcountTableOffset, count: Int(header.refcountTableClusters) << Int(header.clusterBits)))
         } catch {
-            throw fail("'\(file.driver.filename)': \(error.message)")
+            // QEMU's wording through QMP for a file that is not qcow2 at all.
+            let notQcow2 = error.message.hasPrefix("not a qcow2 image") || error.message.hasPrefix("image is too short to be qcow2")
+            throw options.failure("'\(file.driver.filename)': \(error.message)", qmp: notQcow2 ? "Image is not in qcow2 format" : nil)
         }
         if header.isCorrupt && !readOnly {
             throw fail("qcow2 image '\(file.driver.filename)' is marked corrupt; it can only be opened read-only (repair it with 'blockimg check -r all')")

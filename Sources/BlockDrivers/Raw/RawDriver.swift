@@ -69,7 +69,7 @@ public final class RawDriver: FilterDriver {
     /// Opens `raw` nodes.
     public static let opener: DriverOpener = { options, context throws(OptionError) in
         guard let child = try context.child("file", of: options) else {
-            throw OptionError("\(options.context): parameter 'file' is missing")
+            throw options.missing("file")
         }
         let offset = try options.size("offset") ?? 0
         let size = try options.size("size")

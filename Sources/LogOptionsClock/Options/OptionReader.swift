@@ -15,6 +15,8 @@ public final class OptionReader {
     public let syntax: OptionSyntax
     private let members: [String: OptionValue]
     private let prefix: String
+    /// The path of these options' members in QMP messages ("file." for an inline child).
+    public var memberPrefix: String { prefix }
     private var consumed: Set<String> = []
 
     /// Creates a reader over an object value.
