@@ -62,6 +62,7 @@ public enum ImageFormats {
     /// The formats, in probing order.
     public static let all: [ImageFormat] = [
         QedFormat.format,
+        QcowFormat.format,
     ]
 
     /// The format registered under `name`.
@@ -69,10 +70,12 @@ public enum ImageFormats {
         all.first { $0.name == name }
     }
 
-    /// The format that claims these first bytes most strongly: qcow2 by its magic, else the highest
+    /// The format that claims these first bytes most strongly: qcow2 by its magic (version 1 is qcow), else the highest
     /// score of the registered formats, else `raw`.
     public static func probe(header: [UInt8], filename: String) -> String {
-        if header.count >= 4 && Array(header[0..<4]) == [0x51, 0x46, 0x49, 0xfb] { return "qcow2" }
+        if header.count >= 8 && Array(header[0..<4]) == [0x51, 0x46, 0x49, 0xfb] && !header[4..<8].elementsEqual([0, 0, 0, 1]) {
+            return "qcow2"
+        }
         var best = ("raw", 1)
         for format in all {
             let score = format.probe(header, filename)

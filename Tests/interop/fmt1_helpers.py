@@ -79,5 +79,10 @@ def info_json(tool, image: Path, fmt: str | None = None) -> dict:
 
 
 def check_json(tool, image: Path, *extra: str) -> tuple[int, dict]:
+    """(exit code, ImageCheck without its filename) of `check --output=json`."""
     proc = tool("check", "--output=json", *extra, str(image), ok=False)
-    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {"output": proc.stdout + proc.stderr}
+    if not proc.stdout.strip().startswith("{"):
+        return proc.returncode, {"output": proc.stdout + proc.stderr}
+    report = json.loads(proc.stdout)
+    report.pop("filename", None)
+    return proc.returncode, report
