@@ -13,6 +13,7 @@ public enum Drivers {
         "qcow2": entry("qcow2", Qcow2Opener.opener),
         "qed": entry("qed", QedOpener.opener),
         "qcow": entry("qcow", QcowOpener.opener),
+        "parallels": entry("parallels", ParallelsOpener.opener),
         "blkdebug": entry("blkdebug", BlkdebugDriver.opener),
         "blkverify": entry("blkverify", BlkverifyDriver.opener),
         "quorum": entry("quorum", QuorumDriver.opener),

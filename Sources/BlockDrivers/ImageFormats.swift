@@ -49,6 +49,8 @@ public struct ImageDetails: Sendable {
     public var backingFormat: String?
     /// `dirty-flag`: the image was not closed cleanly.
     public var dirty = false
+    /// Whether qemu-img shows `dirty-flag` at all (not for formats without QEMU's get_info, such as parallels).
+    public var showsDirtyFlag = true
     /// `format-specific`: `{"type": NAME, "data": {...}}`.
     public var specific: JSONValue?
 
@@ -63,6 +65,7 @@ public enum ImageFormats {
     public static let all: [ImageFormat] = [
         QedFormat.format,
         QcowFormat.format,
+        ParallelsFormat.format,
     ]
 
     /// The format registered under `name`.
