@@ -86,3 +86,11 @@ def check_json(tool, image: Path, *extra: str) -> tuple[int, dict]:
     report = json.loads(proc.stdout)
     report.pop("filename", None)
     return proc.returncode, report
+
+
+def fio_verify(uri: str, size: int = 8 << 20) -> None:
+    """fio's nbd engine: random writes with crc32c verify at queue depth 16, then a verify pass;
+    fails when any block reads back differently (concurrent allocating writes included)."""
+    run(["fio", "--name=verify", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite", "--bs=4k,64k",
+         "--bsrange=4k-64k", "--iodepth=16", f"--size={size}", "--verify=crc32c", "--verify_fatal=1",
+         "--do_verify=1", "--randrepeat=0"], timeout=120)

@@ -13,7 +13,7 @@ import nbd
 import pytest
 
 from conftest import require
-from fmt1_helpers import (blockimg, check_json, export_args, info_json, nbd_map, qemu_img, qemu_io, qemu_map)
+from fmt1_helpers import (blockimg, fio_verify, check_json, export_args, info_json, nbd_map, qemu_img, qemu_io, qemu_map)
 from qmp_client import QMP, monitor_args
 
 SIZE = 8 << 20
@@ -178,3 +178,16 @@ def test_bat_entries_past_the_end_fail_with_eio(start_blockd, tmp_path):
         h.pread(4096, 4096)
     assert h.pread(4096, 3 << 20) == b"\2" * 4096, "other clusters still read"
     h.shutdown()
+
+
+def test_fio_verify_through_the_export(start_blockd, tmp_path):
+    require("qemu-img", "fio")
+    image = make(tmp_path / "v.parallels", "cluster_size=64k")
+    daemon = start_blockd(args=export_args(image, "parallels", writable=True))
+    fio_verify(daemon.uri())
+    dump = tmp_path / "dump.raw"
+    qemu_img("convert", "-f", "raw", "-O", "raw", daemon.uri(), str(dump))
+    assert daemon.stop() == 0
+    assert qemu_img("compare", "-f", "raw", "-F", "parallels", str(dump), str(image)).returncode == 0, "QEMU reads what fio wrote"
+    code, report = check_json(qemu_img, image)
+    assert code == 0, report

@@ -11,7 +11,7 @@ import nbd
 import pytest
 
 from conftest import require
-from fmt1_helpers import blockimg, export_args, info_json, nbd_map, qemu_img, qemu_io, qemu_map
+from fmt1_helpers import blockimg, fio_verify, export_args, info_json, nbd_map, qemu_img, qemu_io, qemu_map
 from qmp_client import QMP, monitor_args
 
 SIZE = 8 << 20
@@ -192,3 +192,14 @@ def test_table_entries_past_the_end_fail_with_eio(start_blockd, tmp_path):
         h.pread(4096, 4096)
     assert h.pread(4096, 3 << 20) == b"\2" * 4096, "other clusters still read"
     h.shutdown()
+
+
+def test_fio_verify_through_the_export(start_blockd, tmp_path):
+    require("qemu-img", "fio")
+    image = make(tmp_path / "v.qcow")
+    daemon = start_blockd(args=export_args(image, "qcow", writable=True))
+    fio_verify(daemon.uri())
+    dump = tmp_path / "dump.raw"
+    qemu_img("convert", "-f", "raw", "-O", "raw", daemon.uri(), str(dump))
+    assert daemon.stop() == 0
+    assert qemu_img("compare", "-f", "raw", "-F", "qcow", str(dump), str(image)).returncode == 0, "QEMU reads what fio wrote"

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import require
 from qmp_client import QMP, monitor_args
-from fmt1_helpers import (blockimg, check_json, export_args, info_json, nbd_map, qemu_img, qemu_io, qemu_map)
+from fmt1_helpers import (blockimg, fio_verify, check_json, export_args, info_json, nbd_map, qemu_img, qemu_io, qemu_map)
 
 SIZE = 8 << 20
 PATTERN = ["write -P 0xab 0 64k", "write -P 0x11 100k 3000", "write -z 1M 128k", "write -P 0x22 3M 4k",
@@ -254,3 +254,16 @@ def test_backing_loop_is_refused(tmp_path):
     proc = subprocess.run([os.environ.get("BLOCKD", ""), "--blockdev", f"driver=file,node-name=f,filename={image},read-only=on",
                            "--blockdev", "driver=qed,node-name=d,file=f,read-only=on"], capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0 and "loop" in proc.stderr, proc.stderr
+
+
+def test_fio_verify_through_the_export(start_blockd, tmp_path):
+    require("qemu-img", "fio")
+    image = make(tmp_path / "v.qed", "cluster_size=4096")
+    daemon = start_blockd(args=export_args(image, "qed", writable=True))
+    fio_verify(daemon.uri())
+    dump = tmp_path / "dump.raw"
+    qemu_img("convert", "-f", "raw", "-O", "raw", daemon.uri(), str(dump))
+    assert daemon.stop() == 0
+    assert qemu_img("compare", "-f", "raw", "-F", "qed", str(dump), str(image)).returncode == 0, "QEMU reads what fio wrote"
+    code, report = check_json(qemu_img, image)
+    assert code == 0, report
