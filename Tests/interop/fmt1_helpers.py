@@ -93,4 +93,4 @@ def fio_verify(uri: str, size: int = 8 << 20) -> None:
     fails when any block reads back differently (concurrent allocating writes included)."""
     run(["fio", "--name=verify", "--ioengine=nbd", f"--uri={uri}", "--rw=randwrite", "--bs=4k,64k",
          "--bsrange=4k-64k", "--iodepth=16", f"--size={size}", "--verify=crc32c", "--verify_fatal=1",
-         "--do_verify=1", "--randrepeat=0"], timeout=120)
+         "--do_verify=1", "--randrepeat=0", "--verify_state_save=0"], timeout=120)
