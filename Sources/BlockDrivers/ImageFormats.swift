@@ -49,6 +49,8 @@ public struct ImageDetails: Sendable {
     public var backingFormat: String?
     /// `dirty-flag`: the image was not closed cleanly.
     public var dirty = false
+    /// Whether qemu-img shows `dirty-flag` at all (not for formats without QEMU's get_info, such as parallels).
+    public var showsDirtyFlag = true
     /// `format-specific`: `{"type": NAME, "data": {...}}`.
     public var specific: JSONValue?
 
@@ -61,6 +63,9 @@ public struct ImageDetails: Sendable {
 public enum ImageFormats {
     /// The formats, in probing order.
     public static let all: [ImageFormat] = [
+        QedFormat.format,
+        QcowFormat.format,
+        ParallelsFormat.format,
     ]
 
     /// The format registered under `name`.
@@ -68,10 +73,12 @@ public enum ImageFormats {
         all.first { $0.name == name }
     }
 
-    /// The format that claims these first bytes most strongly: qcow2 by its magic, else the highest
+    /// The format that claims these first bytes most strongly: qcow2 by its magic (version 1 is qcow), else the highest
     /// score of the registered formats, else `raw`.
     public static func probe(header: [UInt8], filename: String) -> String {
-        if header.count >= 4 && Array(header[0..<4]) == [0x51, 0x46, 0x49, 0xfb] { return "qcow2" }
+        if header.count >= 8 && Array(header[0..<4]) == [0x51, 0x46, 0x49, 0xfb] && !header[4..<8].elementsEqual([0, 0, 0, 1]) {
+            return "qcow2"
+        }
         var best = ("raw", 1)
         for format in all {
             let score = format.probe(header, filename)

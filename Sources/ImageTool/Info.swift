@@ -69,7 +69,7 @@ public struct InfoCommand: Sendable {
         if let actual = image.file.driver.allocatedSize { info["actual-size"] = .integer(Int64(actual)) }
         if let details = ImageFormats.named(image.format)?.details?(image.node) {
             if let cluster = details.clusterSize { info["cluster-size"] = .integer(Int64(cluster)) }
-            info["dirty-flag"] = .bool(details.dirty)
+            info["dirty-flag"] = details.showsDirtyFlag ? .bool(details.dirty) : nil
             if let specific = details.specific { info["format-specific"] = specific }
             if let backing = details.backingFile, !backing.isEmpty {
                 info["backing-filename"] = .string(backing)
