@@ -12,6 +12,7 @@ public enum Drivers {
         "raw": entry("raw", RawDriver.opener),
         "qcow2": entry("qcow2", Qcow2Opener.opener),
         "vdi": entry("vdi", VdiDriver.opener),
+        "vpc": entry("vpc", VpcDriver.opener),
         "blkdebug": entry("blkdebug", BlkdebugDriver.opener),
         "blkverify": entry("blkverify", BlkverifyDriver.opener),
         "quorum": entry("quorum", QuorumDriver.opener),

@@ -62,6 +62,7 @@ public enum ImageFormats {
     /// The formats, in probing order.
     public static let all: [ImageFormat] = [
         VdiFormat.format,
+        VpcFormat.format,
     ]
 
     /// The format registered under `name`.
