@@ -13,6 +13,7 @@ public enum Drivers {
         "qcow2": entry("qcow2", Qcow2Opener.opener),
         "vdi": entry("vdi", VdiDriver.opener),
         "vpc": entry("vpc", VpcDriver.opener),
+        "vhdx": entry("vhdx", VhdxDriver.opener),
         "blkdebug": entry("blkdebug", BlkdebugDriver.opener),
         "blkverify": entry("blkverify", BlkverifyDriver.opener),
         "quorum": entry("quorum", QuorumDriver.opener),

@@ -63,6 +63,7 @@ public enum ImageFormats {
     public static let all: [ImageFormat] = [
         VdiFormat.format,
         VpcFormat.format,
+        VhdxFormat.format,
     ]
 
     /// The format registered under `name`.
