@@ -78,6 +78,9 @@ def test_info_check_and_convert(tmp_path):
     assert ours == theirs
     assert json.loads(blockimg("check", "--output=json", str(image)).stdout) == \
         json.loads(qemu_img("check", "--output=json", str(image)).stdout)
+    ours, theirs = blockimg("check", "-r", "all", str(image), ok=False), qemu_img("check", "-r", "all", str(image), ok=False)
+    assert ours.returncode == theirs.returncode == 63
+    assert ours.stderr.split(": ", 1)[1] == theirs.stderr.split(": ", 1)[1]
     converted = convert_round_trip(tmp_path, "vdi", image, "vdi")
     assert qemu_img("check", str(converted)).returncode == 0
     qcow = tmp_path / "x.qcow2"
