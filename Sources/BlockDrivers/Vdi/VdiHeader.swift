@@ -87,7 +87,7 @@ public struct VdiHeader: Sendable, Equatable {
     /// Parses and validates a header, with QEMU's messages for what it refuses.
     public static func parse(_ bytes: [UInt8]) throws(BlockError) -> VdiHeader {
         guard bytes.count >= 512 else { throw .invalid("Image not in VDI format (the file is too short for a header)") }
-        var header = bytes.withUnsafeBytes { raw in
+        let header = bytes.withUnsafeBytes { raw in
             var h = VdiHeader(size: 0, isStatic: false)
             h.signatureField = VdiBytes.u32(raw, 64)
             h.versionField = VdiBytes.u32(raw, 68)
