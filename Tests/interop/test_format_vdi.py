@@ -10,7 +10,7 @@ import nbd
 import pytest
 
 from conftest import require
-from fmt2_helpers import (compare_create, convert_round_trip, corrupt, export_args, fill_with_qemu_io, nbd_map,
+from fmt2_helpers import (compare_create, fio_verify_round_trip, convert_round_trip, corrupt, export_args, fill_with_qemu_io, nbd_map,
                           qemu_img, qemu_io_file, qemu_map_as_nbd, random_nbd_writes)
 from test_blockimg import blockimg
 
@@ -152,3 +152,11 @@ def test_bad_map_entry_fails_with_eio_and_other_exports_serve(start_blockd, tmp_
     g.connect_uri(daemon.uri("good"))
     assert g.pread(4096, 0) == b"\x11" * 4096
     g.shutdown()
+
+
+def test_fio_verified_writes(start_blockd, tmp_path):
+    require("qemu-img", "fio")
+    image = tmp_path / "fio.vdi"
+    qemu_img("create", "-f", "vdi", "-o", "static=off", str(image), str(8 << 20))
+    fio_verify_round_trip(start_blockd, tmp_path, "vdi", image, 8 << 20)
+    assert qemu_img("check", str(image)).returncode == 0

@@ -5,6 +5,7 @@ with a dirty log (an entry written here per the specification) is replayed by bl
 bytes as `qemu-img check -r all` and refused read-only with QEMU's message, and corrupt images are
 refused with a message."""
 import json
+import os
 import shutil
 import struct
 import uuid
@@ -14,7 +15,7 @@ import nbd
 import pytest
 
 from conftest import require
-from fmt2_helpers import (compare_create, convert_round_trip, corrupt, export_args, fill_with_qemu_io, nbd_map,
+from fmt2_helpers import (compare_create, fio_verify_round_trip, convert_round_trip, corrupt, export_args, fill_with_qemu_io, nbd_map,
                           qemu_img, qemu_io_file, random_nbd_writes)
 from test_blockimg import blockimg
 
@@ -285,3 +286,30 @@ def test_corrupt_images_are_refused(tmp_path, case):
     info = blockimg("info", "-f", "vhdx", str(image), ok=False)
     assert info.returncode != 0 and message in info.stderr, info.stderr
     assert qemu_img("info", "-f", "vhdx", str(image), ok=False).returncode != 0
+
+
+def test_fio_verified_writes(start_blockd, tmp_path):
+    require("qemu-img", "fio")
+    image = tmp_path / "fio.vhdx"
+    qemu_img("create", "-f", "vhdx", "-o", "block_size=1M", str(image), str(8 << 20))
+    fio_verify_round_trip(start_blockd, tmp_path, "vhdx", image, 8 << 20)
+    assert qemu_img("check", str(image)).returncode == 0
+
+
+def test_convert_between_every_pair_of_fmt2_formats(tmp_path):
+    """blockimg convert through each pair of vdi, vpc, vhdx (and qcow2, raw): every image holds the
+    source's bytes (vpc rounds the size up to its geometry: the tail reads as zeroes)."""
+    require("qemu-img", "qemu-io")
+    source = tmp_path / "source.raw"
+    source.write_bytes(os.urandom(1 << 20) + b"\0" * (3 << 20) + os.urandom(300000) + b"\0" * ((4 << 20) - 300000))
+    formats = ["vdi", "vpc", "vhdx", "qcow2", "raw"]
+    for first in formats[:3]:
+        for second in formats:
+            if first == second:
+                continue
+            a, b = tmp_path / f"a.{first}", tmp_path / f"b.{second}"
+            blockimg("convert", "-f", "raw", "-O", first, str(source), str(a))
+            blockimg("convert", "-f", first, "-O", second, str(a), str(b))
+            assert qemu_img("compare", "-f", second, "-F", "raw", str(b), str(source)).returncode == 0, (first, second)
+            for image in (a, b):
+                image.unlink()

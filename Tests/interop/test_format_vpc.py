@@ -11,7 +11,7 @@ import nbd
 import pytest
 
 from conftest import require
-from fmt2_helpers import (compare_create, convert_round_trip, corrupt, export_args, fill_with_qemu_io, nbd_map,
+from fmt2_helpers import (compare_create, fio_verify_round_trip, convert_round_trip, corrupt, export_args, fill_with_qemu_io, nbd_map,
                           qemu_img, qemu_io_file, qemu_map_as_nbd, random_nbd_writes)
 from test_blockimg import blockimg
 
@@ -170,3 +170,10 @@ def test_size_rule_follows_the_creator(tmp_path):
         _footer(48, struct.pack(">Q", SIZE))(image)
         ours = json.loads(blockimg("info", "-f", "vpc", "--output=json", str(image)).stdout)["virtual-size"]
         assert ours == vpc_size(image) == expected, app
+
+
+def test_fio_verified_writes(start_blockd, tmp_path):
+    require("qemu-img", "fio")
+    image = tmp_path / "fio.vhd"
+    qemu_img("create", "-f", "vpc", "-o", "subformat=dynamic", str(image), str(8 << 20))
+    fio_verify_round_trip(start_blockd, tmp_path, "vpc", image, 8 << 20)
