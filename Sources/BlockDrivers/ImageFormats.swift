@@ -66,6 +66,9 @@ public enum ImageFormats {
         QedFormat.format,
         QcowFormat.format,
         ParallelsFormat.format,
+        VdiFormat.format,
+        VpcFormat.format,
+        VhdxFormat.format,
     ]
 
     /// The format registered under `name`.

@@ -69,6 +69,8 @@ public struct CheckCommand: Sendable {
             let changed = report.leaksFixed + report.corruptionsFixed > 0
             return Outcome(report: report, repaired: changed ? (report.leaksFixed, report.corruptionsFixed) : nil, format: chosen)
         } catch {
+            // A format that checks but cannot repair answers -r as qemu-img does (vdi).
+            if error.errno == ENOTSUP && mode != nil { throw ImageToolError(error.message, exitCode: 63) }
             throw ImageToolError("Check failed: \(error.message)")
         }
     }
