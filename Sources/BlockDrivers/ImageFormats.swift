@@ -61,6 +61,9 @@ public struct ImageDetails: Sendable {
 public enum ImageFormats {
     /// The formats, in probing order.
     public static let all: [ImageFormat] = [
+        ImageFormat(name: "bochs", probe: BochsDriver.probe),
+        ImageFormat(name: "cloop", probe: CloopDriver.probe),
+        ImageFormat(name: "dmg", probe: DmgDriver.probe),
     ]
 
     /// The format registered under `name`.
