@@ -74,6 +74,24 @@ def test_bochs_bximage_images(start_blockd, tmp_path):
     assert_same_as_qemu(start_blockd, tmp_path, grown, "bochs", expected=data)
 
 
+def test_bochs_version1_header(start_blockd, tmp_path):
+    """A version 1 header (the disk size four bytes earlier), made from a bximage image."""
+    require("bximage", "qemu-img")
+    source = tmp_path / "source.raw"
+    data = patterned(2 * 1024 * 1024, 6)
+    source.write_bytes(data)
+    image = tmp_path / "v2.img"
+    run(["bximage", "-func=convert", "-imgmode=growing", "-q", source, image])
+    header = bytearray(image.read_bytes())
+    disk = struct.unpack_from("<Q", header, 88)[0]
+    struct.pack_into("<I", header, 64, 0x10000)
+    struct.pack_into("<Q", header, 84, disk)
+    struct.pack_into("<I", header, 92, 0)
+    v1 = tmp_path / "v1.img"
+    v1.write_bytes(bytes(header))
+    assert_same_as_qemu(start_blockd, tmp_path, v1, "bochs", expected=data)
+
+
 def test_writable_open_refused(tmp_path):
     """bochs, cloop and dmg nodes opened writable are refused with QEMU's message."""
     require("bximage", "create_compressed_fs")
@@ -236,6 +254,12 @@ def cloop_cases(good: bytes) -> dict[str, tuple[bytes, str]]:
     }
 
 
+def only_table(entry: tuple) -> bytes:
+    """A dmg of nothing but a property list with one chunk entry and the trailer."""
+    xml = legacy_images._plist([legacy_images._mish(0, 16, [entry])])
+    return xml + legacy_images._koly(0, (0, 0), (0, len(xml)), 16)
+
+
 def dmg_cases() -> dict[str, tuple[bytes, str]]:
     layout = [("raw", 16), ("zlib", 64), ("zero", 16)]
     data = legacy_images.sample_data(96, [(80, 16)])
@@ -245,7 +269,6 @@ def dmg_cases() -> dict[str, tuple[bytes, str]]:
     koly_rsrc = len(good_rsrc) - 512
     xml_start = struct.unpack_from(">Q", good, koly + 0xD8)[0]
     zlib_at = good.index(zlib.compress(data[16 * 512:80 * 512])[:8])
-    plist = good[xml_start:koly]
     block = legacy_images._mish(0, 96, [(0x80000005, 0, 0, 96, 0, 128 * MiB)])
     huge_length = legacy_images._plist([block])
     huge_image = good[:xml_start] + huge_length + good[koly:]
@@ -262,7 +285,9 @@ def dmg_cases() -> dict[str, tuple[bytes, str]]:
         "resource-length-zero": (_put(good_rsrc, struct.unpack_from(">Q", good_rsrc, koly_rsrc + 0x28)[0] + 256, ">I", 0), "open"),
         "bad-zlib": (good[:zlib_at] + bytes(16) + good[zlib_at + 16:], "eio"),
         "sectors-beyond-chunks": (_put(good, koly + 0x1EC, ">Q", 200), "eio"),
-        "chunk-past-end": (good.replace(plist, plist), "eio-raw-past-end"),
+        "raw-chunk-past-end": (only_table((1, 0, 0, 16, 1 << 40, 8192)), "eio"),
+        "zlib-chunk-past-end": (only_table((0x80000005, 0, 0, 16, 0, 100000)), "eio"),
+        "adc-chunk": (only_table((0x80000004, 0, 0, 16, 0, 10)), "eio"),
     }
 
 
@@ -280,8 +305,6 @@ def test_corrupt_catalogue(launcher, tmp_path):  # noqa: F811
     for name, (data, expect) in cloop_cases(cloop_good.read_bytes()).items():
         cases.append(("cloop", name, data, expect))
     for name, (data, expect) in dmg_cases().items():
-        if expect == "eio-raw-past-end":
-            continue
         cases.append(("dmg", name, data, expect))
     sock = tmp_path / "nbd.sock"
     daemon = launcher.blockd("--blockdev", "driver=null-co,node-name=good,size=1M,read-zeroes=on",
