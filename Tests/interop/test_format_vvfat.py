@@ -224,3 +224,14 @@ def test_directory_that_does_not_fit(tmp_path):
                 "--nbd-server", f"addr.type=unix,addr.path={tmp_path}/x.sock"], ok=False, timeout=30)
     assert "Directory does not fit in FAT12" in output(theirs)
     assert ours.returncode == 1 and "Directory does not fit in FAT12 (capacity 1.44 MB)" in output(ours), output(ours)
+
+
+def test_symbolic_link_loop_refused(tmp_path):
+    """A directory that contains itself through a symbolic link is refused at once (QEMU follows it
+    until the disk is full and then refuses)."""
+    root = tmp_path / "tree"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "up").symlink_to("..")
+    proc = run([blockd_binary(), "--blockdev", f"driver=vvfat,node-name=v,read-only=on,dir={root}",
+                "--nbd-server", f"addr.type=unix,addr.path={tmp_path}/x.sock"], ok=False, timeout=30)
+    assert proc.returncode == 1 and "contains itself through a symbolic link" in output(proc), output(proc)

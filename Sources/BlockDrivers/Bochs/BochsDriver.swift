@@ -98,8 +98,8 @@ final class BochsDriver: ReadOnlyImageDriver {
 
     /// Opens `bochs` nodes.
     static let opener: DriverOpener = { options, context throws(OptionError) in
-        guard let file = try context.child("file", of: options) else { throw options.missing("file") }
         try ReadOnlyImage.requireReadOnly(context, options)
+        guard let file = try context.child("file", of: options) else { throw options.missing("file") }
         do throws(BlockError) {
             let header = try BochsHeader.parse(try ReadOnlyImage.bytes(file, at: 0, count: Int(min(file.length, 512))))
             let table = try ReadOnlyImage.bytes(file, at: UInt64(header.headerSize), count: Int(header.catalogEntries) * 4)

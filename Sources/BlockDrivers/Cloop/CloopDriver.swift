@@ -87,8 +87,8 @@ final class CloopDriver: ReadOnlyImageDriver {
 
     /// Opens `cloop` nodes.
     static let opener: DriverOpener = { options, context throws(OptionError) in
-        guard let file = try context.child("file", of: options) else { throw options.missing("file") }
         try ReadOnlyImage.requireReadOnly(context, options)
+        guard let file = try context.child("file", of: options) else { throw options.missing("file") }
         do throws(BlockError) {
             let (blockSize, offsets) = try parse(file)
             return OpenedDriver(driver: CloopDriver(file: file, blockSize: blockSize, offsets: offsets), children: [("file", file)])

@@ -106,8 +106,8 @@ final class DmgDriver: ReadOnlyImageDriver {
 
     /// Opens `dmg` nodes.
     static let opener: DriverOpener = { options, context throws(OptionError) in
-        guard let file = try context.child("file", of: options) else { throw options.missing("file") }
         try ReadOnlyImage.requireReadOnly(context, options)
+        guard let file = try context.child("file", of: options) else { throw options.missing("file") }
         let table: DmgTable
         do throws(BlockError) {
             table = try DmgTable.read(file)

@@ -20,6 +20,8 @@ struct VvfatMapping: Sendable {
     var isDirectory: Bool
     /// For a file: its size in bytes when the disk was laid out.
     var size: UInt64
+    /// The host device and inode, to find a directory that contains itself through a symbolic link.
+    var identity: (device: UInt64, inode: UInt64) = (0, 0)
 }
 
 /// The disk QEMU's vvfat driver presents for a host directory, laid out as QEMU lays it out: MBR
@@ -217,9 +219,14 @@ struct VvfatLayout: Sendable {
             guard info.st_size <= 0x7fff_ffff else { throw .invalid("File \(full) is larger than 2GB") }
             put32(&directory, base + 28, isDirectory ? 0 : UInt32(info.st_size))
             if !isDot && !isDotDot && (isDirectory || info.st_size > 0) {
-                mappings.append(VvfatMapping(
+                var mapping = VvfatMapping(
                     begin: 0, end: 0, entryIndex: entryCount - 1, firstEntry: -1, parent: index, path: full,
-                    isDirectory: isDirectory, size: UInt64(info.st_size)))
+                    isDirectory: isDirectory, size: UInt64(info.st_size))
+                mapping.identity = (UInt64(info.st_dev), UInt64(info.st_ino))
+                if isDirectory && containsItself(mapping) {
+                    throw .invalid("Could not read directory \(full): it contains itself through a symbolic link")
+                }
+                mappings.append(mapping)
             }
         }
         let perCluster = 0x10 * Int(VvfatLayout.sectorsPerCluster)
@@ -229,6 +236,24 @@ struct VvfatLayout: Sendable {
         }
         mappings[index].end = firstCluster + UInt32((entryCount - first) * 32 / VvfatLayout.clusterSize)
         setBegin(of: mappings[index].entryIndex, mappings[index].begin)
+    }
+
+    /// True when a directory about to be added is one of its own ancestors (a symbolic-link loop,
+    /// which QEMU follows until the disk is full).
+    private func containsItself(_ mapping: VvfatMapping) -> Bool {
+        var ancestor = mapping.parent
+        while ancestor >= 0 {
+            let identity = ancestor == 0 ? rootIdentity() : mappings[ancestor].identity
+            if identity == mapping.identity { return true }
+            ancestor = mappings[ancestor].parent
+        }
+        return false
+    }
+
+    private func rootIdentity() -> (device: UInt64, inode: UInt64) {
+        var info = stat()
+        guard stat(mappings[0].path, &info) == 0 else { return (0, 0) }
+        return (UInt64(info.st_dev), UInt64(info.st_ino))
     }
 
     /// Appends the long-name entries and the short entry of `name`; returns the short entry's index.
