@@ -30,6 +30,11 @@ public enum Drivers {
         "ftp": entry("ftp", CurlDriver.opener(for: "ftp")),
         "ftps": entry("ftps", CurlDriver.opener(for: "ftps")),
         "tftp": entry("tftp", CurlDriver.opener(for: "tftp")),
+        "bochs": entry("bochs", BochsDriver.opener),
+        "cloop": entry("cloop", CloopDriver.opener),
+        "dmg": entry("dmg", DmgDriver.opener),
+        "archipelago": entry("archipelago", ArchipelagoRefusal.opener),
+        "vvfat": entry("vvfat", VvfatDriver.opener),
     ]
 
     /// The option names of `driver` in the schema: the members of its `BlockdevOptions` branch.

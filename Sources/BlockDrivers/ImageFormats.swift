@@ -69,6 +69,9 @@ public enum ImageFormats {
         VdiFormat.format,
         VpcFormat.format,
         VhdxFormat.format,
+        ImageFormat(name: "bochs", probe: BochsDriver.probe),
+        ImageFormat(name: "cloop", probe: CloopDriver.probe),
+        ImageFormat(name: "dmg", probe: DmgDriver.probe),
     ]
 
     /// The format registered under `name`.
