@@ -11,6 +11,7 @@ public enum Drivers {
         "host_cdrom": entry("host_cdrom", FileDriverOpener.opener(for: "host_cdrom")),
         "raw": entry("raw", RawDriver.opener),
         "qcow2": entry("qcow2", Qcow2Opener.opener),
+        "vmdk": entry("vmdk", VmdkOpener.opener),
         "blkdebug": entry("blkdebug", BlkdebugDriver.opener),
         "blkverify": entry("blkverify", BlkverifyDriver.opener),
         "quorum": entry("quorum", QuorumDriver.opener),

@@ -61,6 +61,7 @@ public struct ImageDetails: Sendable {
 public enum ImageFormats {
     /// The formats, in probing order.
     public static let all: [ImageFormat] = [
+        VmdkFormat.format,
     ]
 
     /// The format registered under `name`.

@@ -38,7 +38,8 @@ public struct CreateCommand: Sendable {
         var parsed = try CreateOptions(options, format: format)
         let backing = backingFile ?? parsed.values["backing_file"]
         let backingFmt = backingFormat ?? parsed.values["backing_fmt"]
-        if backing != nil && format != "qcow2" { throw ImageToolError("Backing file not supported for file format '\(format)'") }
+        let takesBacking = format == "qcow2" || ImageFormats.named(format)?.createOptions.contains("backing_file") == true
+        if backing != nil && !takesBacking { throw ImageToolError("Backing file not supported for file format '\(format)'") }
         var virtualSize = try parsed.size("size")
         if let size {
             guard let value = Sizes.parse(size) else {
@@ -73,6 +74,8 @@ public struct CreateCommand: Sendable {
             }
             var options = parsed.values
             options.removeValue(forKey: "size")
+            if let backing { options["backing_file"] = backing }
+            if let backingFmt, backing != nil { options["backing_fmt"] = backingFmt }
             do {
                 let words = try create(path, virtualSize, options)
                 return "Formatting '\(path)', fmt=\(format)" + (words.isEmpty ? "" : " " + words)
