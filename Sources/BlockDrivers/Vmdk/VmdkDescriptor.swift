@@ -50,12 +50,12 @@ public struct VmdkDescriptor: Sendable, Equatable {
     /// - Throws: `EINVAL` with QEMU's wording when a required key or an extent line is invalid.
     public static func parse(_ bytes: [UInt8]) throws(BlockError) -> VmdkDescriptor {
         let end = bytes.firstIndex(of: 0) ?? bytes.count
-        let text = String(decoding: bytes[0..<min(end, maxLength)], as: UTF8.self)
         var values: [String: String] = [:]
         var extents: [VmdkExtentLine] = []
-        for rawLine in text.split(separator: "\n", omittingEmptySubsequences: true) {
-            var line = Substring(rawLine)
-            if line.last == "\r" { line = line.dropLast() }
+        // Lines are split on bytes: as characters, "\r\n" would be one.
+        for rawLine in bytes[0..<min(end, maxLength)].split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: true) {
+            let lineBytes = rawLine.last == UInt8(ascii: "\r") ? rawLine.dropLast() : rawLine
+            let line = Substring(String(decoding: lineBytes, as: UTF8.self))
             let trimmed = line.drop { $0 == " " || $0 == "\t" }
             if trimmed.isEmpty || trimmed.first == "#" { continue }
             if let extent = try extentLine(trimmed) {

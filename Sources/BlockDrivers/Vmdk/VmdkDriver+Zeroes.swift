@@ -14,6 +14,7 @@ extension VmdkDriver {
         }
         try forEachPiece(at: offset, length: count) { (extent, position, length, whole) throws(BlockError) in
             if case .flat(let base) = extent.kind {
+                try growFlat(extent.file!, to: base + position - extent.start + length)
                 try extent.file!.writeZeroes(at: base + position - extent.start, length: length, flags: flags.subtracting(.fua))
             } else if whole {
                 let index = (position - extent.start) / extent.grainSize

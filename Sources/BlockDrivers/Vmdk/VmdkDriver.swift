@@ -124,6 +124,8 @@ public final class VmdkDriver: BlockDriver, @unchecked Sendable {
                     zero(buffer, done, count)
                 case .data(let host):
                     let file = extent.file!
+                    count = contiguousRun(extent, host: host + within, at: inExtent, length: count, limit: buffer.count - done)
+                    let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<done + count])
                     guard host + within + UInt64(count) <= file.length else {
                         throw .io("vmdk: grain at \(host) lies past the end of '\(file.driver.filename)'")
                     }
@@ -135,6 +137,26 @@ public final class VmdkDriver: BlockDriver, @unchecked Sendable {
             }
             done += count
         }
+    }
+
+    /// How many bytes from `inExtent` (whose first `length` bytes are data at `host`) lie in grains
+    /// that follow each other in the file, up to `limit`: one read serves them all.
+    private func contiguousRun(_ extent: VmdkExtent, host: UInt64, at inExtent: UInt64, length: Int, limit: Int) -> Int {
+        var run = length
+        lock.lock()
+        defer { lock.unlock() }
+        while run < limit, inExtent + UInt64(run) < extent.length {
+            guard let state = try? extent.grain((inExtent + UInt64(run)) / extent.grainSize), case .data(let next) = state,
+                  next == host + UInt64(run) else { break }
+            run += Int(min(extent.grainSize, UInt64(limit - run), extent.length - inExtent - UInt64(run)))
+        }
+        return run
+    }
+
+    /// Makes a flat extent's file long enough for a write that ends at `end`.
+    func growFlat(_ node: BlockNode, to end: UInt64) throws(BlockError) {
+        guard node.length < end else { return }
+        try lock.withLock { () throws(BlockError) in if node.length < end { try node.resize(to: end) } }
     }
 
     /// Reads a flat extent's bytes; past the end of its file they read as zeroes, as QEMU's block layer gives them.
@@ -173,6 +195,7 @@ public final class VmdkDriver: BlockDriver, @unchecked Sendable {
                 throw .io("vmdk: a ZERO extent cannot be written")
             case .flat(let base):
                 let file = extent.file!
+                try growFlat(file, to: base + inExtent + UInt64(count))
                 file.debugEvent(.writeAio)
                 try file.write(UnsafeRawBufferPointer(rebasing: buffer[done..<done + count]), at: base + inExtent, fua: false)
             case .sparse:
