@@ -17,6 +17,7 @@ public enum Drivers {
         "vdi": entry("vdi", VdiDriver.opener),
         "vpc": entry("vpc", VpcDriver.opener),
         "vhdx": entry("vhdx", VhdxDriver.opener),
+        "vmdk": entry("vmdk", VmdkOpener.opener),
         "blkdebug": entry("blkdebug", BlkdebugDriver.opener),
         "blkverify": entry("blkverify", BlkverifyDriver.opener),
         "quorum": entry("quorum", QuorumDriver.opener),

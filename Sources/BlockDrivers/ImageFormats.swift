@@ -72,6 +72,7 @@ public enum ImageFormats {
         ImageFormat(name: "bochs", probe: BochsDriver.probe),
         ImageFormat(name: "cloop", probe: CloopDriver.probe),
         ImageFormat(name: "dmg", probe: DmgDriver.probe),
+        VmdkFormat.format,
     ]
 
     /// The format registered under `name`.

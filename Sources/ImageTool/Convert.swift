@@ -74,8 +74,10 @@ public struct ConvertCommand: Sendable {
             throw ImageToolError("Target image '\(target)' is smaller than the source (\(output.node.length) < \(size) bytes)")
         }
         let compressor = compress ? output.node.driver as? Qcow2Driver : nil
-        let copier = ChunkCopier(
+        var configured = ChunkCopier(
             from: input.node, to: output.node, size: size, sparseSize: sparseSize, targetIsZero: !noCreate && !RemoteURI.isRemote(target), compressor: compressor)
+        if let vmdk = output.node.driver as? VmdkDriver, vmdk.needsCompressedWrites { configured.grainSize = vmdk.grainSize }
+        let copier = configured
         let chunks = Int((size + Self.chunk - 1) / Self.chunk)
         let done = Atomic<Int>(0)
         let failure = Mutex<ImageToolError?>(nil)
@@ -115,9 +117,12 @@ struct ChunkCopier: Sendable {
     let targetIsZero: Bool
     /// With `-c`: the qcow2 target, written one compressed cluster at a time.
     let compressor: Qcow2Driver?
+    /// A target that takes only whole grains (a streamOptimized vmdk): the grain size.
+    var grainSize: UInt64?
 
     func copy(chunk start: UInt64, length: UInt64) throws(ImageToolError) {
         if let compressor { return try copyCompressed(compressor, chunk: start, length: length) }
+        if let grainSize { return try copyGrains(grainSize, chunk: start, length: length) }
         let end = min(size, start + length)
         var position = start
         var buffer = [UInt8](repeating: 0, count: Int(end - start))
@@ -158,6 +163,33 @@ struct ChunkCopier: Sendable {
             }
         } catch {
             throw ImageToolError(error, "compressing at offset \(position)")
+        }
+    }
+
+    /// Copies whole grains in order, each written once; grains that read as zeroes are left out.
+    private func copyGrains(_ grain: UInt64, chunk start: UInt64, length: UInt64) throws(ImageToolError) {
+        let end = min(size, start + length)
+        var buffer = [UInt8](repeating: 0, count: Int(grain))
+        var position = start
+        do {
+            while position < end {
+                // The target's last grain may reach past the source's end (sizes round up to sectors).
+                let count = Int(min(grain, to.length - position))
+                let inSource = min(count, Int(size - position))
+                try buffer.withMutableBytes { (raw) throws(BlockError) in
+                    let data = UnsafeMutableRawBufferPointer(rebasing: raw[0..<count])
+                    data.initializeMemory(as: UInt8.self, repeating: 0)
+                    try from.read(into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<inSource]), at: position)
+                    if Self.allZero(data, 0, count) {
+                        if !targetIsZero { try Self.writeZeroes(to, at: position, count: UInt64(count)) }
+                    } else {
+                        try to.write(UnsafeRawBufferPointer(data), at: position, fua: false)
+                    }
+                }
+                position += grain
+            }
+        } catch {
+            throw ImageToolError(error, "copying at offset \(position)")
         }
     }
 

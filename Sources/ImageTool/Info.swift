@@ -126,9 +126,15 @@ public struct InfoCommand: Sendable {
         if let snapshots { lines.append(snapshots) }
         if case .object(let specific)? = info["format-specific"], case .object(let data)? = specific["data"] {
             lines.append("Format specific information:")
-            let order = ["compat", "compression-type", "lazy-refcounts", "bitmaps", "refcount-bits", "corrupt", "extended-l2"]
+            let order = ["compat", "compression-type", "lazy-refcounts", "bitmaps", "refcount-bits", "corrupt", "extended-l2",
+                         "cid", "parent-cid", "create-type", "extents"]
             for key in order {
                 guard let value = data[key] else { continue }
+                if key == "extents", case .array(let extents) = value {
+                    lines.append("    extents:")
+                    lines += extentLines(extents)
+                    continue
+                }
                 if key == "bitmaps", case .array(let bitmaps) = value {
                     lines.append("    bitmaps:")
                     lines += bitmapLines(bitmaps)
@@ -147,6 +153,23 @@ public struct InfoCommand: Sendable {
         return lines.joined(separator: "\n")
     }
 
+    /// The `extents:` list of a vmdk image in qemu-img's human output.
+    private static func extentLines(_ extents: [JSONValue]) -> [String] {
+        var lines: [String] = []
+        for (index, extent) in extents.enumerated() {
+            lines.append("        [\(index)]:")
+            for key in ["compressed", "virtual-size", "filename", "cluster-size", "format"] {
+                switch extent[key] {
+                case .string(let text)?: lines.append("            \(key.replacingDashes): \(text)")
+                case .integer(let number)?: lines.append("            \(key.replacingDashes): \(number)")
+                case .bool(let flag)?: lines.append("            \(key.replacingDashes): \(flag)")
+                default: break
+                }
+            }
+        }
+        return lines
+    }
+
     /// The `bitmaps:` list of qemu-img's human output: index, flags, name, granularity.
     private static func bitmapLines(_ bitmaps: [JSONValue]) -> [String] {
         var lines: [String] = []
@@ -163,4 +186,9 @@ public struct InfoCommand: Sendable {
         }
         return lines
     }
+}
+
+extension String {
+    /// `virtual-size` as qemu-img's human output spells it: `virtual size`.
+    fileprivate var replacingDashes: String { String(map { $0 == "-" ? " " : $0 }) }
 }
