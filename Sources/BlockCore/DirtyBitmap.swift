@@ -90,6 +90,14 @@ public final class DirtyBitmap: @unchecked Sendable {
 
     func update(_ body: (inout State) -> Void) { state.withLock { body(&$0) } }
 
+    /// An empty bitmap like this one (name, granularity, attributes) over `newSize` bytes.
+    func resized(to newSize: UInt64) -> DirtyBitmap {
+        let copy = DirtyBitmap(name: name, granularity: granularity, size: newSize)
+        let attributes = snapshotState
+        copy.update { $0 = attributes }
+        return copy
+    }
+
     /// Sets the attributes of a bitmap a driver loaded from an image, before the node takes it.
     public func setLoaded(persistent: Bool, inconsistent: Bool, readOnly: Bool, recording: Bool) {
         update {

@@ -24,6 +24,7 @@ public final class DirtyBitmapSet: @unchecked Sendable {
     private struct Registry {
         var bitmaps: [DirtyBitmap] = []
         var successors: [ObjectIdentifier: DirtyBitmap] = [:]
+        var trackers: [DirtyBitmap] = []
     }
 
     private let registry = Mutex(Registry())
@@ -124,6 +125,27 @@ public final class DirtyBitmapSet: @unchecked Sendable {
         publish()
     }
 
+    /// Takes a bitmap out whatever its state (the undo of an add in a failed transaction).
+    public func discard(_ bitmap: DirtyBitmap) {
+        registry.withLock { $0.bitmaps.removeAll { $0 === bitmap } }
+        publish()
+    }
+
+    /// Starts an anonymous bitmap, like `bitmap` in granularity, that records every write from now
+    /// until `untrack`: a transaction's undo adds those writes back, so that none is lost.
+    public func track(like bitmap: DirtyBitmap) -> DirtyBitmap {
+        let tracker = DirtyBitmap(name: "", granularity: bitmap.granularity, size: bitmap.size)
+        registry.withLock { $0.trackers.append(tracker) }
+        publish()
+        return tracker
+    }
+
+    /// Ends a `track`.
+    public func untrack(_ tracker: DirtyBitmap) {
+        registry.withLock { $0.trackers.removeAll { $0 === tracker } }
+        publish()
+    }
+
     /// Starts or stops recording (`block-dirty-bitmap-enable` / `-disable`).
     public func setEnabled(_ name: String, _ enabled: Bool) throws(DirtyBitmapError) {
         let bitmap = try lookup(name)
@@ -171,13 +193,34 @@ public final class DirtyBitmapSet: @unchecked Sendable {
         }
     }
 
+    // MARK: - Resizing
+
+    /// The first busy bitmap, whose user holds it at its size (a node with one cannot be resized).
+    public var firstBusy: DirtyBitmap? { all.first { $0.busy } }
+
+    /// Makes every bitmap cover `size` bytes, as QEMU's `bdrv_dirty_bitmap_truncate` does after a
+    /// resize: bits past a smaller end are dropped, a larger end adds clean bits. The resized
+    /// bitmaps replace the old ones; both record while the bits are carried over, so no write is lost.
+    public func resize(to size: UInt64) {
+        let pairs = registry.withLock { registry -> [(old: DirtyBitmap, new: DirtyBitmap)] in
+            registry.bitmaps.map { ($0, $0.resized(to: size)) }
+        }
+        guard !pairs.isEmpty else { return }
+        publish(alsoRecording: pairs.filter { $0.old.recording }.map(\.new))
+        for pair in pairs { pair.new.merge(from: pair.old) }
+        registry.withLock { registry in
+            registry.bitmaps = registry.bitmaps.map { bitmap in pairs.first { $0.old === bitmap }?.new ?? bitmap }
+        }
+        publish()
+    }
+
     // MARK: - Jobs: freeze, then drop or merge back
 
     /// Freezes a bitmap for a job (QEMU's `bdrv_dirty_bitmap_create_successor`): the bitmap's bits
     /// stay as they are while the job reads them, it is busy, and writes from now on are recorded
     /// in an anonymous successor. End it with `thaw`.
-    public func freeze(_ bitmap: DirtyBitmap) throws(DirtyBitmapError) {
-        try check(bitmap, allow: [])
+    public func freeze(_ bitmap: DirtyBitmap, allow: Allowance = []) throws(DirtyBitmapError) {
+        try check(bitmap, allow: allow)
         let successor = DirtyBitmap(name: "", granularity: bitmap.granularity, size: bitmap.size)
         successor.update { $0.recording = bitmap.enabled }
         registry.withLock { $0.successors[ObjectIdentifier(bitmap)] = successor }
@@ -244,7 +287,7 @@ public final class DirtyBitmapSet: @unchecked Sendable {
                     targets.append(bitmap)
                 }
             }
-            return targets
+            return targets + registry.trackers
         } + extra
         let new: UInt = targets.isEmpty ? 0 : UInt(bitPattern: Unmanaged.passRetained(MarkTable(targets)).toOpaque())
         let old = table.exchange(new, ordering: .sequentiallyConsistent)
