@@ -306,25 +306,84 @@ public final class DirtyBitmapSet: @unchecked Sendable {
     }
 }
 
-/// The recording bitmaps as writers see them: an immutable list read without reference counting.
+/// The recording bitmaps as writers see them: an immutable flat table read without reference
+/// counting. Bitmaps of the same granularity and size form a group: a write computes its chunk range
+/// and word mask once per group, then costs each bitmap of the group one load (and an atomic OR only
+/// when a chunk was clean).
 final class MarkTable {
+    /// Keeps the bitmaps (and so their words) alive while the table is published.
     private let bitmaps: [DirtyBitmap]
-    private let targets: UnsafeMutablePointer<Unmanaged<DirtyBitmap>>
-    private let count: Int
+    private let groups: UnsafeMutablePointer<Group>
+    private let groupCount: Int
+    private let words: UnsafeMutablePointer<UnsafeMutablePointer<UInt64>>
 
-    init(_ bitmaps: [DirtyBitmap]) {
-        self.bitmaps = bitmaps
-        count = bitmaps.count
-        targets = .allocate(capacity: max(1, bitmaps.count))
-        for (index, bitmap) in bitmaps.enumerated() { (targets + index).initialize(to: Unmanaged.passUnretained(bitmap)) }
+    struct Group {
+        let shift: UInt64
+        let lastBit: UInt64
+        let size: UInt64
+        let start: Int
+        let count: Int
     }
 
-    deinit { targets.deallocate() }
+    init(_ bitmaps: [DirtyBitmap]) {
+        let usable = bitmaps.filter { $0.bitCount > 0 }
+        var grouped: [[DirtyBitmap]] = []
+        for bitmap in usable {
+            if let index = grouped.firstIndex(where: { $0[0].shift == bitmap.shift && $0[0].size == bitmap.size }) {
+                grouped[index].append(bitmap)
+            } else {
+                grouped.append([bitmap])
+            }
+        }
+        self.bitmaps = usable
+        groupCount = grouped.count
+        groups = .allocate(capacity: max(1, grouped.count))
+        words = .allocate(capacity: max(1, usable.count))
+        var start = 0
+        for (index, members) in grouped.enumerated() {
+            let head = members[0]
+            (groups + index).initialize(to: Group(shift: head.shift, lastBit: head.bitCount - 1, size: head.size, start: start, count: members.count))
+            for member in members {
+                (words + start).initialize(to: member.words)
+                start += 1
+            }
+        }
+    }
+
+    deinit {
+        groups.deallocate()
+        words.deallocate()
+    }
 
     @inline(__always)
     func mark(_ offset: UInt64, _ length: UInt64) {
-        for index in 0..<count {
-            targets[index]._withUnsafeGuaranteedRef { $0.mark(offset, length) }
+        guard length > 0 else { return }
+        let end = offset + length - 1
+        var index = 0
+        while index < groupCount {
+            let group = groups[index]
+            index += 1
+            guard offset < group.size else { continue }
+            let first = offset >> group.shift
+            let last = min(end >> group.shift, group.lastBit)
+            let wordIndex = first >> 6
+            var member = group.start
+            let stop = group.start + group.count
+            if wordIndex == last >> 6 {
+                // 2 << 63 wraps to 0, and 0 - 1 is all ones: a whole word.
+                let mask: UInt64 = ((2 &<< (last &- first)) &- 1) &<< (first & 63)
+                let offsetInWords = Int(wordIndex)
+                while member < stop {
+                    let word = words[member] + offsetInWords
+                    if blk_word_load(word) & mask != mask { blk_word_or(word, mask) }
+                    member += 1
+                }
+            } else {
+                while member < stop {
+                    DirtyBitmap.setBitsAcrossWords(words[member], first: first, last: last)
+                    member += 1
+                }
+            }
         }
     }
 }
