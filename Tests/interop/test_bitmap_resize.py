@@ -3,6 +3,7 @@ QEMU does (a larger end clean, writes there recorded; blockd's qcow2 does not sh
 ones stored at their new size; compared with qemu-storage-daemon 7.2 bit for bit, and in the image
 that qemu-img reads afterwards. blockimg resize does the same to an image's bitmaps as qemu-img resize."""
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -85,3 +86,32 @@ def test_blockimg_resize_keeps_bitmaps_as_qemu_img(tmp_path):
         run(["qemu-img", "check", "-q", str(copy)])
         listings[tool] = (image_bitmaps(copy), json.loads(run(["qemu-img", "info", "--output=json", str(copy)]).stdout)["virtual-size"])
     assert listings["qemu-img"] == listings[blockimg_binary()]
+
+
+def test_shrinking_a_raw_node_drops_the_bits_past_its_end_as_qemu_storage_daemon(launcher, tmp_path):
+    """A raw node shrunk and grown again: its bitmaps lose the bits past the smaller end and come back
+    clean there, bit for bit as on qemu-storage-daemon."""
+    require("qemu-storage-daemon", "qemu-io")
+    results = {}
+    for program in ("blockd", "qsd"):
+        image = tmp_path / f"{program}.raw"
+        image.write_bytes(b"")
+        os.truncate(image, 64 * MiB)
+        sock = tmp_path / f"{program}.nbd"
+        args = ["--blockdev", f"driver=file,node-name=f0,filename={image}",
+                "--blockdev", "driver=raw,node-name=disk0,file=f0",
+                "--nbd-server", f"addr.type=unix,addr.path={sock}"]
+        daemon = launcher.blockd(*args, name=program) if program == "blockd" else launcher.qsd(*args, name=program)
+        seen = []
+        with daemon.qmp() as q:
+            q.execute("block-dirty-bitmap-add", node="disk0", name="t", granularity=4096)
+            q.execute("block-dirty-bitmap-add", node="disk0", name="u")
+            export_and_write(q, sock, "write 1M 64k", "write 20M 3M", "write 63M 1M")
+            seen.append(state(q))
+            for size in (21 * MiB + 4096, 64 * MiB):
+                reply = q.cmd("block_resize", {"node-name": "disk0", "size": size})
+                seen.append(reply.get("error", {}).get("desc", "ok"))
+                seen.append(state(q))
+        results[program] = seen
+    for index, (ours, theirs) in enumerate(zip(results["blockd"], results["qsd"])):
+        assert ours == theirs, f"step {index}: blockd {ours}, qsd {theirs}"
