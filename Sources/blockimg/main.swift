@@ -35,6 +35,10 @@ struct Bitmap: ParsableCommand {
     @Argument(parsing: .captureForPassthrough, help: "The actions, options, image and bitmap, as qemu-img bitmap takes them.") var arguments: [String] = []
 
     func run() throws {
+        if arguments.contains(where: { $0 == "-h" || $0 == "--help" }) {
+            print(Bitmap.helpMessage())
+            return
+        }
         try perform { () throws(ImageToolError) in try BitmapCommand(arguments: arguments).run() }
     }
 }
