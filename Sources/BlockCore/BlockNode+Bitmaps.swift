@@ -24,3 +24,29 @@ extension BlockNode {
         return min(max(clusterSize, 4096), 65536)
     }
 }
+
+extension BlockNode {
+    /// Checks and adds a dirty bitmap in QEMU's order and words (`block-dirty-bitmap-add` after the
+    /// node was found; `qemu-img bitmap --add`): name, granularity, persistence, uniqueness, length.
+    /// `clusterSize` is the format's (for the default granularity), nil when it has none.
+    public func addDirtyBitmap(
+        name: String, granularity asked: UInt64?, clusterSize: UInt64?, persistent: Bool, disabled: Bool
+    ) throws(DirtyBitmapError) -> DirtyBitmap {
+        guard !name.isEmpty else { throw DirtyBitmapError("Bitmap name cannot be empty") }
+        let granularity: UInt64
+        if let asked {
+            guard asked >= 512, asked <= 1 << 31, asked & (asked - 1) == 0 else {
+                throw DirtyBitmapError("Granularity must be power of 2 and at least 512")
+            }
+            granularity = asked
+        } else {
+            granularity = defaultBitmapGranularity(clusterSize: clusterSize)
+        }
+        if persistent, let problem = driver.persistentBitmapProblem(name: name, granularity: granularity, nodeName: self.name) {
+            throw DirtyBitmapError(problem)
+        }
+        if dirtyBitmaps.find(name) != nil { throw DirtyBitmapError("Bitmap already exists: \(name)") }
+        guard name.utf8.count <= 1023 else { throw DirtyBitmapError("Bitmap name too long: \(name)") }
+        return try dirtyBitmaps.add(name: name, granularity: granularity, size: length, persistent: persistent, disabled: disabled)
+    }
+}

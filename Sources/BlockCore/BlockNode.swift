@@ -174,6 +174,8 @@ public final class BlockNode: Sendable {
         if bits & PolicyBits.writeHook != 0, let hook = currentWriteHook {
             try hook.around(self, .zeroes, at: offset, length: count) { () throws(BlockError) in
                 if bits & PolicyBits.threshold != 0 { checkWriteThreshold(offset, count) }
+                // Under a job's hook too, the zero-write marks the recording bitmaps.
+                defer { if policyBits.load(ordering: .relaxed) & PolicyBits.dirtyBitmaps != 0 { dirtyBitmaps.mark(offset, count) } }
                 try zeroData(at: offset, length: count, flags: flags, events: bits & PolicyBits.debugEvents != 0)
             }
             return
@@ -260,14 +262,15 @@ public final class BlockNode: Sendable {
     /// Changes the node's size; new connections see the new size.
     public func resize(to newLength: UInt64) throws(BlockError) {
         guard !readOnly else { throw .notPermitted("node '\(name)' is read-only") }
-        // Bitmaps cover the size they were made for: a resize would leave writes past it unrecorded.
-        if newLength != length, let bitmap = dirtyBitmaps.all.first {
-            throw .notPermitted("node '\(name)' has the dirty bitmap '\(bitmap.name)'; remove its bitmaps before resizing it")
+        // A bitmap an export or job uses stays at its size: the node cannot change under it.
+        if newLength != length, let bitmap = dirtyBitmaps.firstBusy {
+            throw .notPermitted("node '\(name)': the dirty bitmap '\(bitmap.name)' is in use; it cannot be resized")
         }
         guard newLength % UInt64(driver.features.alignment) == 0 else {
             throw .invalid("the size must be a multiple of \(driver.features.alignment)")
         }
         try driver.resize(to: newLength)
+        if dirtyBitmaps.all.contains(where: { $0.size != length }) { dirtyBitmaps.resize(to: length) }
     }
 
     /// Hints that a range will be read soon.

@@ -90,6 +90,14 @@ public final class DirtyBitmap: @unchecked Sendable {
 
     func update(_ body: (inout State) -> Void) { state.withLock { body(&$0) } }
 
+    /// An empty bitmap like this one (name, granularity, attributes) over `newSize` bytes.
+    func resized(to newSize: UInt64) -> DirtyBitmap {
+        let copy = DirtyBitmap(name: name, granularity: granularity, size: newSize)
+        let attributes = snapshotState
+        copy.update { $0 = attributes }
+        return copy
+    }
+
     /// Sets the attributes of a bitmap a driver loaded from an image, before the node takes it.
     public func setLoaded(persistent: Bool, inconsistent: Bool, readOnly: Bool, recording: Bool) {
         update {
@@ -112,8 +120,27 @@ public final class DirtyBitmap: @unchecked Sendable {
     @inline(__always)
     public func mark(_ offset: UInt64, _ length: UInt64) {
         guard length > 0, offset < size else { return }
-        let first = offset >> shift
-        let last = min((offset + length - 1) >> shift, bitCount - 1)
+        DirtyBitmap.setBits(words, first: offset >> shift, last: min((offset + length - 1) >> shift, bitCount - 1))
+    }
+
+    /// Sets bits `first...last` of `words`. A run within one word (any write up to 64 chunks that
+    /// does not straddle a word) is one load, and one atomic OR only when some bit was clean.
+    @inline(__always)
+    static func setBits(_ words: UnsafeMutablePointer<UInt64>, first: UInt64, last: UInt64) {
+        let firstWord = first >> 6
+        if firstWord == last >> 6 {
+            // 2 << 63 wraps to 0, and 0 - 1 is all ones: a whole word.
+            let mask: UInt64 = ((2 &<< (last &- first)) &- 1) &<< (first & 63)
+            let word = words + Int(firstWord)
+            // Reading first keeps an already-dirty chunk's cache line shared between writers.
+            if blk_word_load(word) & mask != mask { blk_word_or(word, mask) }
+            return
+        }
+        setBitsAcrossWords(words, first: first, last: last)
+    }
+
+    /// `setBits` over several words.
+    static func setBitsAcrossWords(_ words: UnsafeMutablePointer<UInt64>, first: UInt64, last: UInt64) {
         var index = Int(first >> 6)
         let lastIndex = Int(last >> 6)
         while index <= lastIndex {
@@ -122,7 +149,6 @@ public final class DirtyBitmap: @unchecked Sendable {
             let top: UInt64 = high == 63 ? UInt64.max : (UInt64(1) << (high + 1)) - 1
             let mask: UInt64 = top & (UInt64.max << low)
             let word = words + index
-            // Reading first keeps an already-dirty chunk's cache line shared between writers.
             if blk_word_load(word) & mask != mask { blk_word_or(word, mask) }
             index += 1
         }

@@ -24,6 +24,7 @@ public final class DirtyBitmapSet: @unchecked Sendable {
     private struct Registry {
         var bitmaps: [DirtyBitmap] = []
         var successors: [ObjectIdentifier: DirtyBitmap] = [:]
+        var trackers: [DirtyBitmap] = []
     }
 
     private let registry = Mutex(Registry())
@@ -124,6 +125,27 @@ public final class DirtyBitmapSet: @unchecked Sendable {
         publish()
     }
 
+    /// Takes a bitmap out whatever its state (the undo of an add in a failed transaction).
+    public func discard(_ bitmap: DirtyBitmap) {
+        registry.withLock { $0.bitmaps.removeAll { $0 === bitmap } }
+        publish()
+    }
+
+    /// Starts an anonymous bitmap, like `bitmap` in granularity, that records every write from now
+    /// until `untrack`: a transaction's undo adds those writes back, so that none is lost.
+    public func track(like bitmap: DirtyBitmap) -> DirtyBitmap {
+        let tracker = DirtyBitmap(name: "", granularity: bitmap.granularity, size: bitmap.size)
+        registry.withLock { $0.trackers.append(tracker) }
+        publish()
+        return tracker
+    }
+
+    /// Ends a `track`.
+    public func untrack(_ tracker: DirtyBitmap) {
+        registry.withLock { $0.trackers.removeAll { $0 === tracker } }
+        publish()
+    }
+
     /// Starts or stops recording (`block-dirty-bitmap-enable` / `-disable`).
     public func setEnabled(_ name: String, _ enabled: Bool) throws(DirtyBitmapError) {
         let bitmap = try lookup(name)
@@ -171,13 +193,34 @@ public final class DirtyBitmapSet: @unchecked Sendable {
         }
     }
 
+    // MARK: - Resizing
+
+    /// The first busy bitmap, whose user holds it at its size (a node with one cannot be resized).
+    public var firstBusy: DirtyBitmap? { all.first { $0.busy } }
+
+    /// Makes every bitmap cover `size` bytes, as QEMU's `bdrv_dirty_bitmap_truncate` does after a
+    /// resize: bits past a smaller end are dropped, a larger end adds clean bits. The resized
+    /// bitmaps replace the old ones; both record while the bits are carried over, so no write is lost.
+    public func resize(to size: UInt64) {
+        let pairs = registry.withLock { registry -> [(old: DirtyBitmap, new: DirtyBitmap)] in
+            registry.bitmaps.map { ($0, $0.resized(to: size)) }
+        }
+        guard !pairs.isEmpty else { return }
+        publish(alsoRecording: pairs.filter { $0.old.recording }.map(\.new))
+        for pair in pairs { pair.new.merge(from: pair.old) }
+        registry.withLock { registry in
+            registry.bitmaps = registry.bitmaps.map { bitmap in pairs.first { $0.old === bitmap }?.new ?? bitmap }
+        }
+        publish()
+    }
+
     // MARK: - Jobs: freeze, then drop or merge back
 
     /// Freezes a bitmap for a job (QEMU's `bdrv_dirty_bitmap_create_successor`): the bitmap's bits
     /// stay as they are while the job reads them, it is busy, and writes from now on are recorded
     /// in an anonymous successor. End it with `thaw`.
-    public func freeze(_ bitmap: DirtyBitmap) throws(DirtyBitmapError) {
-        try check(bitmap, allow: [])
+    public func freeze(_ bitmap: DirtyBitmap, allow: Allowance = []) throws(DirtyBitmapError) {
+        try check(bitmap, allow: allow)
         let successor = DirtyBitmap(name: "", granularity: bitmap.granularity, size: bitmap.size)
         successor.update { $0.recording = bitmap.enabled }
         registry.withLock { $0.successors[ObjectIdentifier(bitmap)] = successor }
@@ -244,7 +287,7 @@ public final class DirtyBitmapSet: @unchecked Sendable {
                     targets.append(bitmap)
                 }
             }
-            return targets
+            return targets + registry.trackers
         } + extra
         let new: UInt = targets.isEmpty ? 0 : UInt(bitPattern: Unmanaged.passRetained(MarkTable(targets)).toOpaque())
         let old = table.exchange(new, ordering: .sequentiallyConsistent)
@@ -263,25 +306,84 @@ public final class DirtyBitmapSet: @unchecked Sendable {
     }
 }
 
-/// The recording bitmaps as writers see them: an immutable list read without reference counting.
+/// The recording bitmaps as writers see them: an immutable flat table read without reference
+/// counting. Bitmaps of the same granularity and size form a group: a write computes its chunk range
+/// and word mask once per group, then costs each bitmap of the group one load (and an atomic OR only
+/// when a chunk was clean).
 final class MarkTable {
+    /// Keeps the bitmaps (and so their words) alive while the table is published.
     private let bitmaps: [DirtyBitmap]
-    private let targets: UnsafeMutablePointer<Unmanaged<DirtyBitmap>>
-    private let count: Int
+    private let groups: UnsafeMutablePointer<Group>
+    private let groupCount: Int
+    private let words: UnsafeMutablePointer<UnsafeMutablePointer<UInt64>>
 
-    init(_ bitmaps: [DirtyBitmap]) {
-        self.bitmaps = bitmaps
-        count = bitmaps.count
-        targets = .allocate(capacity: max(1, bitmaps.count))
-        for (index, bitmap) in bitmaps.enumerated() { (targets + index).initialize(to: Unmanaged.passUnretained(bitmap)) }
+    struct Group {
+        let shift: UInt64
+        let lastBit: UInt64
+        let size: UInt64
+        let start: Int
+        let count: Int
     }
 
-    deinit { targets.deallocate() }
+    init(_ bitmaps: [DirtyBitmap]) {
+        let usable = bitmaps.filter { $0.bitCount > 0 }
+        var grouped: [[DirtyBitmap]] = []
+        for bitmap in usable {
+            if let index = grouped.firstIndex(where: { $0[0].shift == bitmap.shift && $0[0].size == bitmap.size }) {
+                grouped[index].append(bitmap)
+            } else {
+                grouped.append([bitmap])
+            }
+        }
+        self.bitmaps = usable
+        groupCount = grouped.count
+        groups = .allocate(capacity: max(1, grouped.count))
+        words = .allocate(capacity: max(1, usable.count))
+        var start = 0
+        for (index, members) in grouped.enumerated() {
+            let head = members[0]
+            (groups + index).initialize(to: Group(shift: head.shift, lastBit: head.bitCount - 1, size: head.size, start: start, count: members.count))
+            for member in members {
+                (words + start).initialize(to: member.words)
+                start += 1
+            }
+        }
+    }
+
+    deinit {
+        groups.deallocate()
+        words.deallocate()
+    }
 
     @inline(__always)
     func mark(_ offset: UInt64, _ length: UInt64) {
-        for index in 0..<count {
-            targets[index]._withUnsafeGuaranteedRef { $0.mark(offset, length) }
+        guard length > 0 else { return }
+        let end = offset + length - 1
+        var index = 0
+        while index < groupCount {
+            let group = groups[index]
+            index += 1
+            guard offset < group.size else { continue }
+            let first = offset >> group.shift
+            let last = min(end >> group.shift, group.lastBit)
+            let wordIndex = first >> 6
+            var member = group.start
+            let stop = group.start + group.count
+            if wordIndex == last >> 6 {
+                // 2 << 63 wraps to 0, and 0 - 1 is all ones: a whole word.
+                let mask: UInt64 = ((2 &<< (last &- first)) &- 1) &<< (first & 63)
+                let offsetInWords = Int(wordIndex)
+                while member < stop {
+                    let word = words[member] + offsetInWords
+                    if blk_word_load(word) & mask != mask { blk_word_or(word, mask) }
+                    member += 1
+                }
+            } else {
+                while member < stop {
+                    DirtyBitmap.setBitsAcrossWords(words[member], first: first, last: last)
+                    member += 1
+                }
+            }
         }
     }
 }

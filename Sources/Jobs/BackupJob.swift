@@ -118,6 +118,25 @@ public final class BackupJob: JobDriver, @unchecked Sendable {
         detach()
     }
 
+    /// The ranges whose point-in-time data is not on the target (yet): what a failed job with
+    /// bitmap-mode `always` leaves dirty in its bitmap.
+    public var uncopiedRanges: [Range<UInt64>] {
+        let pending = hook.pending
+        var ranges: [Range<UInt64>] = []
+        var chunk = 0
+        while chunk < pending.chunks {
+            guard pending.contains(chunk) else {
+                chunk += 1
+                continue
+            }
+            var end = chunk + 1
+            while end < pending.chunks && pending.contains(end) { end += 1 }
+            ranges.append(pending.byteRange(chunk..<end))
+            chunk = end
+        }
+        return ranges
+    }
+
     /// Takes copy-before-write off the source (a job that ends, or one that never started).
     public func detach() {
         source.removeWriteHook(hook)

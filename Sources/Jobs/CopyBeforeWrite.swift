@@ -85,14 +85,17 @@ final class CopyBeforeWrite: WriteHook, @unchecked Sendable {
             end += 1
         }
         lock.unlock()
+        var copied = true
         do {
             try copier.copy(pending.byteRange(start..<end))
         } catch {
             lock.lock()
             if failure == nil { failure = error.error }
             lock.unlock()
+            copied = false
         }
-        for chunk in start..<end { pending.clear(chunk) }
+        // A failed copy leaves its chunks pending: they are what the job did not back up.
+        if copied { for chunk in start..<end { pending.clear(chunk) } }
         lock.lock()
         for chunk in start..<end { busy.remove(chunk) }
         lock.broadcast()

@@ -12,7 +12,7 @@ struct BlockimgCommand: ParsableCommand {
         abstract: "Create, inspect, convert and resize raw and qcow2 disk images.",
         discussion: "Options and output follow qemu-img's, so that its users recognise them.",
         version: BlockdVersion.string,
-        subcommands: [Create.self, Info.self, Check.self, Map.self, Convert.self, Compare.self, Commit.self, Rebase.self, Resize.self, Snapshot.self, Measure.self])
+        subcommands: [Create.self, Info.self, Check.self, Map.self, Convert.self, Compare.self, Commit.self, Rebase.self, Resize.self, Snapshot.self, Measure.self, Bitmap.self])
 }
 
 /// Runs a library call: prints its error as `blockimg: ...` and exits with the error's code.
@@ -25,6 +25,21 @@ func perform(_ body: () throws(ImageToolError) -> Void) throws {
             print("blockimg: \(error.message)", to: &standardError)
         }
         throw ExitCode(error.exitCode)
+    }
+}
+
+struct Bitmap: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Add, remove, clear, enable, disable or merge a persistent dirty bitmap of a qcow2 image.",
+        discussion: "blockimg bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b SOURCE_FILE [-F SOURCE_FMT]] [-g GRANULARITY] [-f FMT] FILENAME BITMAP")
+    @Argument(parsing: .captureForPassthrough, help: "The actions, options, image and bitmap, as qemu-img bitmap takes them.") var arguments: [String] = []
+
+    func run() throws {
+        if arguments.contains(where: { $0 == "-h" || $0 == "--help" }) {
+            print(Bitmap.helpMessage())
+            return
+        }
+        try perform { () throws(ImageToolError) in try BitmapCommand(arguments: arguments).run() }
     }
 }
 

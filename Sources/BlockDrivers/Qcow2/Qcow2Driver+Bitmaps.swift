@@ -71,6 +71,9 @@ extension Qcow2Driver {
         let header = self.header
         if header.version < 3 { return "Can't make bitmap '\(name)' persistent in '\(nodeName)': Cannot store dirty bitmaps in qcow2 v2 files" }
         if readOnly { return "Can't store persistent bitmaps to \(nodeName): Operation not supported" }
+        if name.utf8.count > 1023 {
+            return "Can't make bitmap '\(name)' persistent in '\(nodeName)': Name length exceeds maximum (1023 characters)"
+        }
         if granularity > 1 << 31 { return "Can't make bitmap '\(name)' persistent in '\(nodeName)': Granularity exceeds maximum (2147483648 bytes)" }
         let count = bitmapState.set?.all.filter(\.persistent).count ?? 0
         if count >= Qcow2Bitmaps.maxBitmaps {

@@ -53,7 +53,7 @@ extension Daemon {
             autoDismiss: arguments.autoDismiss)
         let source = try jobNode(arguments.device)
         _ = try checkJobStart(start)
-        try checkBackupSync(arguments.sync, bitmap: BackupBitmap(name: arguments.bitmap, mode: nil))
+        _ = try checkBackupSync(arguments.sync, bitmap: BackupBitmap(name: arguments.bitmap, mode: arguments.bitmapMode), of: source)
         let format = arguments.format ?? imageFormat(of: source)
         let backing = arguments.sync == .top ? backingOf(source) : nil
         if arguments.mode != .existing {
@@ -62,7 +62,7 @@ extension Daemon {
         let target = try openJobImage(arguments.target, format: format, nodeName: nil, followBacking: backing != nil)
         do throws(QAPIError) {
             var prepared = try prepareBackup(start, source: source, target: target, sync: arguments.sync,
-                                             bitmap: BackupBitmap(name: arguments.bitmap, mode: nil), onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError,
+                                             bitmap: BackupBitmap(name: arguments.bitmap, mode: arguments.bitmapMode), onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError,
                                              reserved: reserved)
             prepared.opened = target
             return prepared
@@ -98,32 +98,57 @@ extension Daemon {
         var mode: BitmapSyncMode?
     }
 
-    /// Checks a backup's sync mode against its bitmap, as QEMU words it.
-    func checkBackupSync(_ sync: MirrorSyncMode, bitmap: BackupBitmap) throws(QAPIError) {
-        if sync == .incremental && bitmap.name == nil {
-            throw .generic("must provide a valid bitmap name for 'incremental' sync mode")
+    /// Checks a backup's sync mode against its bitmap as QEMU 7.2's `do_backup_common` does, in its
+    /// order and words; returns the bitmap and what it keeps when the job ends (nil: no bitmap).
+    func checkBackupSync(
+        _ sync: MirrorSyncMode, bitmap: BackupBitmap, of source: BlockNode
+    ) throws(QAPIError) -> (bitmap: DirtyBitmap, mode: DirtyBitmapSet.JobBitmapMode)? {
+        if (sync == .bitmap || sync == .incremental) && bitmap.name == nil {
+            throw .generic("must provide a valid bitmap name for '\(sync.rawValue)' sync mode")
         }
-        if sync == .incremental, let mode = bitmap.mode, mode != .onSuccess {
-            throw .generic("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+        var mode = bitmap.mode
+        if sync == .incremental {
+            if let mode, mode != .onSuccess {
+                throw .generic("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+            }
+            mode = .onSuccess
         }
-        if sync != .incremental && bitmap.name != nil {
-            throw .generic("a bitmap was given, but sync mode is not 'incremental'")
+        guard let name = bitmap.name else {
+            if mode != nil { throw .generic("Cannot specify bitmap sync mode without a bitmap") }
+            return nil
         }
-        if sync != .incremental && bitmap.mode != nil {
-            throw .generic("Cannot specify bitmap sync mode without a bitmap")
-        }
-    }
-
-    /// Freezes the bitmap of an incremental backup: its dirty parts are what the job copies, and
-    /// writes from now on are recorded apart until the job ends (`DirtyBitmapSet.freeze`).
-    func freezeBackupBitmap(_ name: String, of source: BlockNode) throws(QAPIError) -> DirtyBitmap {
-        guard let bitmap = source.dirtyBitmaps.find(name) else { throw .generic("Bitmap '\(name)' could not be found") }
+        guard let found = source.dirtyBitmaps.find(name) else { throw .generic("Bitmap '\(name)' could not be found") }
+        guard let mode else { throw .generic("Bitmap sync mode must be given when providing a bitmap") }
         do throws(DirtyBitmapError) {
-            try source.dirtyBitmaps.freeze(bitmap)
+            try source.dirtyBitmaps.check(found, allow: [.readOnly])
         } catch {
             throw .generic(error.message)
         }
-        return bitmap
+        if sync == .none {
+            throw .generic("sync mode 'none' does not produce meaningful bitmap outputs")
+        }
+        if mode == .never && sync != .bitmap && sync != .incremental {
+            throw .generic("Bitmap sync mode 'never' has no meaningful effect when combined with sync mode '\(sync.rawValue)'")
+        }
+        let jobMode: DirtyBitmapSet.JobBitmapMode
+        switch mode {
+        case .onSuccess: jobMode = .onSuccess
+        case .never: jobMode = .never
+        case .always: jobMode = .always
+        }
+        return (found, jobMode)
+    }
+
+    /// Freezes the bitmap of a backup: with sync "bitmap" its dirty parts are what the job copies,
+    /// and writes from now on are recorded apart until the job ends (`DirtyBitmapSet.freeze`).
+    func freezeBackupBitmap(_ bitmap: DirtyBitmap, mode: DirtyBitmapSet.JobBitmapMode, of source: BlockNode) throws(QAPIError) {
+        do throws(DirtyBitmapError) {
+            // A bitmap the job will change must be writable (QEMU's BDRV_BITMAP_DEFAULT check).
+            if mode != .never { try source.dirtyBitmaps.check(bitmap, allow: []) }
+            try source.dirtyBitmaps.freeze(bitmap, allow: mode == .never ? [.readOnly] : [])
+        } catch {
+            throw .generic(error.message)
+        }
     }
 
     private func startBackup(
@@ -148,20 +173,17 @@ extension Daemon {
         try checkNotBusy([target, source])
         let id = try checkJobStart(start)
         if reserved.contains(id) { throw .generic("Job ID '\(id)' already in use") }
-        try checkBackupSync(sync, bitmap: bitmap)
+        let syncBitmap = try checkBackupSync(sync, bitmap: bitmap, of: source)
         guard source !== target else { throw .generic("Can't backup node into itself") }
         guard source.length == target.length else { throw .generic("Source and target image have different sizes") }
         guard !target.readOnly else { throw .generic("Target node '\(target.name)' is read-only") }
         let everything = [0..<source.length]
         let copy: [Range<UInt64>]
-        var frozen: DirtyBitmap?
         switch sync {
         case .full: copy = everything
         case .none: copy = []
-        case .incremental:
-            let dirty = try freezeBackupBitmap(bitmap.name ?? "", of: source)
-            frozen = dirty
-            copy = dirty.dirtyRanges().map { $0.offset..<min($0.offset + $0.length, source.length) }
+        case .incremental, .bitmap:
+            copy = (syncBitmap?.bitmap.dirtyRanges() ?? []).map { $0.offset..<min($0.offset + $0.length, source.length) }
         default:
             do throws(BlockError) {
                 copy = try BackupJob.allocatedRanges(of: source)
@@ -169,19 +191,38 @@ extension Daemon {
                 throw .generic(error.message)
             }
         }
+        if let syncBitmap { try freezeBackupBitmap(syncBitmap.bitmap, mode: syncBitmap.mode, of: source) }
+        let frozen = syncBitmap?.bitmap
         let bitmaps = source.dirtyBitmaps
         var finished: (@Sendable (Bool) -> Void)?
-        if let dirty = frozen {
-            finished = { succeeded in bitmaps.finishJob(dirty, mode: .onSuccess, succeeded: succeeded, remaining: nil) }
+        let jobBox = BackupJobBox()
+        if let syncBitmap {
+            let granularity = syncBitmap.bitmap.granularity
+            finished = { succeeded in
+                var remaining: DirtyBitmap?
+                if !succeeded && syncBitmap.mode == .always, let job = jobBox.job {
+                    let uncopied = DirtyBitmap(name: "", granularity: granularity, size: source.length)
+                    for range in job.uncopiedRanges { uncopied.mark(range.lowerBound, range.upperBound - range.lowerBound) }
+                    remaining = uncopied
+                }
+                bitmaps.finishJob(syncBitmap.bitmap, mode: syncBitmap.mode, succeeded: succeeded, remaining: remaining)
+            }
         }
-        let preserve = sync == .top || sync == .incremental ? copy : everything
+        let preserve = sync == .top || sync == .incremental || sync == .bitmap ? copy : everything
         let driver = BackupJob(
             source: source, target: target, copy: copy, preserve: preserve,
             onSourceError: Daemon.policy(onSourceError), onTargetError: Daemon.policy(onTargetError), finished: finished)
+        jobBox.job = driver
         guard driver.attach() else {
             if let frozen { bitmaps.thaw(frozen, clearFrozenBits: false) }
             throw .generic("Node '\(source.name)' is busy: block device is in use by a block job")
         }
         return PreparedJob(id: id, driver: driver, start: start, opened: nil)
     }
+}
+
+/// The backup job a bitmap's end-of-job closure reads its uncopied ranges from (set once the job
+/// exists, before it starts).
+private final class BackupJobBox: @unchecked Sendable {
+    weak var job: BackupJob?
 }

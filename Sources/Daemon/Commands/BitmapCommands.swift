@@ -20,34 +20,27 @@ extension Daemon {
     /// `block-dirty-bitmap-add`: checked in QEMU's order (node, name, granularity, persistence).
     func blockDirtyBitmapAdd(_ arguments: BlockDirtyBitmapAdd) throws(QAPIError) -> QAPIEmpty {
         try locked { () throws(QAPIError) in
-            guard let node = bitmapNode(arguments.node) else {
-                throw .generic("Cannot find device='\(arguments.node)' nor node-name='\(arguments.node)'")
-            }
-            guard !arguments.name.isEmpty else { throw .generic("Bitmap name cannot be empty") }
-            let granularity: UInt64
-            if let asked = arguments.granularity {
-                guard asked >= 512, asked & (asked - 1) == 0 else { throw .generic("Granularity must be power of 2 and at least 512") }
-                granularity = UInt64(asked)
-            } else {
-                let cluster = (node.driver as? Qcow2Driver).map { UInt64($0.header.clusterSize) }
-                granularity = node.defaultBitmapGranularity(clusterSize: cluster)
-            }
-            let persistent = arguments.persistent ?? false
-            if persistent, let problem = node.driver.persistentBitmapProblem(name: arguments.name, granularity: granularity, nodeName: node.name) {
-                throw .generic(problem)
-            }
-            if node.dirtyBitmaps.find(arguments.name) != nil { throw .generic("Bitmap already exists: \(arguments.name)") }
-            guard arguments.name.utf8.count <= 1023 else { throw .generic("Bitmap name too long: \(arguments.name)") }
-            do throws(DirtyBitmapError) {
-                try node.dirtyBitmaps.add(
-                    name: arguments.name, granularity: granularity, size: node.length, persistent: persistent,
-                    disabled: arguments.disabled ?? false)
-            } catch {
-                throw .generic(error.message)
-            }
-            Log.info("node '\(node.name)': dirty bitmap '\(arguments.name)' added (granularity \(granularity)\(persistent ? ", persistent" : ""))")
+            _ = try addBitmap(arguments)
             return QAPIEmpty()
         }
+    }
+
+    /// Checks and adds a bitmap (the command, and the transaction action); the caller holds the lock.
+    func addBitmap(_ arguments: BlockDirtyBitmapAdd) throws(QAPIError) -> (node: BlockNode, bitmap: DirtyBitmap) {
+        guard let node = bitmapNode(arguments.node) else {
+            throw .generic("Cannot find device='\(arguments.node)' nor node-name='\(arguments.node)'")
+        }
+        let cluster = (node.driver as? Qcow2Driver).map { UInt64($0.header.clusterSize) }
+        let bitmap: DirtyBitmap
+        do throws(DirtyBitmapError) {
+            bitmap = try node.addDirtyBitmap(
+                name: arguments.name, granularity: arguments.granularity.map { UInt64($0) }, clusterSize: cluster,
+                persistent: arguments.persistent ?? false, disabled: arguments.disabled ?? false)
+        } catch {
+            throw .generic(error.message)
+        }
+        Log.info("node '\(node.name)': dirty bitmap '\(arguments.name)' added (granularity \(bitmap.granularity)\(bitmap.persistent ? ", persistent" : ""))")
+        return (node, bitmap)
     }
 
     /// `block-dirty-bitmap-remove`: refused while the bitmap is busy; an inconsistent one can be removed.
@@ -76,32 +69,37 @@ extension Daemon {
     /// `block-dirty-bitmap-merge`: every source is found and checked before the target changes.
     func blockDirtyBitmapMerge(_ arguments: BlockDirtyBitmapMerge) throws(QAPIError) -> QAPIEmpty {
         try locked { () throws(QAPIError) in
-            let target = try lookupBitmap(node: arguments.node, name: arguments.target)
-            var sources: [DirtyBitmap] = []
-            for (index, source) in arguments.bitmaps.enumerated() {
-                switch source {
-                case .string(let name):
-                    sources.append(try lookupBitmap(node: arguments.node, name: name).bitmap)
-                case .object(let members):
-                    guard case .string(let node)? = members["node"], case .string(let name)? = members["name"], members.count == 2 else {
-                        throw .generic("Invalid parameter type for 'bitmaps[\(index)]', expected: BlockDirtyBitmap")
-                    }
-                    sources.append(try lookupBitmap(node: node, name: name).bitmap)
-                default:
-                    throw .generic("Invalid parameter type for 'bitmaps[\(index)]', expected: BlockDirtyBitmapOrStr")
-                }
-            }
-            do throws(DirtyBitmapError) {
-                try target.set.check(target.bitmap, allow: [])
-                for source in sources {
-                    try target.set.check(source, allow: [.busy, .readOnly])
-                }
-            } catch {
-                throw .generic(error.message)
-            }
+            let (target, sources) = try mergeOperands(arguments)
             for source in sources where source !== target.bitmap { target.bitmap.merge(from: source) }
             return QAPIEmpty()
         }
+    }
+
+    /// The target and sources of a merge, found and checked as QEMU's `block_dirty_bitmap_merge`
+    /// does; the caller holds the lock.
+    func mergeOperands(_ arguments: BlockDirtyBitmapMerge, path: String = "") throws(QAPIError) -> (target: (bitmap: DirtyBitmap, set: DirtyBitmapSet), sources: [DirtyBitmap]) {
+        let target = try lookupBitmap(node: arguments.node, name: arguments.target)
+        var sources: [DirtyBitmap] = []
+        for (index, source) in arguments.bitmaps.enumerated() {
+            switch source {
+            case .string(let name):
+                sources.append(try lookupBitmap(node: arguments.node, name: name).bitmap)
+            case .object(let members):
+                let named = try BlockDirtyBitmap(decoding: .object(members), at: "\(path)bitmaps[\(index)]")
+                sources.append(try lookupBitmap(node: named.node, name: named.name).bitmap)
+            default:
+                throw .generic("Invalid parameter type for '\(path)bitmaps[\(index)]', expected: BlockDirtyBitmapOrStr")
+            }
+        }
+        do throws(DirtyBitmapError) {
+            try target.set.check(target.bitmap, allow: [])
+            for source in sources {
+                try target.set.check(source, allow: [.busy, .readOnly])
+            }
+        } catch {
+            throw .generic(error.message)
+        }
+        return (target, sources)
     }
 
     /// `x-debug-block-dirty-bitmap-sha256`.

@@ -77,8 +77,8 @@ extension Daemon {
         if let size = settings.bufSize, size < 0 {
             throw .generic("Parameter 'buf-size' expects a non-negative value")
         }
-        if settings.sync == .incremental {
-            throw .generic("Sync mode 'incremental' not supported")
+        if settings.sync == .incremental || settings.sync == .bitmap {
+            throw .generic("Sync mode '\(settings.sync.rawValue)' not supported")
         }
     }
 

@@ -10,8 +10,9 @@ extension Daemon {
     }
 
     /// `transaction`: prepares every action (overlays created and opened, backups' copy-before-write
-    /// on), then, when all succeeded, switches the devices and starts the jobs; the first failure
-    /// undoes every preparation and is the command's error, so nothing of the others is left.
+    /// on, dirty bitmap changes made), then, when all succeeded, switches the devices and starts the
+    /// jobs; the first failure undoes every preparation, latest first, and is the command's error,
+    /// so nothing of the others is left.
     func transaction(_ arguments: TransactionArguments) throws(QAPIError) -> QAPIEmpty {
         try locked { () throws(QAPIError) in
             var actions: [PreparedAction] = []
@@ -30,15 +31,21 @@ extension Daemon {
                     case "blockdev-snapshot":
                         actions.append(try prepareSnapshot(try BlockdevSnapshot(decoding: data, at: path)))
                     case "drive-backup":
-                        jobsToStart.append(try prepareDriveBackup(try DriveBackup(decoding: data, at: path), reserved: reserved))
+                        let prepared = try prepareDriveBackup(try DriveBackup(decoding: data, at: path), reserved: reserved)
+                        jobsToStart.append(prepared)
+                        actions.append(PreparedAction(commit: {}, abort: { [unowned self] in abortPrepared(prepared) }))
                     case "blockdev-backup":
-                        jobsToStart.append(try prepareBlockdevBackup(try BlockdevBackup(decoding: data, at: path), reserved: reserved))
+                        let prepared = try prepareBlockdevBackup(try BlockdevBackup(decoding: data, at: path), reserved: reserved)
+                        jobsToStart.append(prepared)
+                        actions.append(PreparedAction(commit: {}, abort: { [unowned self] in abortPrepared(prepared) }))
                     default:
-                        throw QAPIError.invalidEnumValue("actions[\(index)].type", value: type)
+                        guard let prepared = try prepareBitmapAction(type, data: data, at: path) else {
+                            throw QAPIError.invalidEnumValue("type", value: type)  // QEMU names the member without its path here
+                        }
+                        actions.append(prepared)
                     }
                 }
             } catch {
-                for prepared in jobsToStart.reversed() { abortPrepared(prepared) }
                 for action in actions.reversed() { action.abort() }
                 throw error
             }

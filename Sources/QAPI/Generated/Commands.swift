@@ -538,8 +538,9 @@ public enum BlockJobFinalizeCommand: QAPICommand {
     public typealias Result = QAPIEmpty
 }
 
-/// Runs several snapshot and backup actions as one: either every action takes effect, at the same
-/// moment as far as clients can tell, or none does (the first failure is the command's error).
+/// Runs several snapshot, backup and dirty bitmap actions as one: either every action takes effect,
+/// at the same moment as far as clients can tell, or none does (the first failure is the command's
+/// error, and the actions before it are undone).
 public enum TransactionCommand: QAPICommand {
     public static let name = "transaction"
     public typealias Arguments = TransactionArguments

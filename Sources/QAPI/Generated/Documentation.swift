@@ -245,7 +245,7 @@ public enum QAPIDocumentation {
         CommandDoc(
             name: "drive-backup",
             summary: "Starts a job that copies a point-in-time image of a device into a file.",
-            text: "Starts a job that copies a point-in-time image of a device into a file. Its progress shows in query-block-jobs with type \"backup\" and it can be stopped with block-job-cancel. The arguments are those of DriveBackup.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to back up\n  target (str): the destination file; created unless it exists or is a device\n  format (str, optional): the destination format; probed in mode \"existing\", else the source format\n  sync (MirrorSyncMode): which data to copy\n  mode (NewImageMode, optional): whether to create 'target'; \"absolute-paths\" when absent\n  speed (int, optional): a speed limit in bytes per second\n  bitmap (str, optional): the dirty bitmap to copy from; required with sync \"incremental\" and refused otherwise\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)\n\nErrors: DeviceNotFound when 'device' does not exist.",
+            text: "Starts a job that copies a point-in-time image of a device into a file. Its progress shows in query-block-jobs with type \"backup\" and it can be stopped with block-job-cancel. The arguments are those of DriveBackup.\n\nArguments:\n  job-id (str, optional): the identifier of the new job; the device name when absent\n  device (str): the device to back up\n  target (str): the destination file; created unless it exists or is a device\n  format (str, optional): the destination format; probed in mode \"existing\", else the source format\n  sync (MirrorSyncMode): which data to copy\n  mode (NewImageMode, optional): whether to create 'target'; \"absolute-paths\" when absent\n  speed (int, optional): a speed limit in bytes per second\n  bitmap (str, optional): the dirty bitmap to copy from; required with sync \"incremental\" and \"bitmap\", refused with \"none\" and \"top\"\n  bitmap-mode (BitmapSyncMode, optional): what 'bitmap' keeps when the job ends; required with sync \"bitmap\" (later QEMU)\n  on-source-error (BlockdevOnError, optional): what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status\n  on-target-error (BlockdevOnError, optional): what to do when writing the target fails; \"report\" when absent\n  auto-finalize (bool, optional): whether the job finalizes itself when done (true when absent); false leaves it pending until job-finalize (later QEMU)\n  auto-dismiss (bool, optional): whether the job disappears once concluded (true when absent); false keeps it until job-dismiss (later QEMU)\n\nErrors: DeviceNotFound when 'device' does not exist.",
             arguments: [
                 ArgumentDoc(name: "job-id", type: "str", optional: true,
                             doc: "the identifier of the new job; the device name when absent"),
@@ -262,7 +262,9 @@ public enum QAPIDocumentation {
                 ArgumentDoc(name: "speed", type: "int", optional: true,
                             doc: "a speed limit in bytes per second"),
                 ArgumentDoc(name: "bitmap", type: "str", optional: true,
-                            doc: "the dirty bitmap to copy from; required with sync \"incremental\" and refused otherwise"),
+                            doc: "the dirty bitmap to copy from; required with sync \"incremental\" and \"bitmap\", refused with \"none\" and \"top\""),
+                ArgumentDoc(name: "bitmap-mode", type: "BitmapSyncMode", optional: true,
+                            doc: "what 'bitmap' keeps when the job ends; required with sync \"bitmap\" (later QEMU)"),
                 ArgumentDoc(name: "on-source-error", type: "BlockdevOnError", optional: true,
                             doc: "what to do when reading the source fails; \"report\" when absent. \"stop\" and \"enospc\" need a device that tracks its I/O status"),
                 ArgumentDoc(name: "on-target-error", type: "BlockdevOnError", optional: true,
@@ -1135,8 +1137,8 @@ public enum QAPIDocumentation {
         ),
         CommandDoc(
             name: "transaction",
-            summary: "Runs several snapshot and backup actions as one: either every action takes effect, at the same moment as far as clients can tell, or none does (the first failure is the command's error).",
-            text: "Runs several snapshot and backup actions as one: either every action takes effect, at the same moment as far as clients can tell, or none does (the first failure is the command's error).\n\nArguments:\n  actions ([TransactionAction]): the actions, in order",
+            summary: "Runs several snapshot, backup and dirty bitmap actions as one: either every action takes effect, at the same moment as far as clients can tell, or none does (the first failure is the command's error, and the actions before it are undone).",
+            text: "Runs several snapshot, backup and dirty bitmap actions as one: either every action takes effect, at the same moment as far as clients can tell, or none does (the first failure is the command's error, and the actions before it are undone).\n\nArguments:\n  actions ([TransactionAction]): the actions, in order",
             arguments: [
                 ArgumentDoc(name: "actions", type: "[TransactionAction]", optional: false,
                             doc: "the actions, in order"),

@@ -1328,6 +1328,8 @@ public enum MirrorSyncMode: String, QAPIValue, CaseIterable, Sendable {
     case none = "none"
     /// What a dirty bitmap marks
     case incremental = "incremental"
+    /// What a dirty bitmap marks, the bitmap afterwards as `BitmapSyncMode` says (later QEMU)
+    case bitmap = "bitmap"
 }
 
 // MARK: - BlockJobType
@@ -1560,8 +1562,11 @@ public struct DriveBackup: QAPIValue, Equatable {
     public var mode: NewImageMode?
     /// A speed limit in bytes per second
     public var speed: Int64?
-    /// The dirty bitmap to copy from; required with sync "incremental" and refused otherwise
+    /// The dirty bitmap to copy from; required with sync "incremental" and "bitmap", refused with
+    /// "none" and "top"
     public var bitmap: String?
+    /// What `bitmap` keeps when the job ends; required with sync "bitmap" (later QEMU)
+    public var bitmapMode: BitmapSyncMode?
     /// What to do when reading the source fails; "report" when absent. "stop" and "enospc" need a
     /// device that tracks its I/O status
     public var onSourceError: BlockdevOnError?
@@ -1584,6 +1589,7 @@ public struct DriveBackup: QAPIValue, Equatable {
         mode: NewImageMode? = nil,
         speed: Int64? = nil,
         bitmap: String? = nil,
+        bitmapMode: BitmapSyncMode? = nil,
         onSourceError: BlockdevOnError? = nil,
         onTargetError: BlockdevOnError? = nil,
         autoFinalize: Bool? = nil,
@@ -1597,6 +1603,7 @@ public struct DriveBackup: QAPIValue, Equatable {
         self.mode = mode
         self.speed = speed
         self.bitmap = bitmap
+        self.bitmapMode = bitmapMode
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
         self.autoFinalize = autoFinalize
@@ -1613,6 +1620,7 @@ public struct DriveBackup: QAPIValue, Equatable {
         self.mode = try object.optional("mode")
         self.speed = try object.optional("speed")
         self.bitmap = try object.optional("bitmap")
+        self.bitmapMode = try object.optional("bitmap-mode")
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
         self.autoFinalize = try object.optional("auto-finalize")
@@ -1630,6 +1638,7 @@ public struct DriveBackup: QAPIValue, Equatable {
         if let mode { object["mode"] = mode.json }
         if let speed { object["speed"] = speed.json }
         if let bitmap { object["bitmap"] = bitmap.json }
+        if let bitmapMode { object["bitmap-mode"] = bitmapMode.json }
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
         if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
