@@ -24,6 +24,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .target(name: "CBlockShims"),
@@ -47,10 +48,12 @@ let package = Package(
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "Sockets", "CBlockShims"], swiftSettings: strict),
         .target(name: "Jobs", dependencies: ["BlockCore", "LogOptionsClock", "Sockets"], swiftSettings: strict),
         .target(name: "QMP", dependencies: ["JSON", "QAPI", "LogOptionsClock", "Sockets"], swiftSettings: strict),
+        .target(name: "MetricsHTTP", dependencies: ["LogOptionsClock", "Sockets", "CBlockShims"], swiftSettings: strict),
         .target(name: "QMPClient", dependencies: ["JSON", "QAPI", "Sockets"], swiftSettings: strict),
         .target(
             name: "Daemon",
-            dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "Jobs", "CBlockShims", "Version"],
+            dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "Jobs", "CBlockShims", "Version",
+                           "MetricsHTTP", .product(name: "Prometheus", package: "swift-prometheus")],
             swiftSettings: strict),
         .executableTarget(
             name: "blockd",

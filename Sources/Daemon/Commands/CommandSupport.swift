@@ -38,6 +38,7 @@ extension Daemon {
         registerTLSCommands(on: table)
         registerJobCommands(on: table)
         registerMirrorCommands(on: table)
+        registerMetricsCommands(on: table)
         registerBackupCommands(on: table)
         registerSnapshotCommands(on: table)
         registerChainJobCommands(on: table)
