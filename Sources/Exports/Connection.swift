@@ -131,6 +131,7 @@ struct Connection {
                 Log.info("\(peer): export '\(session.export.name)' was removed during the handshake")
                 return nil
             }
+            if actions.contains(where: { if case .close = $0 { true } else { false } }) { failure = .aborted }
             for action in actions {
                 switch action {
                 case .send(let bytes):
