@@ -24,6 +24,7 @@ public enum Drivers {
         "ftp": entry("ftp", CurlDriver.opener(for: "ftp")),
         "ftps": entry("ftps", CurlDriver.opener(for: "ftps")),
         "tftp": entry("tftp", CurlDriver.opener(for: "tftp")),
+        "rbd": entry("rbd", RBDDriver.opener),
     ]
 
     /// The option names of `driver` in the schema: the members of its `BlockdevOptions` branch.
