@@ -86,6 +86,7 @@ let package = Package(
         .testTarget(name: "Qcow2Tests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ImageToolTests", dependencies: ["ImageTool", "BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", "BlockCore"], swiftSettings: strict),
+        .testTarget(name: "MetricsHTTPTests", dependencies: ["MetricsHTTP"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Sockets"], swiftSettings: strict),
     ]
 )
