@@ -15,6 +15,12 @@ typedef void *rados_ioctx_t;
 typedef void *rbd_image_t;
 typedef void *rbd_completion_t;
 typedef void (*rbd_callback_t)(rbd_completion_t completion, void *argument);
+/// rbd_snap_info_t.
+struct rbd_snap_info {
+    uint64_t id;
+    uint64_t size;
+    const char *name;
+};
 
 static struct {
     int (*rados_create)(rados_t *cluster, const char *id);
@@ -43,6 +49,8 @@ static struct {
     int (*rbd_diff_iterate2)(rbd_image_t image, const char *from_snapshot, uint64_t offset, uint64_t length,
                              uint8_t include_parent, uint8_t whole_object,
                              int (*callback)(uint64_t, size_t, int, void *), void *argument);
+    int (*rbd_snap_list)(rbd_image_t image, struct rbd_snap_info *snapshots, int *max_snapshots);
+    void (*rbd_snap_list_end)(struct rbd_snap_info *snapshots);
 } api;
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
@@ -89,6 +97,8 @@ static void load(void) {
     BIND(rbd, rbd_aio_write_zeroes);
     BIND(rbd, rbd_aio_flush);
     BIND(rbd, rbd_diff_iterate2);
+    BIND(rbd, rbd_snap_list);
+    BIND(rbd, rbd_snap_list_end);
 #undef BIND
 }
 
@@ -216,4 +226,27 @@ int blk_rbd_submit(blk_rbd *rbd, int op, uint64_t offset, uint64_t length, void 
 
 int blk_rbd_diff(blk_rbd *rbd, uint64_t offset, uint64_t length, blk_rbd_extent callback, void *context) {
     return api.rbd_diff_iterate2(rbd->image, NULL, offset, length, 1, 0, callback, context);
+}
+
+int blk_rbd_snapshots(blk_rbd *rbd, blk_rbd_snapshot callback, void *context) {
+    int capacity = 16;
+    for (;;) {
+        struct rbd_snap_info *list = calloc((size_t)capacity, sizeof *list);
+        if (!list) return -ENOMEM;
+        int wanted = capacity;
+        int count = api.rbd_snap_list(rbd->image, list, &wanted);
+        if (count == -ERANGE) {
+            free(list);
+            capacity = wanted > capacity ? wanted : capacity * 2;
+            continue;
+        }
+        if (count < 0) {
+            free(list);
+            return count;
+        }
+        for (int index = 0; index < count; index++) callback(list[index].name, list[index].id, list[index].size, context);
+        api.rbd_snap_list_end(list);
+        free(list);
+        return count;
+    }
 }

@@ -9,6 +9,13 @@ public struct HTTPRequestHead: Sendable, Equatable {
     /// The version token (`HTTP/1.1`).
     public var version: String
 
+    /// Creates a head from its parts.
+    public init(method: String, path: String, version: String) {
+        self.method = method
+        self.path = path
+        self.version = version
+    }
+
     /// What the bytes received so far amount to.
     public enum Parse: Sendable, Equatable {
         /// The header block is not complete yet.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qmp_client import QMP
 from conftest import ROOT, blockd_binary, require, require_long, skip_or_fail
 
 MiB = 1 << 20
@@ -99,8 +100,14 @@ def test_blockd_writes_qemu_reads_and_lock(ceph, start_blockd, tmp_path):
     refused = subprocess.run([blockd_binary(), "--blockdev", rbd_node(ceph, "b2q", snapshot="s1")], capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 1 and "read-only" in refused.stderr
+    qmp_path = tmp_path / "qmp.sock"
     snap = start_blockd(args=["--blockdev", rbd_node(ceph, "b2q", snapshot="s1", **{"read-only": True}),
-                              "--export", "type=nbd,id=e1,node-name=r0,name=disk0"])
+                              "--export", "type=nbd,id=e1,node-name=r0,name=disk0",
+                              "--chardev", f"socket,id=m,path={qmp_path},server=on,wait=off", "--monitor", "chardev=m"])
+    # The image's own snapshots are listed as QEMU's rbd driver lists them.
+    with QMP(qmp_path) as qmp:
+        node = next(n for n in qmp.execute("query-named-block-nodes") if n["node-name"] == "r0")
+    assert [(s["name"], s["id"], s["vm-state-size"]) for s in node["image"]["snapshots"]] == [("s1", "s1", 32 * MiB)]
     snap_copy = tmp_path / "snap.raw"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", snap.uri(), str(snap_copy)], check=True, timeout=120)
     assert digest(snap_copy) == digest(source)

@@ -137,6 +137,15 @@ public final class RBDDriver: BlockDriver, AsyncTarget, @unchecked Sendable {
         return walk.extents.isEmpty ? [.hole(end - offset)] : walk.extents
     }
 
+    /// The image's own snapshots: name, id and size (query-named-block-nodes lists them as QEMU does).
+    public func snapshots() -> [(name: String, id: UInt64, size: UInt64)] {
+        let list = RBDSnapshotList()
+        _ = blk_rbd_snapshots(handle, { name, id, size, context in
+            Unmanaged<RBDSnapshotList>.fromOpaque(context!).takeUnretainedValue().items.append((String(cString: name!), id, size))
+        }, Unmanaged.passUnretained(list).toOpaque())
+        return list.items
+    }
+
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? {
         DirectTarget(remote: self, offset: offset)
     }
@@ -249,4 +258,9 @@ private final class RBDExtentWalk {
             extents.append(extent)
         }
     }
+}
+
+/// The snapshots `blk_rbd_snapshots` reports.
+private final class RBDSnapshotList {
+    var items: [(name: String, id: UInt64, size: UInt64)] = []
 }

@@ -48,4 +48,10 @@ int blk_rbd_submit(blk_rbd *rbd, int op, uint64_t offset, uint64_t length, void 
 /// Walks the allocated extents of [offset, offset+length); 0 or -errno.
 int blk_rbd_diff(blk_rbd *rbd, uint64_t offset, uint64_t length, blk_rbd_extent callback, void *context);
 
+/// Called for each snapshot of the image: its name, id and size.
+typedef void (*blk_rbd_snapshot)(const char *name, uint64_t id, uint64_t size, void *context);
+
+/// Lists the image's snapshots; the count, or -errno.
+int blk_rbd_snapshots(blk_rbd *rbd, blk_rbd_snapshot callback, void *context);
+
 #endif
