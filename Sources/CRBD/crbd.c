@@ -129,6 +129,13 @@ int blk_rbd_open(const char *conf, const char *user, const char *const *settings
         free(rbd);
         return result;
     }
+    // A cluster that cannot be reached makes requests fail after these bounds instead of hanging
+    // (the export's error policy then decides); set before the file is read, which may change them.
+    static const char *const bounds[][2] = {
+        {"client_mount_timeout", "30"}, {"rados_mon_op_timeout", "30"}, {"rados_osd_op_timeout", "30"}};
+    for (size_t index = 0; index < sizeof bounds / sizeof bounds[0]; index++) {
+        api.rados_conf_set(rbd->cluster, bounds[index][0], bounds[index][1]);
+    }
     result = api.rados_conf_read_file(rbd->cluster, conf);
     if (result < 0 && conf) {
         snprintf(error, error_size, "error reading conf file %s: %s", conf, strerror(-result));
