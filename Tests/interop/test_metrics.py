@@ -190,7 +190,7 @@ def test_serves_while_exports_come_and_go(start_blockd, tmp_path):
             for round_ in range(30):
                 qmp.execute("blockdev-add", {"driver": "null-co", "node-name": f"n{round_}", "size": 1 << 20})
                 qmp.execute("block-export-add", {"type": "nbd", "id": f"x{round_}", "node-name": f"n{round_}"})
-                time.sleep(0.01)
+                time.sleep(0.05)
                 qmp.execute("block-export-del", {"id": f"x{round_}"})
                 deadline = time.monotonic() + 5
                 while any(e["id"] == f"x{round_}" for e in qmp.execute("query-block-exports")) and time.monotonic() < deadline:
@@ -240,7 +240,7 @@ def test_hostile_scrapers_block_neither_daemon_nor_nbd(start_blockd, tmp_path):
         handle.pwrite(b"x" * 65536, 0)
         assert handle.pread(65536, 0) == b"x" * 65536
         handle.shutdown()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 5
         sender.join(timeout=20)
         assert not sender.is_alive()
         assert huge_answer and (huge_answer[0].startswith(b"HTTP/1.1 431") or b"Error" in huge_answer[0]), huge_answer
