@@ -24,6 +24,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .target(name: "CBlockShims"),
@@ -34,6 +35,7 @@ let package = Package(
         .target(name: "CTLS", dependencies: ["CGnuTLS"]),
         .systemLibrary(name: "CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .target(name: "CCurl", linkerSettings: [.linkedLibrary("curl")]),
+        .target(name: "CRBD", linkerSettings: [.linkedLibrary("dl")]),
         .target(name: "Version", swiftSettings: strict),
         .target(name: "NBDProtocol", swiftSettings: strict),
         .target(name: "JSON", swiftSettings: strict),
@@ -41,17 +43,19 @@ let package = Package(
         .target(name: "LogOptionsClock", dependencies: ["JSON"], swiftSettings: strict),
         .target(name: "BlockCore", dependencies: ["JSON", "LogOptionsClock", "CBlockShims"], swiftSettings: strict),
         .target(name: "BlockIO", dependencies: ["BlockCore", "LogOptionsClock", "CURing"], swiftSettings: strict),
-        .target(name: "BlockDrivers", dependencies: ["BlockCore", "LogOptionsClock", "JSON", "QAPI", "BlockIO", "CBlockShims", "CZlib", "CLibNBD", "CCurl", "CBzip2"], swiftSettings: strict),
+        .target(name: "BlockDrivers", dependencies: ["BlockCore", "LogOptionsClock", "JSON", "QAPI", "BlockIO", "CBlockShims", "CZlib", "CLibNBD", "CCurl", "CBzip2", "CRBD"], swiftSettings: strict),
         .target(name: "ImageTool", dependencies: ["BlockCore", "LogOptionsClock", "BlockDrivers", "JSON"], swiftSettings: strict),
         .target(name: "BlockTestSupport", dependencies: ["BlockCore", "LogOptionsClock"], swiftSettings: strict),
         .target(name: "Sockets", dependencies: ["LogOptionsClock", "CBlockShims", "CTLS"], swiftSettings: strict),
         .target(name: "Exports", dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "Sockets", "CBlockShims"], swiftSettings: strict),
         .target(name: "Jobs", dependencies: ["BlockCore", "LogOptionsClock", "Sockets"], swiftSettings: strict),
         .target(name: "QMP", dependencies: ["JSON", "QAPI", "LogOptionsClock", "Sockets"], swiftSettings: strict),
+        .target(name: "MetricsHTTP", dependencies: ["LogOptionsClock", "Sockets", "CBlockShims"], swiftSettings: strict),
         .target(name: "QMPClient", dependencies: ["JSON", "QAPI", "Sockets"], swiftSettings: strict),
         .target(
             name: "Daemon",
-            dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "Jobs", "CBlockShims", "Version"],
+            dependencies: ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI", "QMP", "Jobs", "CBlockShims", "Version",
+                           "MetricsHTTP", .product(name: "Prometheus", package: "swift-prometheus")],
             swiftSettings: strict),
         .executableTarget(
             name: "blockd",
@@ -83,6 +87,7 @@ let package = Package(
         .testTarget(name: "Qcow2Tests", dependencies: ["BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "ImageToolTests", dependencies: ["ImageTool", "BlockCore", "BlockDrivers"], swiftSettings: strict),
         .testTarget(name: "JobsTests", dependencies: ["Jobs", "BlockCore"], swiftSettings: strict),
+        .testTarget(name: "MetricsHTTPTests", dependencies: ["MetricsHTTP"], swiftSettings: strict),
         .testTarget(name: "DaemonTests", dependencies: ["Daemon", "Sockets"], swiftSettings: strict),
     ]
 )

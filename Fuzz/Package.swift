@@ -37,6 +37,9 @@ let package = Package(
         .executable(name: "qcow2", targets: ["FuzzQcow2"]),
         .executable(name: "qcow2-check", targets: ["FuzzQcow2Check"]),
     ],
+    dependencies: [
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+    ],
     targets: [
         // The main package's modules (keep in step with ../Package.swift).
         .target(name: "CBlockShims", path: "Blockd/CBlockShims", cSettings: sanitizeC),
@@ -47,6 +50,7 @@ let package = Package(
         .target(name: "CTLS", dependencies: ["CGnuTLS"], path: "Blockd/CTLS", cSettings: sanitizeC),
         .systemLibrary(name: "CLibNBD", path: "Blockd/CLibNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
         .target(name: "CCurl", path: "Blockd/CCurl", cSettings: sanitizeC, linkerSettings: [.linkedLibrary("curl")]),
+        .target(name: "CRBD", path: "Blockd/CRBD", cSettings: sanitizeC, linkerSettings: [.linkedLibrary("dl")]),
         module("Version"),
         module("NBDProtocol"),
         module("JSON"),
@@ -54,13 +58,14 @@ let package = Package(
         module("LogOptionsClock", ["JSON"]),
         module("BlockCore", ["JSON", "LogOptionsClock", "CBlockShims"]),
         module("BlockIO", ["BlockCore", "LogOptionsClock", "CURing"]),
-        module("BlockDrivers", ["BlockCore", "LogOptionsClock", "JSON", "QAPI", "BlockIO", "CBlockShims", "CZlib", "CLibNBD", "CCurl", "CBzip2"]),
+        module("BlockDrivers", ["BlockCore", "LogOptionsClock", "JSON", "QAPI", "BlockIO", "CBlockShims", "CZlib", "CLibNBD", "CCurl", "CBzip2", "CRBD"]),
         module("Sockets", ["LogOptionsClock", "CBlockShims", "CTLS"]),
         module("Exports", ["NBDProtocol", "BlockCore", "LogOptionsClock", "Sockets", "CBlockShims"]),
         module("Jobs", ["BlockCore", "LogOptionsClock", "Sockets"]),
         module("QMP", ["JSON", "QAPI", "LogOptionsClock", "Sockets"]),
+        module("MetricsHTTP", ["LogOptionsClock", "Sockets", "CBlockShims"]),
         module("Daemon", ["NBDProtocol", "BlockCore", "LogOptionsClock", "BlockIO", "BlockDrivers", "Sockets", "Exports", "JSON", "QAPI",
-                          "QMP", "Jobs", "CBlockShims", "Version"]),
+                          "QMP", "Jobs", "CBlockShims", "Version", "MetricsHTTP", .product(name: "Prometheus", package: "swift-prometheus")]),
         // The harnesses.
         .target(name: "CFuzzDriver", cSettings: sanitizeC),
         .target(name: "FuzzSupport", dependencies: ["CFuzzDriver", "BlockCore", "LogOptionsClock", "BlockDrivers", "Exports", "Sockets"], swiftSettings: sanitize),

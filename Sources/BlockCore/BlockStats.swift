@@ -29,6 +29,8 @@ public final class BlockStats: Sendable {
     /// `stats-account-failed`: count failed requests in the latency figures too.
     public let accountFailed = Atomic<Bool>(true)
     private let timed = Mutex<[TimedStats]>([])
+    /// Latency buckets per kind of request (the metrics endpoint's histograms).
+    public let latency = LatencyHistogram()
 
     /// Creates zeroed accounting with the given `stats-intervals` (seconds).
     public init(intervals: [UInt32] = []) {
@@ -59,6 +61,7 @@ public final class BlockStats: Sendable {
             if kind == .write { highestWriteOffset.max(offset + count, ordering: .relaxed) }
         }
         counter.totalNanoseconds.add(latency, ordering: .relaxed)
+        self.latency.record(kind, nanoseconds: latency)
         if hasTimedStats.load(ordering: .relaxed) {
             let depth = UInt64(max(0, counter.inFlight.load(ordering: .relaxed) + 1))
             timed.withLock { list in for index in list.indices { list[index].record(kind, latency: latency, depth: depth, at: end) } }
@@ -78,6 +81,9 @@ public final class BlockStats: Sendable {
         counters[kind.rawValue].invalid.add(1, ordering: .relaxed)
         if accountInvalid.load(ordering: .relaxed) { lastActivity.store(MonotonicClock.nanoseconds(), ordering: .relaxed) }
     }
+
+    /// Requests of `kind` started and not finished.
+    public func inFlight(_ kind: IOKind) -> Int { max(0, counters[kind.rawValue].inFlight.load(ordering: .relaxed)) }
 
     /// A consistent-enough copy of every counter.
     public func snapshot() -> BlockStatsSnapshot {

@@ -36,6 +36,7 @@ public enum Drivers {
         "dmg": entry("dmg", DmgDriver.opener),
         "archipelago": entry("archipelago", ArchipelagoRefusal.opener),
         "vvfat": entry("vvfat", VvfatDriver.opener),
+        "rbd": entry("rbd", RBDDriver.opener),
     ]
 
     /// The option names of `driver` in the schema: the members of its `BlockdevOptions` branch.

@@ -27,6 +27,8 @@ public struct ConfigFile: Sendable, Equatable {
     public var monitors: [OptionText] = []
     /// `object` lines (throttle groups).
     public var objects: [OptionText] = []
+    /// `metrics` lines (the Prometheus endpoint; the last one wins).
+    public var metrics: [OptionText] = []
     /// `pidfile`.
     public var pidfile: String?
     /// `log-level`.
@@ -54,10 +56,11 @@ public struct ConfigFile: Sendable, Equatable {
             case "chardev": chardevs.append(text)
             case "monitor": monitors.append(text)
             case "object": objects.append(text)
+            case "metrics": metrics.append(text)
             case "pidfile": pidfile = value
             case "log-level": logLevel = value
             default:
-                throw OptionError("\(place): unknown option '\(option)' (expected blockdev, nbd-server, export, chardev, monitor, object, pidfile or log-level)")
+                throw OptionError("\(place): unknown option '\(option)' (expected blockdev, nbd-server, export, chardev, monitor, object, metrics, pidfile or log-level)")
             }
         }
     }

@@ -120,6 +120,8 @@ public struct DaemonConfiguration: Sendable {
     public var daemonize = false
     /// `log-level` from the config file (the command line's wins).
     public var logLevel: String?
+    /// `--metrics`: where the Prometheus endpoint listens (the last one given wins).
+    public var metrics: ListenAddress?
 
     /// Creates an empty configuration.
     public init() {}
@@ -208,6 +210,25 @@ public struct DaemonConfiguration: Sendable {
             }
         }
         return NBDServerSpec(address: address, maxConnections: Int(maxConnections), handshakeSeconds: Double(handshake), tlsCreds: tlsCreds, tlsAuthz: tlsAuthz)
+    }
+
+    /// Reads one `--metrics` object: `addr.type=inet,addr.host=H,addr.port=P` or `addr.type=unix,addr.path=PATH`.
+    public static func parseMetrics(_ value: OptionValue) throws(OptionError) -> ListenAddress {
+        let reader = try OptionReader(value, context: "--metrics")
+        guard let addr = try reader.object("addr") else { throw OptionError("--metrics: parameter 'addr' is missing") }
+        let address = try ListenAddress.parse(addr)
+        try reader.finish()
+        switch address {
+        case .inet(_, let port):
+            guard let number = Int(port), (0...65535).contains(number) else {
+                throw OptionError("--metrics: parameter 'addr.port' expects a port number from 0 to 65535, got '\(port)'")
+            }
+        case .unix:
+            break
+        case .fd, .fdName:
+            throw OptionError("--metrics: addr.type must be inet or unix")
+        }
+        return address
     }
 
     /// Reads one `--chardev` object: `socket,id=ID,path=PATH,server=on,wait=off` or `host=H,port=P`.
@@ -330,6 +351,8 @@ public struct CommandLineOptions: Sendable {
     public var pidfile: String?
     /// `--daemonize`.
     public var daemonize = false
+    /// `--metrics` values.
+    public var metrics: [String] = []
 
     /// Creates empty options.
     public init() {}
@@ -345,6 +368,15 @@ public struct CommandLineOptions: Sendable {
         configuration.pidfile = pidfile ?? file.pidfile
         configuration.daemonize = daemonize
         configuration.logLevel = file.logLevel
+        for item in file.metrics + texts(metrics) {
+            configuration.metrics = try item.located { () throws(OptionError) in
+                do throws(OptionError) {
+                    return try DaemonConfiguration.parseMetrics(try KeyValueParser.parse(item.text, impliedKey: nil))
+                } catch {
+                    throw error.message.hasPrefix("--metrics") ? error : OptionError("--metrics: \(error.message)")
+                }
+            }
+        }
         return configuration
     }
 }

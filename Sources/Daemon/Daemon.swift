@@ -12,6 +12,7 @@ import QMP
 import Sockets
 import Synchronization
 import LogOptionsClock
+import MetricsHTTP
 
 /// The running daemon: the graph, the NBD server, the QMP monitor, and the changes a reload or a
 /// monitor command makes to them. Control-plane changes are serialised by `controlLock`.
@@ -44,6 +45,8 @@ public final class Daemon: @unchecked Sendable {
     let security = SecurityRegistry()
     /// The block jobs that have not reached `null` (JobCommands.swift).
     let jobs = JobRegistry()
+    /// The Prometheus metrics endpoint, when `--metrics` or x-blockd-metrics-start started one (MetricsCommands.swift).
+    var metricsServer: MetricsHTTPServer?
 
     /// Creates a daemon for a configuration; nothing is opened yet.
     public init(configuration: DaemonConfiguration, activation: SocketActivation? = nil) {
@@ -72,6 +75,7 @@ public final class Daemon: @unchecked Sendable {
         for spec in configuration.exports { try addConfiguredExport(spec) }
         for address in addresses { try server.listen(on: address) }
         try startMonitors()
+        if let address = configuration.metrics { try startMetricsEndpoint(at: address) }
     }
 
     /// Starts a QMP monitor on each `--monitor`'s chardev.
@@ -155,6 +159,7 @@ public final class Daemon: @unchecked Sendable {
                 failures.append(error.message)
             }
         }
+        if new.metrics != old.metrics { failures += reloadMetricsEndpoint(new.metrics) }
         for address in oldAddresses where !newAddresses.contains(address) { server.stopListening(on: address) }
         for address in newAddresses where !oldAddresses.contains(address) {
             do {
@@ -172,6 +177,7 @@ public final class Daemon: @unchecked Sendable {
     /// Drains the connections and flushes and closes every node.
     public func stop() {
         for job in jobs.all { job.cancelAndWait() }
+        metricsServer?.stop()
         monitor?.emit(ShutdownEvent())
         monitor?.shutdown()
         releaseWaitingRequests()

@@ -70,6 +70,13 @@ extension Daemon {
                 }
             }
         }
+        if let rbd = node.driver as? RBDDriver {
+            // As QEMU's rbd driver: the name as id too, the snapshot's size as vm-state-size, no dates.
+            let snapshots = rbd.snapshots().map {
+                SnapshotInfo(id: $0.name, name: $0.name, vmStateSize: Int64(clamping: $0.size), dateSec: 0, dateNsec: 0, vmClockSec: 0, vmClockNsec: 0)
+            }
+            if !snapshots.isEmpty { info.snapshots = snapshots }
+        }
         return info
     }
 

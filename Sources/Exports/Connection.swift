@@ -21,13 +21,17 @@ struct Connection {
     /// Called when the handshake chose an export, before the reply that ends it is sent; false when
     /// the export was removed meanwhile.
     let attached: (NBDExport) -> Bool
+    /// Called when the handshake ends without an export, with why.
+    var failed: (HandshakeFailure) -> Void = { _ in }
 
     /// Serves the client until it leaves; the caller closes the descriptor. True when the handshake
     /// chose an export (the client was served), false when it ended without one.
     @discardableResult
     func run() -> Bool {
         var io = SocketIO(fd: fd)
-        guard let session = negotiate(&io) else {
+        var failure = HandshakeFailure.closed
+        guard let session = negotiate(&io, failure: &failure) else {
+            failed(failure)
             Log.debug("\(peer): handshake ended without an export")
             return false
         }
@@ -44,7 +48,8 @@ struct Connection {
 
     /// Runs the TLS handshake after STARTTLS was acknowledged, checks the peer and asks the
     /// authorization; hands the keys to the kernel when it can take them. False drops the client.
-    private func startTLS(_ io: inout SocketIO) -> Bool {
+    private func startTLS(_ io: inout SocketIO, failure: inout HandshakeFailure) -> Bool {
+        failure = .tls
         guard let tls, io.arm() else { return false }
         let channel: TLSChannel
         do throws(TLSError) {
@@ -63,6 +68,7 @@ struct Connection {
         }
         let shown = identity.map { "'\($0)'" } ?? "(no identity)"
         guard tls.authorize(identity) else {
+            failure = .unauthorized
             Log.warning("\(peer): TLS client \(shown) is not authorized by '\(tls.authorizationID ?? "")'; dropped")
             return false
         }
@@ -83,8 +89,10 @@ struct Connection {
         }
     }
 
-    private func negotiate(_ io: inout SocketIO) -> NegotiatedSession? {
-        io.deadline = MonotonicClock.seconds() + handshakeTimeout
+    private func negotiate(_ io: inout SocketIO, failure: inout HandshakeFailure) -> NegotiatedSession? {
+        let deadline = MonotonicClock.seconds() + handshakeTimeout
+        io.deadline = deadline
+        defer { if failure == .closed && MonotonicClock.seconds() >= deadline { failure = .timeout } }
         defer {
             io.disarm()
             io.deadline = nil
@@ -94,6 +102,7 @@ struct Connection {
         var flagReader = ByteReader(flagBytes)
         let clientFlags = flagReader.read(UInt32.self)!
         guard machine.receiveClientFlags(clientFlags) else {
+            failure = .protocol
             Log.warning("\(peer): unknown client flags 0x\(String(clientFlags, radix: 16)); dropped")
             return nil
         }
@@ -103,6 +112,7 @@ struct Connection {
                 return nil
             }
             guard let header = OptionHeader.decode(headerBytes) else {
+                failure = .protocol
                 Log.warning("\(peer): bad option magic; dropped")
                 return nil
             }
@@ -117,9 +127,11 @@ struct Connection {
             // The client counts as connected once it reads the final reply, so it is attached to its
             // export first: a safe-mode removal either sees it or makes the handshake fail.
             for case .transmit(let session) in actions where !attached(session.export) {
+                failure = .exportRemoved
                 Log.info("\(peer): export '\(session.export.name)' was removed during the handshake")
                 return nil
             }
+            if actions.contains(where: { if case .close = $0 { true } else { false } }) { failure = .aborted }
             for action in actions {
                 switch action {
                 case .send(let bytes):
@@ -127,9 +139,11 @@ struct Connection {
                 case .transmit(let session):
                     return session
                 case .close:
+                    failure = .aborted
                     return nil
                 case .startTLS:
-                    guard startTLS(&io) else { return nil }
+                    guard startTLS(&io, failure: &failure) else { return nil }
+                    failure = .closed
                 }
             }
         }

@@ -158,6 +158,9 @@ public final class NBDServer: Sendable {
         connections.withLock { state in state.live.values.filter { $0.exportID == exportID }.count }
     }
 
+    /// Handshakes that ended without an export, by reason.
+    public let handshakeFailures = HandshakeFailureCounters()
+
     /// How many clients are connected now.
     public var connectionCount: Int { connections.withLock { $0.live.count } }
 
@@ -202,6 +205,7 @@ public final class NBDServer: Sendable {
         }
         guard decision != .refuse else {
             if full {
+                handshakeFailures.count(.refused)
                 Log.warning("\(peer.description): refused: connection limit \(current.maxConnections) reached and \(current.maxWaiting) clients wait")
                 close(fd)
             } else {
@@ -228,7 +232,7 @@ public final class NBDServer: Sendable {
                     // An export removed during the handshake must not be served.
                     connections.withLock { $0.live[fd]?.exportID = export.id }
                     return self.exports.export(named: export.name) === export
-                })
+                }, failed: { [self] reason in handshakeFailures.count(reason) })
             let negotiated = connection.run()
             let maxConnections = limits.withLock { $0.maxConnections }
             let (next, idle) = connections.withLock { state -> ((fd: Int32, peer: Peer)?, Bool) in

@@ -45,6 +45,9 @@ public final class Listener: Sendable {
         }
     }
 
+    /// A bound, listening descriptor for `address` with no accept thread (the caller polls and closes it).
+    public static func boundSocket(_ address: ListenAddress) throws(OptionError) -> Int32 { try open(address) }
+
     private static func open(_ address: ListenAddress) throws(OptionError) -> Int32 {
         switch address {
         case .unix(let path):

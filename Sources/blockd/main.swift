@@ -45,6 +45,11 @@ struct BlockdCommand: ParsableCommand {
         "Define a throttle group: throttle-group,id=ID,limits.bps-total=N,limits.iops-total=N,... (see README).", valueName: "options"))
     var objects: [String] = []
 
+    @Option(name: .customLong("metrics"), help: ArgumentHelp(
+        "Serve Prometheus metrics on GET /metrics: addr.type=inet,addr.host=H,addr.port=P or addr.type=unix,addr.path=PATH.",
+        valueName: "options"))
+    var metrics: [String] = []
+
     @Option(name: .customLong("config"), help: ArgumentHelp(
         "Read options from FILE: one per line, the option name without dashes, then its value (see README). SIGHUP re-reads it.",
         valueName: "file"))
@@ -68,6 +73,7 @@ struct BlockdCommand: ParsableCommand {
         options.chardevs = chardevs
         options.monitors = monitors
         options.objects = objects
+        options.metrics = metrics
         options.configPath = configPath
         options.pidfile = pidfile
         options.daemonize = daemonize

@@ -105,7 +105,7 @@ final class ConfigFileTests: XCTestCase {
 
     func testErrorsNameFileAndLine() {
         XCTAssertThrowsError(try ConfigFile(text: "blockdev x=1\nexprot type=nbd", path: "b.conf")) {
-            XCTAssertEqual("\($0)", "b.conf:2: unknown option 'exprot' (expected blockdev, nbd-server, export, chardev, monitor, object, pidfile or log-level)")
+            XCTAssertEqual("\($0)", "b.conf:2: unknown option 'exprot' (expected blockdev, nbd-server, export, chardev, monitor, object, metrics, pidfile or log-level)")
         }
         XCTAssertThrowsError(try ConfigFile(text: "export", path: "c.conf")) {
             XCTAssertEqual("\($0)", "c.conf:1: 'export' needs a value")

@@ -1,4 +1,5 @@
 import LogOptionsClock
+import Synchronization
 
 /// A throttle group: limits that apply to the combined reads and writes of its members (devices, or
 /// `throttle` filter nodes). When members wait, the group serves them in turn (round-robin), so one
@@ -20,6 +21,10 @@ public final class ThrottleGroup: @unchecked Sendable {
     private var turn = 0
     /// Counts the wake-ups, so that a request that looked before sleeping does not sleep through one.
     private var wakeups: UInt64 = 0
+    /// Requests that had to wait for the limits (counted once per request).
+    public let waits = Atomic<UInt64>(0)
+    /// Nanoseconds requests spent waiting for the limits, added when each is admitted.
+    public let waitNanoseconds = Atomic<UInt64>(0)
 
     /// A group with `limits` and no members.
     public init(name: String, limits: ThrottleLimits, persistent: Bool = false) {
@@ -71,6 +76,8 @@ public final class ThrottleGroup: @unchecked Sendable {
     public func admit(_ member: AnyObject, isWrite: Bool, bytes: UInt64, beforeSleeping: () -> Void) -> Bool {
         let id = ObjectIdentifier(member)
         var slept = false
+        var sleptSince: UInt64 = 0
+        defer { if slept { waitNanoseconds.add(MonotonicClock.nanoseconds() &- sleptSince, ordering: .relaxed) } }
         while true {
             let (admitted, deadline, seen) = condition.withLock { () -> (Bool?, UInt64, UInt64) in
                 guard members.contains(id) else { return (false, 0, wakeups) }
@@ -90,6 +97,8 @@ public final class ThrottleGroup: @unchecked Sendable {
             if let admitted { return admitted }
             if !slept {
                 slept = true
+                sleptSince = MonotonicClock.nanoseconds()
+                waits.add(1, ordering: .relaxed)
                 beforeSleeping()
                 // The output went out without the lock; look again before sleeping.
                 continue

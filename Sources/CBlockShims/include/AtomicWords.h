@@ -13,6 +13,8 @@ static inline void blk_word_store(uint64_t *word, uint64_t value) { __atomic_sto
 static inline void blk_word_or(uint64_t *word, uint64_t bits) { __atomic_fetch_or(word, bits, __ATOMIC_RELAXED); }
 /// Clears `bits` in a word (relaxed).
 static inline void blk_word_and_not(uint64_t *word, uint64_t bits) { __atomic_fetch_and(word, ~bits, __ATOMIC_RELAXED); }
+/// Adds to a counter (relaxed: statistics).
+static inline void blk_word_add(uint64_t *word, uint64_t value) { __atomic_fetch_add(word, value, __ATOMIC_RELAXED); }
 /// Adds to a counter, sequentially consistent (reader counts of a published table).
 static inline void blk_word_add_seq(uint64_t *word, uint64_t value) { __atomic_fetch_add(word, value, __ATOMIC_SEQ_CST); }
 /// Subtracts from a counter, with release order.

@@ -39,6 +39,7 @@ extension Daemon {
         registerJobCommands(on: table)
         registerCreateCommands(on: table)
         registerMirrorCommands(on: table)
+        registerMetricsCommands(on: table)
         registerBackupCommands(on: table)
         registerSnapshotCommands(on: table)
         registerChainJobCommands(on: table)

@@ -1655,3 +1655,27 @@ public struct XBlockdevCreateArguments: QAPIValue, Equatable {
         return .object(object)
     }
 }
+
+/// The arguments of 'x-blockd-metrics-start'.
+public struct XBlockdMetricsStartArguments: QAPIValue, Equatable {
+    /// Where to listen: a `SocketAddress` of type inet or unix, in the flat shape ({ "type":
+    /// "inet", "host": ..., "port": ... }) or in the QEMU 2.6 shape with "data"
+    public var addr: JSONValue
+
+    /// Creates a value from its members.
+    public init(addr: JSONValue) {
+        self.addr = addr
+    }
+
+    public init(decoding value: JSONValue, at path: String) throws(QAPIError) {
+        var object = try QAPIObjectReader(value, at: path)
+        self.addr = try object.required("addr")
+        try object.finish()
+    }
+
+    public var json: JSONValue {
+        var object: [String: JSONValue] = [:]
+        object["addr"] = addr.json
+        return .object(object)
+    }
+}

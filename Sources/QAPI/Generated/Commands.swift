@@ -590,6 +590,27 @@ public enum XBlockdevCreateCommand: QAPICommand {
     public typealias Result = QAPIEmpty
 }
 
+/// Starts the metrics endpoint (as `--metrics` does on the command line).
+public enum XBlockdMetricsStartCommand: QAPICommand {
+    public static let name = "x-blockd-metrics-start"
+    public typealias Arguments = XBlockdMetricsStartArguments
+    public typealias Result = QAPIEmpty
+}
+
+/// Stops the metrics endpoint; scrapers in the middle of a request are disconnected.
+public enum XBlockdMetricsStopCommand: QAPICommand {
+    public static let name = "x-blockd-metrics-stop"
+    public typealias Arguments = QAPIEmpty
+    public typealias Result = QAPIEmpty
+}
+
+/// Describes the metrics endpoint.
+public enum QueryBlockdMetricsCommand: QAPICommand {
+    public static let name = "query-blockd-metrics"
+    public typealias Arguments = QAPIEmpty
+    public typealias Result = BlockdMetricsInfo
+}
+
 /// Every command of the schema, in schema order.
 public enum QAPICommands {
     /// The command descriptions, for registering handlers and listing names.
@@ -665,5 +686,8 @@ public enum QAPICommands {
         XBlockdQueryNbdClientsCommand.self,
         BlockdevCreateCommand.self,
         XBlockdevCreateCommand.self,
+        XBlockdMetricsStartCommand.self,
+        XBlockdMetricsStopCommand.self,
+        QueryBlockdMetricsCommand.self,
     ]
 }

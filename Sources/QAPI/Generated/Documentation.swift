@@ -1211,6 +1211,39 @@ public enum QAPIDocumentation {
             returns: nil,
             returnsDoc: ""
         ),
+        CommandDoc(
+            name: "x-blockd-metrics-start",
+            summary: "Starts the metrics endpoint (as `--metrics` does on the command line).",
+            text: "Starts the metrics endpoint (as `--metrics` does on the command line).\n\nArguments:\n  addr (any): where to listen: a SocketAddress of type inet or unix, in the flat shape ({ \"type\": \"inet\", \"host\": ..., \"port\": ... }) or in the QEMU 2.6 shape with \"data\"\n\nErrors: GenericError when the endpoint already runs or the address cannot be used.\n\nExample:\n  -> { \"execute\": \"x-blockd-metrics-start\",\n       \"arguments\": { \"addr\": { \"type\": \"inet\", \"host\": \"127.0.0.1\",\n                                \"port\": \"9101\" } } }\n  <- { \"return\": {} }",
+            arguments: [
+                ArgumentDoc(name: "addr", type: "any", optional: false,
+                            doc: "where to listen: a SocketAddress of type inet or unix, in the flat shape ({ \"type\": \"inet\", \"host\": ..., \"port\": ... }) or in the QEMU 2.6 shape with \"data\""),
+            ],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "x-blockd-metrics-stop",
+            summary: "Stops the metrics endpoint; scrapers in the middle of a request are disconnected.",
+            text: "Stops the metrics endpoint; scrapers in the middle of a request are disconnected.\n\nErrors: GenericError when the endpoint does not run.\n\nExample:\n  -> { \"execute\": \"x-blockd-metrics-stop\" }\n  <- { \"return\": {} }",
+            arguments: [],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: nil,
+            returnsDoc: ""
+        ),
+        CommandDoc(
+            name: "query-blockd-metrics",
+            summary: "Describes the metrics endpoint.",
+            text: "Describes the metrics endpoint.\n\nReturns: BlockdMetricsInfo\n\nExample:\n  -> { \"execute\": \"query-blockd-metrics\" }\n  <- { \"return\": { \"active\": true, \"address\": \"127.0.0.1:9101\",\n                   \"port\": 9101, \"scrapes\": 12 } }",
+            arguments: [],
+            argumentsType: nil,
+            acceptsOtherArguments: false,
+            returns: "BlockdMetricsInfo",
+            returnsDoc: "BlockdMetricsInfo"
+        ),
     ]
 
     /// Event documentation in schema order.

@@ -1949,6 +1949,8 @@ public enum BlockdevDriver: String, QAPIValue, CaseIterable, Sendable {
     case quorum = "quorum"
     /// Raw images
     case raw = "raw"
+    /// An image in a Ceph RBD pool (librbd)
+    case rbd = "rbd"
     /// A filter that holds requests to the limits of a throttle group
     case throttle = "throttle"
     /// A file on a TFTP server
@@ -2885,8 +2887,8 @@ public struct BlockdevOptionsQuorum: QAPIValue, Equatable {
 ///
 /// A flat union on 'driver' (cases 'archipelago', 'blkdebug', 'blkverify', 'bochs', 'cloop', 'dmg',
 /// 'file', 'ftp', 'ftps', 'host_cdrom', 'host_device', 'http', 'https', 'nbd', 'null-aio',
-/// 'null-co', 'parallels', 'qcow2', 'qcow', 'qed', 'quorum', 'raw', 'throttle', 'tftp', 'vdi',
-/// 'vhdx', 'vmdk', 'vpc', 'vvfat'), passed through as JSON: the block layer decodes it.
+/// 'null-co', 'parallels', 'qcow2', 'qcow', 'qed', 'quorum', 'raw', 'rbd', 'throttle', 'tftp',
+/// 'vdi', 'vhdx', 'vmdk', 'vpc', 'vvfat'), passed through as JSON: the block layer decodes it.
 public typealias BlockdevOptions = JSONValue
 
 // MARK: - BlockdevRef
