@@ -13,6 +13,8 @@ struct RBDSettings: Sendable {
     var authClientRequired: String?
     /// `server`: monitor addresses, as Ceph's `mon_host` wants them.
     var monHost: String?
+    /// The cephx key of `key-secret`.
+    var key: String?
 
     /// Reads the options; a snapshot implies read-only.
     static func read(_ options: OptionReader) throws(OptionError) -> RBDSettings {
@@ -21,8 +23,9 @@ struct RBDSettings: Sendable {
         var settings = RBDSettings(pool: pool, namespace: try options.string("namespace"), image: image,
                                    conf: try options.string("conf"), snapshot: try options.string("snapshot"),
                                    user: try options.string("user"))
-        if try options.string("key-secret") != nil {
-            throw options.failure("key-secret: secret objects are not supported yet; give the key in the Ceph configuration file (conf=) or a keyring")
+        if let secret = try options.string("key-secret") {
+            // The cephx key (base64, as a keyring holds it), given to librados as its `key` option.
+            settings.key = try NodeObjects.shared.secretText(secret)
         }
         switch options.value("auth-client-required") {
         case nil:
@@ -63,6 +66,7 @@ struct RBDSettings: Sendable {
         var pairs: [(String, String)] = []
         if let monHost { pairs.append(("mon_host", monHost)) }
         if let authClientRequired { pairs.append(("auth_client_required", authClientRequired)) }
+        if let key { pairs.append(("key", key)) }
         return pairs
     }
 
