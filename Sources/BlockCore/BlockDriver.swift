@@ -110,8 +110,6 @@ public protocol BlockDriver: AnyObject, Sendable {
     func mappedRuns(at offset: UInt64, length: Int, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool
     /// Where a read or write of this range can be sent straight to a file (for `aio=native`), or nil.
     func directTarget(at offset: UInt64, length: Int) -> DirectTarget?
-    /// The file whose `fdatasync` is this driver's whole flush (the caller may run it asynchronously), or nil.
-    func flushDescriptor() -> Int32?
     /// Changes the size to `length` bytes (growing adds zeroes).
     func resize(to length: UInt64) throws(BlockError)
     /// Reacts to a blkdebug event raised on this node (see `BlockNode.debugEvent`); called only when
@@ -134,8 +132,6 @@ extension BlockDriver {
     public var filename: String { "\(driverName)://" }
     /// Default: unknown.
     public var allocatedSize: UInt64? { nil }
-    /// Default: the flush is the driver's own.
-    public func flushDescriptor() -> Int32? { nil }
     /// Default: no direct path.
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? { nil }
     /// Default: nothing is mapped.

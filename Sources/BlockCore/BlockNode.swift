@@ -240,14 +240,6 @@ public final class BlockNode: Sendable {
         discardedBytes.add(end - start, ordering: .relaxed)
     }
 
-    /// The file whose `fdatasync` is this node's whole flush, for a caller that runs it asynchronously
-    /// (`aio=native` engines); nil when `flush` must be called (a format's metadata, blkdebug events,
-    /// a live policy, no flush needed).
-    public func flushDescriptor() -> Int32? {
-        guard !readOnly, debugFile == nil, driver.features.needsFlush, policyBits.load(ordering: .relaxed) == 0 else { return nil }
-        return driver.flushDescriptor()
-    }
-
     /// Makes every completed write durable.
     public func flush() throws(BlockError) {
         guard !readOnly else { return }

@@ -32,10 +32,6 @@ public protocol IOBatchEngine: AnyObject {
     func queueWrite(_ target: DirectTarget, from buffer: UnsafeRawPointer, length: Int, fua: Bool, token: Int) -> Bool
     /// Starts what is queued without waiting for it (`complete` still reports it); buffers stay in use.
     func submit()
-    /// Queues an `fdatasync` of `fd`; false when the engine is full or cannot.
-    func queueDataSync(_ fd: Int32, token: Int) -> Bool
-    /// A descriptor that polls readable once a submitted operation has completed, or -1 when there is none.
-    var completionDescriptor: Int32 { get }
     /// Runs everything queued and reports each completion: the token and the bytes done or `-errno`.
     func complete(_ completion: (_ token: Int, _ result: Int32) -> Void)
 }
@@ -43,10 +39,6 @@ public protocol IOBatchEngine: AnyObject {
 extension IOBatchEngine {
     /// Default: queued operations start in `complete`.
     public func submit() {}
-    /// Default: no asynchronous `fdatasync`.
-    public func queueDataSync(_ fd: Int32, token: Int) -> Bool { false }
-    /// Default: none.
-    public var completionDescriptor: Int32 { -1 }
 }
 
 /// Creates the engine for a new connection thread, or nil to use the drivers' synchronous path.

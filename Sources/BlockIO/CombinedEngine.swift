@@ -34,13 +34,6 @@ public final class CombinedEngine: IOBatchEngine {
         ring?.submit()
     }
 
-    public func queueDataSync(_ fd: Int32, token: Int) -> Bool {
-        ring?.queueDataSync(fd, token: token) ?? false
-    }
-
-    /// The ring's, while no remote request is outstanding (their completions do not signal it).
-    public var completionDescriptor: Int32 { remoteOutstanding == 0 ? ring?.completionDescriptor ?? -1 : -1 }
-
     public func complete(_ completion: (Int, Int32) -> Void) {
         ring?.complete(completion)
         guard remoteOutstanding > 0 else { return }

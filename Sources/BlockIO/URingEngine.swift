@@ -55,17 +55,6 @@ public final class URingEngine: IOBatchEngine {
         if blk_ring_submit_wait(ring, 0) >= 0 { submitted = queued }
     }
 
-    public func queueDataSync(_ fd: Int32, token: Int) -> Bool {
-        guard !broken, queued < URingEngine.depth,
-              blk_ring_prep(ring, Int32(BLK_RING_FDATASYNC.rawValue), fd, nil, 0, 0, 0, UInt64(token)) == 0
-        else { return false }
-        queued += 1
-        queuedTokens.append(token)
-        return true
-    }
-
-    public var completionDescriptor: Int32 { broken ? -1 : blk_ring_fd(ring) }
-
     public func complete(_ completion: (Int, Int32) -> Void) {
         var outstanding = Set(queuedTokens)
         queued = 0

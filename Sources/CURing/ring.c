@@ -38,8 +38,6 @@ int blk_ring_prep(blk_ring *ring, int op, int fd, void *buffer, uint32_t length,
     return 0;
 }
 
-int blk_ring_fd(blk_ring *ring) { return ring->ring.ring_fd; }
-
 int blk_ring_submit_wait(blk_ring *ring, unsigned wait) {
     int result;
     do { result = io_uring_submit_and_wait(&ring->ring, wait); } while (result == -EINTR);

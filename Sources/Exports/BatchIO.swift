@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import BlockCore
 import NBDProtocol
 
@@ -14,8 +11,6 @@ final class BatchIO {
         var buffer: UnsafeMutableRawPointer
         var isRead: Bool
         var started: UInt64
-        /// A FLUSH: an `fdatasync` (`buffer` unused).
-        var isFlush = false
     }
 
     private let factory: IOBatchEngineFactory?
@@ -97,24 +92,6 @@ final class BatchIO {
         pending.append(request)
         if fromInput { inputWrites += 1 }
         return true
-    }
-
-    /// Queues an `fdatasync` of `fd` answering the FLUSH `request`; false when the engine cannot.
-    func queueFlush(_ fd: Int32, _ request: Pending, engine: any IOBatchEngine) -> Bool {
-        guard engine.queueDataSync(fd, token: pending.count) else { return false }
-        pending.append(request)
-        return true
-    }
-
-    /// Waits until the client sent something or the engine completed something; true for the
-    /// engine. False at once when the engine cannot be waited for this way.
-    func waitForClientOrCompletion(client fd: Int32) -> Bool {
-        guard let engine, case let ring = engine.completionDescriptor, ring >= 0 else { return true }
-        var descriptors = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: ring, events: Int16(POLLIN), revents: 0)]
-        while poll(&descriptors, 2, -1) < 0 {
-            guard errno == EINTR else { return true }
-        }
-        return descriptors[1].revents != 0 || descriptors[0].revents & Int16(POLLIN) == 0
     }
 
     /// Runs everything queued and reports each request with its result (bytes done, or `-errno`) in

@@ -84,35 +84,11 @@ final class RequestExecutor {
     /// writes from the input) and the client is still sending (`moreIsComing`), only starts that
     /// I/O; otherwise completes the batch and sends its replies, as the client may wait for them.
     func prepareToReceive(moreIsComing: Bool) {
-        guard !batch.isIdle && batch.mayReceiveWhileRunning else {
-            flushOutput()
-            return
-        }
-        batch.submit()
-        if moreIsComing { return }
-        // The client may wait for replies: those ready go out, then whichever comes first, the
-        // client's next request or the engine's completions, is served.
-        guard io.tls == nil, deferredFlushes.isEmpty else {
-            flushOutput()
-            return
-        }
-        if deferredRange != nil { runDeferredRange() }
-        replies.send(on: io)
-        if batch.waitForClientOrCompletion(client: io.fd) { flushOutput() }
-    }
-
-    /// Answers a FLUSH whose `fdatasync` ran in the engine; a failure goes through the error policy.
-    private func completeFlush(_ io: BatchIO.Pending, result: Int32) {
-        requestFailed = false
-        if result < 0 {
-            let error = BlockError.posix("flush", errno: -result)
-            if recover(io.header, error, isWrite: true, flushFirst: false, retry: { () throws(BlockError) in try node.flush() }) {
-                replies.status(io.header, error: 0)
-            }
+        if moreIsComing && !batch.isIdle && batch.mayReceiveWhileRunning {
+            batch.submit()
         } else {
-            replies.status(io.header, error: 0)
+            flushOutput()
         }
-        stats.done(.flush, started: io.started, bytes: 0, offset: io.header.offset, failed: requestFailed)
     }
 
     /// Answers a request that is refused before it runs, counted as invalid under `kind`.
@@ -224,16 +200,8 @@ final class RequestExecutor {
         case .disconnect:
             break
         case .flush:
-            // With an engine, an `fdatasync` of the file runs in it while later requests are served
-            // (every write before has completed: `perform` drained the engine). Otherwise its reply
-            // cannot leave before the batch's output does, so the node is flushed once for every
-            // FLUSH of the batch, right before that output is sent, covering every write before.
-            if deferredFlushes.isEmpty, batch.isAvailable, let fd = node.flushDescriptor(), let engine = batch.currentEngine(),
-               batch.queueFlush(fd, BatchIO.Pending(header: header, buffer: UnsafeMutableRawPointer(bitPattern: 1)!, isRead: false,
-                                                    started: started, isFlush: true), engine: engine) {
-                batch.submit()
-                return true
-            }
+            // Its reply cannot leave before the batch's output does, so the node is flushed once for
+            // every FLUSH of the batch, right before that output is sent, covering every write before.
             deferredFlushes.append((header, started))
             return true
         case .trim:
@@ -263,10 +231,6 @@ final class RequestExecutor {
     func drainPending() {
         if batch.isIdle { return }
         batch.complete { io, result in
-            if io.isFlush {
-                completeFlush(io, result: result)
-                return
-            }
             let count = Int(io.header.length)
             var failure: BlockError?
             if result < 0 {

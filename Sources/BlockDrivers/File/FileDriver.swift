@@ -216,8 +216,6 @@ public final class FileDriver: BlockDriver {
         _ = posix_fadvise(fd, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
     }
 
-    public func flushDescriptor() -> Int32? { noFlush ? nil : fd }
-
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? {
         native && !noFlush ? DirectTarget(fd: fd, offset: offset) : nil
     }

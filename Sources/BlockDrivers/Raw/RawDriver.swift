@@ -45,8 +45,6 @@ public final class RawDriver: FilterDriver {
         try child.blockStatus(at: start + offset, length: length)
     }
 
-    public func flushDescriptor() -> Int32? { child.flushDescriptor() }
-
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? {
         child.directTarget(at: start + offset, length: length)
     }

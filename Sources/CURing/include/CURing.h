@@ -16,8 +16,6 @@ blk_ring *blk_ring_create(unsigned entries, int *error);
 void blk_ring_destroy(blk_ring *ring);
 /// Queues one operation; returns 0, or -EBUSY when the submission queue is full.
 int blk_ring_prep(blk_ring *ring, int op, int fd, void *buffer, uint32_t length, uint64_t offset, int dsync, uint64_t token);
-/// The ring's descriptor: it polls readable when completions are waiting.
-int blk_ring_fd(blk_ring *ring);
 /// Submits what is queued and waits until `wait` completions are available; returns 0 or -errno.
 int blk_ring_submit_wait(blk_ring *ring, unsigned wait);
 /// Takes up to `max` completions without waiting; returns how many were taken.
