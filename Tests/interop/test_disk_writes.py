@@ -6,6 +6,7 @@ tracing: a page that is dirty or under writeback cannot be dropped by posix_fadv
 "dropped right after the reply" shows that the reply came after the data was stable. Needs a
 disk-backed directory (/var/tmp, or $BLOCKD_DISK_DIR)."""
 import ctypes
+import json
 import mmap
 import os
 import random
@@ -179,7 +180,7 @@ def test_write_zeroes_punch_or_keep_allocated_as_no_hole_says(start_blockd, disk
     h.shutdown()
 
 
-def flushed_pages_left(daemon, path: Path, connections: int, rounds: int) -> int:
+def flushed_pages_left(daemon, path: Path, connections: int, rounds: int, host=lambda offset: offset) -> int:
     """`connections` clients, each on its own 1 MiB range, write then flush, `rounds` times; right after
     each flush reply the file's clean pages are dropped. Returns how many pages of the written ranges
     could not be dropped (dirty or under writeback when the flush was answered). The ranges lie in
@@ -195,7 +196,7 @@ def flushed_pages_left(daemon, path: Path, connections: int, rounds: int) -> int
             h.pwrite(rng.randbytes(MiB), offset)
             h.flush()
             drop(path, 0, 0)
-            left[index] += resident_pages(path, offset, MiB)
+            left[index] += resident_pages(path, host(offset), MiB)
         h.shutdown()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(connections)]
@@ -207,12 +208,31 @@ def flushed_pages_left(daemon, path: Path, connections: int, rounds: int) -> int
 
 
 @pytest.mark.parametrize("connections", [1, 4])
-def test_a_flush_is_answered_only_once_the_writes_before_it_are_on_disk(start_blockd, disk_image, connections):
-    """With one connection and with four flushing side by side (flushes shared between connections):
-    after every FLUSH reply, the pages written before it are clean (posix_fadvise DONTNEED drops them)."""
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_a_flush_is_answered_only_once_the_writes_before_it_are_on_disk(start_blockd, disk_image, connections, fmt):
+    """One connection and four flushing side by side, raw and qcow2 over the file (whose fdatasync is
+    shared between connections: one for the flushes that asked while the one before ran): after
+    every FLUSH reply, the pages written before it are clean (posix_fadvise DONTNEED drops them)."""
     path, _ = disk_image
-    daemon = serve(start_blockd, path)
-    assert flushed_pages_left(daemon, path, connections, rounds=6) == 0
+    if fmt == "qcow2":
+        require("qemu-img")
+        path.unlink()
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", str(path), "64M"], check=True)
+    host = lambda offset: offset
+    if fmt == "raw":
+        daemon = serve(start_blockd, path)
+    else:
+        extents = json.loads(subprocess.run(["qemu-img", "map", "--output=json", str(path)], capture_output=True,
+                                            text=True, check=True).stdout)
+
+        def host(offset):
+            extent = next(e for e in extents if e["start"] <= offset < e["start"] + e["length"])
+            assert extent["start"] + extent["length"] >= offset + MiB and "offset" in extent
+            return extent["offset"] + offset - extent["start"]
+        daemon = start_blockd(args=["--blockdev", f"driver=file,node-name=f0,filename={path}",
+                                    "--blockdev", "driver=qcow2,node-name=disk0,file=f0",
+                                    "--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on"])
+    assert flushed_pages_left(daemon, path, connections, rounds=6, host=host) == 0
 
 
 def test_cache_no_flush_is_accepted_and_skips_the_flush(start_blockd, disk_image):
