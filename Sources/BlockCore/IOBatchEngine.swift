@@ -7,12 +7,15 @@ public struct DirectTarget: Sendable {
     public var offset: UInt64
     /// The asynchronous driver the request goes to, when it is not a file.
     public var remote: (any AsyncTarget)?
+    /// What the file needs buffers (and offsets, lengths) aligned to: O_DIRECT's block, else 1.
+    public var alignment: Int = 1
 
     /// Creates a target.
-    public init(fd: Int32, offset: UInt64) {
+    public init(fd: Int32, offset: UInt64, alignment: Int = 1) {
         self.fd = fd
         self.offset = offset
         self.remote = nil
+        self.alignment = alignment
     }
 
     /// A target that is an asynchronous driver.

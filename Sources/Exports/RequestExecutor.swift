@@ -140,7 +140,12 @@ final class RequestExecutor {
         var source = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
         var target = node.directTarget(at: header.offset, length: payload.count, buffer: source)
         var bounced = false
-        let alignment = node.features.alignment
+        var alignment = node.features.alignment
+        if let found = target, found.alignment > 1, UInt(bitPattern: source) % UInt(found.alignment) != 0 {
+            // The node's own alignment is finer than the file's under it (a qcow2 image): bounce.
+            target = nil
+            alignment = max(alignment, found.alignment)
+        }
         if target == nil, alignment > 1,
            header.offset % UInt64(alignment) == 0, payload.count % alignment == 0,
            node.directTarget(at: header.offset, length: payload.count) != nil {

@@ -292,3 +292,47 @@ def test_aio_native_with_direct_io_is_accepted_and_serves_unaligned_requests(sta
     assert h.pread(32 * MiB, 0) == bytes(expected)
     h.shutdown()
     assert path.read_bytes() == bytes(expected)
+
+
+def test_qcow2_with_direct_io_overwrites_owned_clusters_in_place_and_copies_shared_ones(start_blockd, tmp_path):
+    """qcow2 over a file with aio=native,cache.direct=on: reads and writes of clusters the image owns
+    go straight to the file (unaligned ones bounced); a cluster shared with an internal snapshot is copied on write, so the
+    snapshot keeps its bytes (qemu-img reads them back) while the export shows the new ones."""
+    require("qemu-img", "qemu-io")
+    directory = Path(tempfile.mkdtemp(prefix="blockd-qcow2.", dir=disk_dir()))
+    image = directory / "disk.qcow2"
+    try:
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 8M", str(image)], check=True, capture_output=True)
+        subprocess.run(["qemu-img", "snapshot", "-c", "s1", str(image)], check=True)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x22 8M 8M", str(image)], check=True, capture_output=True)
+        daemon = start_blockd(args=["--blockdev", f"driver=file,node-name=f0,filename={image},aio=native,cache.direct=on",
+                                    "--blockdev", "driver=qcow2,node-name=disk0,file=f0",
+                                    "--export", "type=nbd,id=e0,node-name=disk0,name=disk0,writable=on"])
+        h = nbd.NBD()
+        h.connect_uri(daemon.uri())
+        expected = bytearray(b"\x11" * (8 * MiB) + b"\x22" * (8 * MiB))
+        rng = random.Random(17)
+        writes = [(offset, rng.randbytes(length)) for offset, length in
+                  [(4096, 4096), (3 * MiB + 8192, 65536), (9 * MiB, 4096), (10 * MiB + 1001, 3333),
+                   (12 * MiB + 61440, 8192), (15 * MiB, 65536)]]
+        in_flight(h, lambda: [h.aio_pwrite(data, offset) for offset, data in writes])
+        for offset, data in writes:
+            expected[offset:offset + len(data)] = data
+        h.flush()
+        assert h.pread(16 * MiB, 0) == bytes(expected)
+        assert h.pread(3333, 10 * MiB + 1001) == bytes(expected[10 * MiB + 1001:10 * MiB + 4334])
+        assert h.pread(512, 12 * MiB + 512) == bytes(expected[12 * MiB + 512:12 * MiB + 1024])
+        h.shutdown()
+        daemon.stop()
+        snapshot = directory / "s1.raw"
+        subprocess.run(["qemu-img", "convert", "-l", "snapshot.name=s1", "-O", "raw", str(image), str(snapshot)], check=True)
+        assert snapshot.read_bytes()[:8 * MiB] == b"\x11" * (8 * MiB)
+        current = directory / "now.raw"
+        subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(current)], check=True)
+        assert current.read_bytes() == bytes(expected)
+        subprocess.run(["qemu-img", "check", str(image)], check=True, capture_output=True)
+    finally:
+        for child in directory.iterdir():
+            child.unlink()
+        directory.rmdir()

@@ -217,7 +217,7 @@ public final class FileDriver: BlockDriver {
     }
 
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? {
-        native && !noFlush ? DirectTarget(fd: fd, offset: offset) : nil
+        native && !noFlush ? DirectTarget(fd: fd, offset: offset, alignment: features.alignment) : nil
     }
 
     public func resize(to newLength: UInt64) throws(BlockError) {
