@@ -7,12 +7,15 @@ public struct DirectTarget: Sendable {
     public var offset: UInt64
     /// The asynchronous driver the request goes to, when it is not a file.
     public var remote: (any AsyncTarget)?
+    /// What the file needs buffers (and offsets, lengths) aligned to: O_DIRECT's block, else 1.
+    public var alignment: Int = 1
 
     /// Creates a target.
-    public init(fd: Int32, offset: UInt64) {
+    public init(fd: Int32, offset: UInt64, alignment: Int = 1) {
         self.fd = fd
         self.offset = offset
         self.remote = nil
+        self.alignment = alignment
     }
 
     /// A target that is an asynchronous driver.
@@ -30,8 +33,15 @@ public protocol IOBatchEngine: AnyObject {
     func queueRead(_ target: DirectTarget, into buffer: UnsafeMutableRawPointer, length: Int, token: Int) -> Bool
     /// Queues a write (durable on completion when `fua`); false when the engine is full.
     func queueWrite(_ target: DirectTarget, from buffer: UnsafeRawPointer, length: Int, fua: Bool, token: Int) -> Bool
+    /// Starts what is queued without waiting for it (`complete` still reports it); buffers stay in use.
+    func submit()
     /// Runs everything queued and reports each completion: the token and the bytes done or `-errno`.
     func complete(_ completion: (_ token: Int, _ result: Int32) -> Void)
+}
+
+extension IOBatchEngine {
+    /// Default: queued operations start in `complete`.
+    public func submit() {}
 }
 
 /// Creates the engine for a new connection thread, or nil to use the drivers' synchronous path.

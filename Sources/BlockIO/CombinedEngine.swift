@@ -30,6 +30,10 @@ public final class CombinedEngine: IOBatchEngine {
         return ring?.queueWrite(target, from: buffer, length: length, fua: fua, token: token) ?? false
     }
 
+    public func submit() {
+        ring?.submit()
+    }
+
     public func complete(_ completion: (Int, Int32) -> Void) {
         ring?.complete(completion)
         guard remoteOutstanding > 0 else { return }

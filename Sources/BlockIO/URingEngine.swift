@@ -12,6 +12,8 @@ public final class URingEngine: IOBatchEngine {
     public static let depth = 64
     private let ring: OpaquePointer
     private var queued = 0
+    /// How many of the queued operations `submit` already started.
+    private var submitted = 0
     private var queuedTokens: [Int] = []
     private var broken = false
     private var tokens = [UInt64](repeating: 0, count: URingEngine.depth)
@@ -48,9 +50,15 @@ public final class URingEngine: IOBatchEngine {
         return true
     }
 
+    public func submit() {
+        guard !broken, queued > submitted else { return }
+        if blk_ring_submit_wait(ring, 0) >= 0 { submitted = queued }
+    }
+
     public func complete(_ completion: (Int, Int32) -> Void) {
         var outstanding = Set(queuedTokens)
         queued = 0
+        submitted = 0
         queuedTokens.removeAll(keepingCapacity: true)
         while !outstanding.isEmpty {
             let status = blk_ring_submit_wait(ring, 1)

@@ -19,6 +19,13 @@ final class BatchIO {
     private var pending: [Pending] = []
     private var buffers: [AlignedBuffer] = []
     private var buffersUsed = 0
+    /// Queued writes whose payload is still in the connection's input (not copied to a pool buffer).
+    private var inputWrites = 0
+    /// Bytes of the pool buffers taken since `releaseBuffers`.
+    private var takenBytes = 0
+
+    /// Most bytes of pool buffers in use before the batch must be completed and its replies sent.
+    static let maxTakenBytes = 16 << 20
 
     /// Uses engines made by `factory` (none: every request runs synchronously).
     init(factory: IOBatchEngineFactory?) { self.factory = factory }
@@ -49,11 +56,26 @@ final class BatchIO {
     }
 
     /// Takes the buffer `nextBuffer` returned, until `releaseBuffers`.
-    func takeBuffer() { buffersUsed += 1 }
+    func takeBuffer() {
+        takenBytes += buffers[buffersUsed].capacity
+        buffersUsed += 1
+    }
 
     /// Gives every buffer back to the pool (once the output that points into them was sent).
     @inline(__always)
-    func releaseBuffers() { buffersUsed = 0 }
+    func releaseBuffers() {
+        buffersUsed = 0
+        takenBytes = 0
+    }
+
+    /// True when queued I/O may keep running while more requests are received: none of it writes
+    /// from the input, and the pool buffers it holds stay within `maxTakenBytes`.
+    var mayReceiveWhileRunning: Bool { inputWrites == 0 && takenBytes < BatchIO.maxTakenBytes }
+
+    /// Starts the queued I/O without waiting for it.
+    func submit() {
+        engine?.submit()
+    }
 
     /// Queues a read of `request.header.length` bytes into `request.buffer`; false when the engine is full.
     func queueRead(_ target: DirectTarget, _ request: Pending, engine: any IOBatchEngine) -> Bool {
@@ -63,10 +85,12 @@ final class BatchIO {
     }
 
     /// Queues a write of `length` bytes from `request.buffer`; false when the engine is full.
-    func queueWrite(_ target: DirectTarget, _ request: Pending, length: Int, engine: any IOBatchEngine) -> Bool {
+    /// `fromInput`: the payload is still in the connection's input.
+    func queueWrite(_ target: DirectTarget, _ request: Pending, length: Int, fromInput: Bool, engine: any IOBatchEngine) -> Bool {
         let fua = request.header.commandFlags.contains(.fua)
         guard engine.queueWrite(target, from: request.buffer, length: length, fua: fua, token: pending.count) else { return false }
         pending.append(request)
+        if fromInput { inputWrites += 1 }
         return true
     }
 
@@ -76,5 +100,6 @@ final class BatchIO {
         guard !pending.isEmpty, let engine else { return }
         engine.complete { token, result in body(pending[token], result) }
         pending.removeAll(keepingCapacity: true)
+        inputWrites = 0
     }
 }

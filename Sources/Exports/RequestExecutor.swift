@@ -31,6 +31,8 @@ final class RequestExecutor {
     /// FLUSH requests of this batch, answered together after one flush of the node just before the
     /// output is sent (see `runDeferredFlushes`), with when each started.
     var deferredFlushes: [(header: RequestHeader, started: UInt64)] = []
+    /// Adjacent TRIM or WRITE_ZEROES requests of this batch, run as one (see `RequestExecutor+Ranges.swift`).
+    var deferredRange: DeferredRange?
     /// Pieces of a read that lies in several mapped places (a fragmented qcow2 range); reused.
     var mappedRuns: [UnsafeRawBufferPointer] = []
 
@@ -65,12 +67,28 @@ final class RequestExecutor {
         guarded = backend.needsAdmission
     }
 
-    /// Completes the batch (engine I/O, deferred flushes) and sends its replies.
+    /// Completes the batch (engine I/O, deferred flushes) and sends its replies. The replies that are
+    /// ready go out before a deferred flush runs, so that the client can send more while it does.
     func flushOutput() {
         drainPending()
-        if !deferredFlushes.isEmpty { runDeferredFlushes() }
+        if deferredRange != nil { runDeferredRange() }
+        if !deferredFlushes.isEmpty {
+            replies.send(on: io)
+            runDeferredFlushes()
+        }
         replies.send(on: io)
         batch.releaseBuffers()
+    }
+
+    /// Before the input is refilled: when the engine's I/O may keep running meanwhile (none of it
+    /// writes from the input) and the client is still sending (`moreIsComing`), only starts that
+    /// I/O; otherwise completes the batch and sends its replies, as the client may wait for them.
+    func prepareToReceive(moreIsComing: Bool) {
+        if moreIsComing && !batch.isIdle && batch.mayReceiveWhileRunning {
+            batch.submit()
+        } else {
+            flushOutput()
+        }
     }
 
     /// Answers a request that is refused before it runs, counted as invalid under `kind`.
@@ -84,6 +102,7 @@ final class RequestExecutor {
     /// Runs a WRITE whose payload was received. `queueable`: the payload stays where it is until the
     /// batch is drained, so the engine may write from it.
     func write(_ header: RequestHeader, _ payload: UnsafeRawBufferPointer, queueable: Bool) {
+        if deferredRange != nil { runDeferredRange() }
         let error = RequestCheck.validate(header, session: session, node: medium?.node)
         if error != 0 {
             refuse(header, error: error, kind: .write)
@@ -121,7 +140,12 @@ final class RequestExecutor {
         var source = UnsafeMutableRawPointer(mutating: payload.baseAddress!)
         var target = node.directTarget(at: header.offset, length: payload.count, buffer: source)
         var bounced = false
-        let alignment = node.features.alignment
+        var alignment = node.features.alignment
+        if let found = target, found.alignment > 1, UInt(bitPattern: source) % UInt(found.alignment) != 0 {
+            // The node's own alignment is finer than the file's under it (a qcow2 image): bounce.
+            target = nil
+            alignment = max(alignment, found.alignment)
+        }
         if target == nil, alignment > 1,
            header.offset % UInt64(alignment) == 0, payload.count % alignment == 0,
            node.directTarget(at: header.offset, length: payload.count) != nil {
@@ -133,9 +157,9 @@ final class RequestExecutor {
         }
         guard let target, let engine = batch.currentEngine() else { return false }
         let request = BatchIO.Pending(header: header, buffer: source, isRead: false, started: started)
-        if !batch.queueWrite(target, request, length: payload.count, engine: engine) {
+        if !batch.queueWrite(target, request, length: payload.count, fromInput: !bounced, engine: engine) {
             drainPending()
-            guard batch.queueWrite(target, request, length: payload.count, engine: engine) else { return false }
+            guard batch.queueWrite(target, request, length: payload.count, fromInput: !bounced, engine: engine) else { return false }
         }
         if bounced { batch.takeBuffer() }
         return true
@@ -146,6 +170,7 @@ final class RequestExecutor {
     /// Runs a request other than WRITE; true when it was `NBD_CMD_DISC` (valid, so the phase ends).
     func perform(_ header: RequestHeader) -> Bool {
         if header.type != NBDCommand.read.rawValue { drainPending() }
+        if deferredRange != nil && !DeferredRange.mayJoin(header) { runDeferredRange() }
         let kind = RequestCheck.accountedKind(header.command)
         let error = RequestCheck.validate(header, session: session, node: medium?.node)
         if error != 0 {
@@ -185,18 +210,13 @@ final class RequestExecutor {
             deferredFlushes.append((header, started))
             return true
         case .trim:
-            complete(header) { () throws(BlockError) in
-                try node.discard(at: header.offset, length: header.length)
-                if header.commandFlags.contains(.fua) { try node.flush() }
-            }
+            deferRange(header, started: started)
+            return true
         case .cache:
             complete(header) { () throws(BlockError) in try node.prefetch(at: header.offset, length: header.length) }
         case .writeZeroes:
-            var flags: ZeroFlags = []
-            if !header.commandFlags.contains(.noHole) { flags.insert(.mayUnmap) }
-            if header.commandFlags.contains(.fastZero) { flags.insert(.fastOnly) }
-            if header.commandFlags.contains(.fua) { flags.insert(.fua) }
-            complete(header) { () throws(BlockError) in try node.writeZeroes(at: header.offset, length: header.length, flags: flags) }
+            deferRange(header, started: started)
+            return true
         case .blockStatus:
             blockStatus(header)
         case .resize:

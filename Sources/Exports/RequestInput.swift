@@ -26,6 +26,17 @@ final class RequestInput {
         UnsafeRawBufferPointer(start: buffer.bytes.baseAddress! + start, count: end - start)
     }
 
+    /// True when part of a request was received: the client is in the middle of sending it.
+    @inline(__always)
+    var hasUnread: Bool { end > start }
+
+    /// True when the socket has bytes to receive right now (plain sockets; under TLS, false).
+    var isReadable: Bool {
+        guard io.tls == nil else { return false }
+        var descriptor = pollfd(fd: io.fd, events: Int16(POLLIN), revents: 0)
+        return poll(&descriptor, 1, 0) == 1 && descriptor.revents & Int16(POLLIN) != 0
+    }
+
     /// Marks `count` bytes of `unread` as used.
     @inline(__always)
     func consume(_ count: Int) { start += count }

@@ -37,8 +37,8 @@ final class Transmission {
             switch RequestHeader.decode(input.unread, extended: style == .extended) {
             case .needMore:
                 // Replies go out before blocking, and before the input (which holds the payloads of
-                // queued writes) moves.
-                requests.flushOutput()
+                // queued writes) moves; engine I/O keeps running while the rest of a request arrives.
+                requests.prepareToReceive(moreIsComing: input.hasUnread || input.isReadable)
                 guard input.receiveMore() else { return .closed }
             case .badMagic(let magic):
                 requests.flushOutput()
@@ -88,10 +88,11 @@ final class Transmission {
     }
 
     /// A payload that has not fully arrived: the batch is completed and its replies sent first (the
-    /// input may move, and the client may wait for them before it sends more).
+    /// input may move), unless its engine I/O can keep running while the payload arrives (the client
+    /// is sending it, so it does not wait for replies first).
     @inline(never)
     private func receivePayload(_ count: Int) -> UnsafeRawBufferPointer? {
-        requests.flushOutput()
+        requests.prepareToReceive(moreIsComing: true)
         return input.receivePayload(count)
     }
 }

@@ -31,6 +31,8 @@ public final class FileDriver: BlockDriver {
     /// so repeating it per read would cost O(file size). Writes never turn data into holes;
     /// zero-writes and discards clear it.
     private let knownData = Mutex<Range<UInt64>>(0..<0)
+    /// Flushes of every connection, shared: one `fdatasync` answers every flush that asked before it began.
+    private let flushes = SharedFlush()
 
     /// Opens `path` with the node's common settings.
     public init(driverName: String, path: String, common: CommonNodeOptions) throws(OptionError) {
@@ -174,9 +176,14 @@ public final class FileDriver: BlockDriver {
 
     public func flush() throws(BlockError) {
         guard !noFlush else { return }
-        while fdatasync(fd) != 0 {
-            guard errno == EINTR else { throw .posix("flush \(path)") }
+        let fd = self.fd
+        let result = flushes.run {
+            while fdatasync(fd) != 0 {
+                guard errno == EINTR else { return errno }
+            }
+            return 0
         }
+        guard result == 0 else { throw .posix("flush \(path)", errno: result) }
     }
 
     public func blockStatus(at offset: UInt64, length: UInt64) throws(BlockError) -> [Extent] {
@@ -210,7 +217,7 @@ public final class FileDriver: BlockDriver {
     }
 
     public func directTarget(at offset: UInt64, length: Int) -> DirectTarget? {
-        native && !noFlush ? DirectTarget(fd: fd, offset: offset) : nil
+        native && !noFlush ? DirectTarget(fd: fd, offset: offset, alignment: features.alignment) : nil
     }
 
     public func resize(to newLength: UInt64) throws(BlockError) {

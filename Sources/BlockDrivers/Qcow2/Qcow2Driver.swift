@@ -246,6 +246,39 @@ public final class Qcow2Driver: BlockDriver, @unchecked Sendable {
         }
     }
 
+    /// The image file's direct path (`aio=native`, O_DIRECT) for a range that is one contiguous run of
+    /// data clusters this image owns (refcount 1, COPIED): a read, or an in-place overwrite as QEMU
+    /// does for such clusters, needs no metadata. Anything else goes through `read`/`write`.
+    public func directTarget(at offset: UInt64, length count: Int) -> DirectTarget? {
+        guard count > 0, count <= clusterSize, let host = ownedRun(offset, count),
+              let target = file.directTarget(at: host, length: count),
+              host % UInt64(target.alignment) == 0, count % target.alignment == 0 else { return nil }
+        return target
+    }
+
+    /// The host offset of a range that lies in at most two owned data clusters, contiguous in the file.
+    private func ownedRun(_ offset: UInt64, _ count: Int) -> UInt64? {
+        let mask = UInt64(clusterSize - 1)
+        let end = offset + UInt64(count)
+        var position = offset
+        var start: UInt64?
+        var expected: UInt64 = 0
+        lock.lock()
+        defer { lock.unlock() }
+        while position < end {
+            guard let entry = try? meta.l2Entry(position >> clusterBits),
+                  case .data(let host, owned: true) = meta.state(of: entry) else { return nil }
+            let hostPosition = host + (position & mask)
+            if start != nil && hostPosition != expected { return nil }
+            if start == nil { start = hostPosition }
+            let chunk = min(end - position, UInt64(clusterSize) - (position & mask))
+            expected = hostPosition + chunk
+            position += chunk
+        }
+        guard let start, start + UInt64(count) <= file.length else { return nil }
+        return start
+    }
+
     public func mappedRuns(at offset: UInt64, length count: Int, limit: Int, into runs: inout [UnsafeRawBufferPointer]) -> Bool {
         lock.lock()
         let found = try? segments(at: offset, length: count)
