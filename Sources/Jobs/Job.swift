@@ -146,8 +146,9 @@ public final class Job: @unchecked Sendable {
             abortLocked()
             return
         }
-        emit(.completed(error: nil))
+        // QEMU cleans up before it sends the event: a command sent on the event finds the nodes free.
         unlocked { driver.clean(self) }
+        emit(.completed(error: nil))
         concludeLocked()
     }
 
@@ -155,8 +156,8 @@ public final class Job: @unchecked Sendable {
     private func abortLocked() {
         transition(.aborting)
         unlocked { driver.abort(self) }
-        emit(failure != nil ? .completed(error: failure) : .cancelled)
         unlocked { driver.clean(self) }
+        emit(failure != nil ? .completed(error: failure) : .cancelled)
         concludeLocked()
     }
 

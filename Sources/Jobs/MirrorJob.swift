@@ -11,6 +11,15 @@ public enum MirrorSync: String, Sendable {
     case none
 }
 
+/// How a mirror treats clients' writes to its source (`MirrorCopyMode`).
+public enum MirrorWriteMode: String, Sendable {
+    /// A write marks its range dirty; the job copies it later.
+    case background
+    /// Once the job runs, a write is repeated on the target before it completes: the job converges
+    /// under any write load.
+    case writeBlocking = "write-blocking"
+}
+
 /// `drive-mirror` / `blockdev-mirror`, and the active `block-commit`: copies the source onto the
 /// target while clients write to the source, becomes ready when the two are in sync, and on
 /// complete moves every device that shows the source onto the target (the pivot).
@@ -27,6 +36,7 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
     let onSourceError: JobErrorPolicy
     let onTargetError: JobErrorPolicy
     let unmap: Bool
+    let copyMode: MirrorWriteMode
     /// The devices to pivot: called at the pivot, filtered to those whose medium is the source.
     let devices: @Sendable () -> [BlockBackend]
     /// For an active commit: only chunks allocated above this depth of the source's chain are copied.
@@ -34,12 +44,19 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
     let hook: MirrorHook
     /// Called once the pivot is done (an active commit drops the images above its base).
     let afterPivot: (@Sendable () -> Void)?
+    /// The pivot of a mirror with `replaces`: puts the target where that node was, instead of
+    /// moving the source's devices.
+    public var replacing: (@Sendable () -> Void)?
+    /// The job's `mirror_top` node (`filter-node-name`), while it runs.
+    public var filterNode: BlockNode?
+    /// Takes the filter node out of the graph once the job ended.
+    public var removeFilter: (@Sendable () -> Void)?
 
     /// A mirror of `source` onto `target` (same size, checked when the job runs).
     public init(
         kind: JobKind = .mirror, source: BlockNode, target: BlockNode, sync: MirrorSync, granularity: UInt64 = 65536,
         bufferSize: Int = 16 << 20, onSourceError: JobErrorPolicy = .report, onTargetError: JobErrorPolicy = .report,
-        unmap: Bool = true, devices: @escaping @Sendable () -> [BlockBackend],
+        unmap: Bool = true, copyMode: MirrorWriteMode = .background, devices: @escaping @Sendable () -> [BlockBackend],
         initialDirty: (@Sendable (ChunkBitmap) throws(BlockError) -> Void)? = nil, afterPivot: (@Sendable () -> Void)? = nil
     ) {
         self.kind = kind
@@ -51,6 +68,7 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
         self.unmap = unmap
+        self.copyMode = copyMode
         self.devices = devices
         self.initialDirty = initialDirty
         self.afterPivot = afterPivot
@@ -59,6 +77,9 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
 
     /// Puts the hook on the source; false when another job's hook is there.
     public func attach() -> Bool { source.installWriteHook(hook) }
+
+    /// Takes the hook off the source again (a job that could not be started).
+    public func detachHook() { source.removeWriteHook(hook) }
 
     public func run(_ job: Job) throws(JobError) {
         guard source.length == target.length else { throw JobError("Source and target image have different sizes") }
@@ -77,6 +98,7 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
         } catch {
             throw JobError(error.message)
         }
+        if copyMode == .writeBlocking { hook.blockWrites(to: target) }
         // At most 4 MiB and the buffer size per copy: one request in flight, where QEMU keeps up
         // to 16 of at most 1 MiB.
         let chunkBytes = max(Int(granularity), min(bufferSize, 4 << 20))
@@ -106,11 +128,21 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
     private func copyWithPolicy(_ copier: RangeCopy, _ range: Range<UInt64>, _ run: Range<Int>, _ job: Job) throws(JobError) {
         while true {
             do {
-                try copier.copy(range)
+                if copyMode == .writeBlocking {
+                    // Clients' writes repeat themselves on the target: none may land between this
+                    // copy's read of the source and its write of the target.
+                    try hook.ranges.withJobRange(range) { () throws(CopyFailure) in try copier.copy(range) }
+                } else {
+                    try copier.copy(range)
+                }
                 return
             } catch {
                 let retry = try job.handleError(error.error, write: error.write, policy: error.write ? onTargetError : onSourceError)
-                if !retry { return }
+                if !retry {
+                    // Ignored: the run stays dirty and is copied again later, as QEMU does.
+                    hook.dirty.set(range.lowerBound, range.upperBound - range.lowerBound)
+                    return
+                }
             }
         }
     }
@@ -151,7 +183,11 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
 
     public func commit(_ job: Job) throws(JobError) {
         guard !job.isSoftCancelled else { return }
-        for device in devices() { _ = device.replaceMedium(source, with: target) }
+        if let replacing {
+            replacing()
+        } else {
+            for device in devices() { _ = device.replaceMedium(source, with: target) }
+        }
         afterPivot?()
     }
 
@@ -160,6 +196,7 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
     }
 
     public func clean(_ job: Job) {
+        removeFilter?()
         let hook = self.hook
         let source = self.source
         if case .forwarding = hook.currentMode {
