@@ -1,5 +1,6 @@
 import BlockCore
 import Dispatch
+import Synchronization
 
 /// How much of the source a mirror copies first (`MirrorSyncMode`).
 public enum MirrorSync: String, Sendable {
@@ -99,20 +100,27 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
             throw JobError(error.message)
         }
         if copyMode == .writeBlocking { hook.blockWrites(to: target) }
-        // At most 4 MiB and the buffer size per copy: one request in flight, where QEMU keeps up
-        // to 16 of at most 1 MiB.
-        let chunkBytes = max(Int(granularity), min(bufferSize, 4 << 20))
-        let copier = RangeCopy(source: source, target: target, bufferSize: chunkBytes, unmap: unmap)
+        // Copies of at most 1 MiB (QEMU's largest mirror request; a buffer that stays in the CPU's
+        // cache), `lanes` of them at once within the buffer size.
+        let chunkBytes = max(Int(granularity), min(bufferSize, 1 << 20))
+        let lanes = max(1, min(MirrorJob.lanes, bufferSize / chunkBytes))
+        let copiers = (0..<lanes).map { _ in RangeCopy(source: source, target: target, bufferSize: chunkBytes, unmap: unmap) }
+        let copier = copiers[0]
         let chunksPerCopy = max(1, chunkBytes / Int(granularity))
         job.progress(current: 0, total: dirty.bytes)
         while job.pausePoint() {
-            if let run = dirty.takeRun(limit: job.chunksPerRequest(chunkSize: granularity, most: chunksPerCopy)) {
-                let range = dirty.byteRange(run)
-                try copyWithPolicy(copier, range, run, job)
-                job.addProgress(done: range.upperBound - range.lowerBound)
+            let most = job.chunksPerRequest(chunkSize: granularity, most: chunksPerCopy)
+            // A speed-limited job copies one small run at a time, so that it sleeps often.
+            let width = most < chunksPerCopy ? 1 : lanes
+            var runs: [Range<Int>] = []
+            while runs.count < width, let run = dirty.takeRun(limit: most) { runs.append(run) }
+            if !runs.isEmpty {
+                try copyRuns(runs, copiers, job)
+                let bytes = runs.reduce(UInt64(0)) { $0 + dirty.byteRange($1).upperBound - dirty.byteRange($1).lowerBound }
+                job.addProgress(done: bytes)
                 let current = job.progressValues.current
                 job.progress(current: current, total: current + dirty.bytes)
-                job.throttle(range.upperBound - range.lowerBound)
+                job.throttle(bytes)
                 continue
             }
             job.setReady()
@@ -124,25 +132,61 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
         }
     }
 
-    /// Copies a run, applying the error policies; a run that failed is dirty again.
-    private func copyWithPolicy(_ copier: RangeCopy, _ range: Range<UInt64>, _ run: Range<Int>, _ job: Job) throws(JobError) {
-        while true {
-            do {
-                if copyMode == .writeBlocking {
-                    // Clients' writes repeat themselves on the target: none may land between this
-                    // copy's read of the source and its write of the target.
-                    try hook.ranges.withJobRange(range) { () throws(CopyFailure) in try copier.copy(range) }
-                } else {
-                    try copier.copy(range)
-                }
-                return
+    /// Copies `range` once.
+    private func copyOnce(_ copier: RangeCopy, _ range: Range<UInt64>) throws(CopyFailure) {
+        if copyMode == .writeBlocking {
+            // Clients' writes repeat themselves on the target: none may land between this copy's
+            // read of the source and its write of the target.
+            try hook.ranges.withJobRange(range) { () throws(CopyFailure) in try copier.copy(range) }
+        } else {
+            try copier.copy(range)
+        }
+    }
+
+    /// How many copies a mirror has in flight.
+    static let lanes = 2
+
+    /// Copies runs at once, one per copier; failures then go through the error policies in turn.
+    private func copyRuns(_ runs: [Range<Int>], _ copiers: [RangeCopy], _ job: Job) throws(JobError) {
+        let dirty = hook.dirty
+        guard runs.count > 1 else {
+            try copyWithPolicy(copiers[0], dirty.byteRange(runs[0]), runs[0], job)
+            return
+        }
+        let failures = Mutex<[Int: CopyFailure]>([:])
+        DispatchQueue.concurrentPerform(iterations: runs.count) { index in
+            do throws(CopyFailure) {
+                try copyOnce(copiers[index], dirty.byteRange(runs[index]))
             } catch {
+                failures.withLock { $0[index] = error }
+            }
+        }
+        for (index, failure) in failures.withLock({ $0 }).sorted(by: { $0.key < $1.key }) {
+            try copyWithPolicy(copiers[0], dirty.byteRange(runs[index]), runs[index], job, failed: failure)
+        }
+    }
+
+    /// Copies a run, applying the error policies (`failed`: the copy failed already once); a run
+    /// that failed is dirty again.
+    private func copyWithPolicy(
+        _ copier: RangeCopy, _ range: Range<UInt64>, _ run: Range<Int>, _ job: Job, failed: CopyFailure? = nil
+    ) throws(JobError) {
+        var pending = failed
+        while true {
+            if let error = pending {
                 let retry = try job.handleError(error.error, write: error.write, policy: error.write ? onTargetError : onSourceError)
                 if !retry {
                     // Ignored: the run stays dirty and is copied again later, as QEMU does.
                     hook.dirty.set(range.lowerBound, range.upperBound - range.lowerBound)
                     return
                 }
+                pending = nil
+            }
+            do {
+                try copyOnce(copier, range)
+                return
+            } catch {
+                pending = error
             }
         }
     }
