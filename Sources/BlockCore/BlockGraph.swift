@@ -255,6 +255,16 @@ public final class BlockGraph: Sendable {
         return try body()
     }
 
+    /// Adds a node built elsewhere (a job's filter node) under its name; fails when the name is taken.
+    public func insert(_ node: BlockNode) throws(OptionError) {
+        let inserted = nodes.withLock { table -> Bool in
+            guard table[node.name] == nil else { return false }
+            table[node.name] = node
+            return true
+        }
+        guard inserted else { throw OptionError("node-name '\(node.name)' is already in use") }
+    }
+
     /// The nodes whose children include `node`.
     public func parents(of node: BlockNode) -> [BlockNode] {
         allNodes.filter { candidate in candidate.children.contains { $0.node === node } }

@@ -57,7 +57,7 @@ extension Daemon {
     /// `backing-image`): a qcow2 image's backing file, a filter's child.
     func filteredOrBackingChild(of node: BlockNode) -> BlockNode? {
         switch node.driver.driverName {
-        case "qcow2": return node.children.first { $0.role == "backing" }?.node
+        case "qcow2", "mirror_top": return node.children.first { $0.role == "backing" }?.node
         case "throttle", "blkdebug", "blkverify": return node.children.first { $0.role == "file" }?.node
         default: return nil
         }

@@ -53,6 +53,9 @@ extension Daemon {
             let config: String
             if case .string(let path)? = options["config"] { config = path } else { config = "" }
             return "blkdebug:\(config):\(imageName)"
+        case "mirror_top":
+            // A job's filter node shows its child's name, as QEMU's filters do.
+            return child("backing").flatMap { exactFilename($0, depth: depth + 1) }
         case "blkverify":
             guard let raw = child("file").flatMap({ exactFilename($0, depth: depth + 1) }),
                   let test = child("test").flatMap({ exactFilename($0, depth: depth + 1) }) else { return nil }

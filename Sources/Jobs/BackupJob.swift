@@ -81,7 +81,15 @@ public final class BackupJob: JobDriver, @unchecked Sendable {
             guard let run = toCopy.takeRun(limit: job.chunksPerRequest(chunkSize: clusterSize, most: chunksPerCopy)) else { break }
             var chunk = run.lowerBound
             while chunk < run.upperBound {
-                chunk += hook.preserveRun(from: chunk, limit: run.upperBound - chunk, copier: copier)
+                switch hook.preserveRun(from: chunk, limit: run.upperBound - chunk, copier: copier) {
+                case .success(let count):
+                    chunk += count
+                case .failure(let failure):
+                    // QEMU's backup retries a failed copy unless the policy reports it.
+                    let policy = failure.write ? onTargetError : onSourceError
+                    _ = try job.handleError(failure.error, write: failure.write, policy: policy)
+                    guard job.pausePoint() else { return }
+                }
             }
             if let failure = hook.copyFailure {
                 _ = try job.handleError(failure, write: true, policy: .report)

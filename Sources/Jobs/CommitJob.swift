@@ -15,13 +15,15 @@ public final class CommitJob: JobDriver, NodeUser, @unchecked Sendable {
     let baseDepth: Int
     let backingFile: String
     let backingFormat: String
+    let onError: JobErrorPolicy
     let dropped: @Sendable ([BlockNode]) -> Void
 
     /// A commit of `top` (down to just above `base`, `baseDepth` layers below it) into `base`.
     public init(
         top: BlockNode, base: BlockNode, above: BlockNode, baseDepth: Int, backingFile: String, backingFormat: String,
-        dropped: @escaping @Sendable ([BlockNode]) -> Void
+        onError: JobErrorPolicy = .report, dropped: @escaping @Sendable ([BlockNode]) -> Void
     ) {
+        self.onError = onError
         self.top = top
         self.base = base
         self.above = above
@@ -45,10 +47,15 @@ public final class CommitJob: JobDriver, NodeUser, @unchecked Sendable {
         job.progress(current: 0, total: top.length)
         try ChainCopy.forEachRun(of: top, depths: 0..<baseDepth, chunk: 1 << 20) { (range, _) throws(JobError) in
             guard job.pausePoint() else { throw JobError("cancelled") }
-            do throws(CopyFailure) {
-                try copier.copy(range)
-            } catch {
-                throw JobError(error.error.message)
+            while true {
+                do throws(CopyFailure) {
+                    try copier.copy(range)
+                    break
+                } catch {
+                    // Stop and ignore both retry the range (QEMU's commit); report fails the job.
+                    _ = try job.handleError(error.error, write: error.write, policy: onError)
+                    guard job.pausePoint() else { throw JobError("cancelled") }
+                }
             }
             job.progress(current: range.upperBound, total: top.length)
             job.throttle(range.upperBound - range.lowerBound)

@@ -71,13 +71,14 @@ final class CopyBeforeWrite: WriteHook, @unchecked Sendable {
 
     /// Copies to the target the chunks from `start` on (at most `limit`, stopping at one that is
     /// copied already or being copied) in one request: the job's background copy. Returns how many
-    /// chunks it went past (at least 1).
-    func preserveRun(from start: Int, limit: Int, copier: RangeCopy) -> Int {
+    /// chunks it went past (at least 1), or the failure of the copy (its chunks stay to copy, for
+    /// the job's error policy to retry).
+    func preserveRun(from start: Int, limit: Int, copier: RangeCopy) -> Result<Int, CopyFailure> {
         lock.lock()
         while busy.contains(start) { lock.wait() }
         guard pending.contains(start) else {
             lock.unlock()
-            return 1
+            return .success(1)
         }
         var end = start
         while end < start + limit && end < pending.chunks && pending.contains(end) && !busy.contains(end) {
@@ -85,22 +86,18 @@ final class CopyBeforeWrite: WriteHook, @unchecked Sendable {
             end += 1
         }
         lock.unlock()
-        var copied = true
+        var result = Result<Int, CopyFailure>.success(end - start)
         do {
             try copier.copy(pending.byteRange(start..<end))
+            for chunk in start..<end { pending.clear(chunk) }
         } catch {
-            lock.lock()
-            if failure == nil { failure = error.error }
-            lock.unlock()
-            copied = false
+            result = .failure(error)
         }
-        // A failed copy leaves its chunks pending: they are what the job did not back up.
-        if copied { for chunk in start..<end { pending.clear(chunk) } }
         lock.lock()
         for chunk in start..<end { busy.remove(chunk) }
         lock.broadcast()
         lock.unlock()
-        return end - start
+        return result
     }
 
     /// The failure of a client-triggered copy, if any.

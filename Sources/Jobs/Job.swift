@@ -90,19 +90,19 @@ public final class Job: @unchecked Sendable {
 
     // MARK: - Life cycle
 
-    /// Sends `created`, then runs the driver on a thread of its own.
+    /// Sends `created` and `running` (before the command that started the job replies, as QEMU's
+    /// job_start does), then runs the driver on a thread of its own.
     public func start() {
-        locked { transition(.created) }
+        locked {
+            transition(.created)
+            transition(.running)
+            sleeping = false
+        }
         spawnThread(stackSize: 1 << 20) { [self] in runOnThread() }
     }
 
     private func runOnThread() {
-        let proceed = locked { () -> Bool in
-            guard !hardCancel else { return false }
-            transition(.running)
-            sleeping = false
-            return true
-        }
+        let proceed = locked { !hardCancel }
         var error: JobError?
         if proceed {
             do {
@@ -146,8 +146,9 @@ public final class Job: @unchecked Sendable {
             abortLocked()
             return
         }
-        emit(.completed(error: nil))
+        // QEMU cleans up before it sends the event: a command sent on the event finds the nodes free.
         unlocked { driver.clean(self) }
+        emit(.completed(error: nil))
         concludeLocked()
     }
 
@@ -155,8 +156,8 @@ public final class Job: @unchecked Sendable {
     private func abortLocked() {
         transition(.aborting)
         unlocked { driver.abort(self) }
-        emit(failure != nil ? .completed(error: failure) : .cancelled)
         unlocked { driver.clean(self) }
+        emit(failure != nil ? .completed(error: failure) : .cancelled)
         concludeLocked()
     }
 

@@ -87,7 +87,7 @@ public protocol NodeUser {
 }
 
 extension MirrorJob: NodeUser {
-    public func uses(_ node: BlockNode) -> Bool { node === source || node === target }
+    public func uses(_ node: BlockNode) -> Bool { node === source || node === target || node === filterNode }
 }
 
 extension BackupJob: NodeUser {

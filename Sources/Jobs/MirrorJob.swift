@@ -1,5 +1,6 @@
 import BlockCore
 import Dispatch
+import Synchronization
 
 /// How much of the source a mirror copies first (`MirrorSyncMode`).
 public enum MirrorSync: String, Sendable {
@@ -9,6 +10,15 @@ public enum MirrorSync: String, Sendable {
     case top
     /// Nothing: only what clients write from now on.
     case none
+}
+
+/// How a mirror treats clients' writes to its source (`MirrorCopyMode`).
+public enum MirrorWriteMode: String, Sendable {
+    /// A write marks its range dirty; the job copies it later.
+    case background
+    /// Once the job runs, a write is repeated on the target before it completes: the job converges
+    /// under any write load.
+    case writeBlocking = "write-blocking"
 }
 
 /// `drive-mirror` / `blockdev-mirror`, and the active `block-commit`: copies the source onto the
@@ -27,6 +37,7 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
     let onSourceError: JobErrorPolicy
     let onTargetError: JobErrorPolicy
     let unmap: Bool
+    let copyMode: MirrorWriteMode
     /// The devices to pivot: called at the pivot, filtered to those whose medium is the source.
     let devices: @Sendable () -> [BlockBackend]
     /// For an active commit: only chunks allocated above this depth of the source's chain are copied.
@@ -34,12 +45,19 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
     let hook: MirrorHook
     /// Called once the pivot is done (an active commit drops the images above its base).
     let afterPivot: (@Sendable () -> Void)?
+    /// The pivot of a mirror with `replaces`: puts the target where that node was, instead of
+    /// moving the source's devices.
+    public var replacing: (@Sendable () -> Void)?
+    /// The job's `mirror_top` node (`filter-node-name`), while it runs.
+    public var filterNode: BlockNode?
+    /// Takes the filter node out of the graph once the job ended.
+    public var removeFilter: (@Sendable () -> Void)?
 
     /// A mirror of `source` onto `target` (same size, checked when the job runs).
     public init(
         kind: JobKind = .mirror, source: BlockNode, target: BlockNode, sync: MirrorSync, granularity: UInt64 = 65536,
         bufferSize: Int = 16 << 20, onSourceError: JobErrorPolicy = .report, onTargetError: JobErrorPolicy = .report,
-        unmap: Bool = true, devices: @escaping @Sendable () -> [BlockBackend],
+        unmap: Bool = true, copyMode: MirrorWriteMode = .background, devices: @escaping @Sendable () -> [BlockBackend],
         initialDirty: (@Sendable (ChunkBitmap) throws(BlockError) -> Void)? = nil, afterPivot: (@Sendable () -> Void)? = nil
     ) {
         self.kind = kind
@@ -51,6 +69,7 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
         self.unmap = unmap
+        self.copyMode = copyMode
         self.devices = devices
         self.initialDirty = initialDirty
         self.afterPivot = afterPivot
@@ -59,6 +78,9 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
 
     /// Puts the hook on the source; false when another job's hook is there.
     public func attach() -> Bool { source.installWriteHook(hook) }
+
+    /// Takes the hook off the source again (a job that could not be started).
+    public func detachHook() { source.removeWriteHook(hook) }
 
     public func run(_ job: Job) throws(JobError) {
         guard source.length == target.length else { throw JobError("Source and target image have different sizes") }
@@ -77,20 +99,28 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
         } catch {
             throw JobError(error.message)
         }
-        // At most 4 MiB and the buffer size per copy: one request in flight, where QEMU keeps up
-        // to 16 of at most 1 MiB.
-        let chunkBytes = max(Int(granularity), min(bufferSize, 4 << 20))
-        let copier = RangeCopy(source: source, target: target, bufferSize: chunkBytes, unmap: unmap)
+        if copyMode == .writeBlocking { hook.blockWrites(to: target) }
+        // Copies of at most 1 MiB (QEMU's largest mirror request; a buffer that stays in the CPU's
+        // cache), `lanes` of them at once within the buffer size.
+        let chunkBytes = max(Int(granularity), min(bufferSize, 1 << 20))
+        let lanes = max(1, min(MirrorJob.lanes, bufferSize / chunkBytes))
+        let copiers = (0..<lanes).map { _ in RangeCopy(source: source, target: target, bufferSize: chunkBytes, unmap: unmap) }
+        let copier = copiers[0]
         let chunksPerCopy = max(1, chunkBytes / Int(granularity))
         job.progress(current: 0, total: dirty.bytes)
         while job.pausePoint() {
-            if let run = dirty.takeRun(limit: job.chunksPerRequest(chunkSize: granularity, most: chunksPerCopy)) {
-                let range = dirty.byteRange(run)
-                try copyWithPolicy(copier, range, run, job)
-                job.addProgress(done: range.upperBound - range.lowerBound)
+            let most = job.chunksPerRequest(chunkSize: granularity, most: chunksPerCopy)
+            // A speed-limited job copies one small run at a time, so that it sleeps often.
+            let width = most < chunksPerCopy ? 1 : lanes
+            var runs: [Range<Int>] = []
+            while runs.count < width, let run = dirty.takeRun(limit: most) { runs.append(run) }
+            if !runs.isEmpty {
+                try copyRuns(runs, copiers, job)
+                let bytes = runs.reduce(UInt64(0)) { $0 + dirty.byteRange($1).upperBound - dirty.byteRange($1).lowerBound }
+                job.addProgress(done: bytes)
                 let current = job.progressValues.current
                 job.progress(current: current, total: current + dirty.bytes)
-                job.throttle(range.upperBound - range.lowerBound)
+                job.throttle(bytes)
                 continue
             }
             job.setReady()
@@ -102,15 +132,61 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
         }
     }
 
-    /// Copies a run, applying the error policies; a run that failed is dirty again.
-    private func copyWithPolicy(_ copier: RangeCopy, _ range: Range<UInt64>, _ run: Range<Int>, _ job: Job) throws(JobError) {
+    /// Copies `range` once.
+    private func copyOnce(_ copier: RangeCopy, _ range: Range<UInt64>) throws(CopyFailure) {
+        if copyMode == .writeBlocking {
+            // Clients' writes repeat themselves on the target: none may land between this copy's
+            // read of the source and its write of the target.
+            try hook.ranges.withJobRange(range) { () throws(CopyFailure) in try copier.copy(range) }
+        } else {
+            try copier.copy(range)
+        }
+    }
+
+    /// How many copies a mirror has in flight.
+    static let lanes = 2
+
+    /// Copies runs at once, one per copier; failures then go through the error policies in turn.
+    private func copyRuns(_ runs: [Range<Int>], _ copiers: [RangeCopy], _ job: Job) throws(JobError) {
+        let dirty = hook.dirty
+        guard runs.count > 1 else {
+            try copyWithPolicy(copiers[0], dirty.byteRange(runs[0]), runs[0], job)
+            return
+        }
+        let failures = Mutex<[Int: CopyFailure]>([:])
+        DispatchQueue.concurrentPerform(iterations: runs.count) { index in
+            do throws(CopyFailure) {
+                try copyOnce(copiers[index], dirty.byteRange(runs[index]))
+            } catch {
+                failures.withLock { $0[index] = error }
+            }
+        }
+        for (index, failure) in failures.withLock({ $0 }).sorted(by: { $0.key < $1.key }) {
+            try copyWithPolicy(copiers[0], dirty.byteRange(runs[index]), runs[index], job, failed: failure)
+        }
+    }
+
+    /// Copies a run, applying the error policies (`failed`: the copy failed already once); a run
+    /// that failed is dirty again.
+    private func copyWithPolicy(
+        _ copier: RangeCopy, _ range: Range<UInt64>, _ run: Range<Int>, _ job: Job, failed: CopyFailure? = nil
+    ) throws(JobError) {
+        var pending = failed
         while true {
+            if let error = pending {
+                let retry = try job.handleError(error.error, write: error.write, policy: error.write ? onTargetError : onSourceError)
+                if !retry {
+                    // Ignored: the run stays dirty and is copied again later, as QEMU does.
+                    hook.dirty.set(range.lowerBound, range.upperBound - range.lowerBound)
+                    return
+                }
+                pending = nil
+            }
             do {
-                try copier.copy(range)
+                try copyOnce(copier, range)
                 return
             } catch {
-                let retry = try job.handleError(error.error, write: error.write, policy: error.write ? onTargetError : onSourceError)
-                if !retry { return }
+                pending = error
             }
         }
     }
@@ -151,7 +227,11 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
 
     public func commit(_ job: Job) throws(JobError) {
         guard !job.isSoftCancelled else { return }
-        for device in devices() { _ = device.replaceMedium(source, with: target) }
+        if let replacing {
+            replacing()
+        } else {
+            for device in devices() { _ = device.replaceMedium(source, with: target) }
+        }
         afterPivot?()
     }
 
@@ -160,6 +240,7 @@ public final class MirrorJob: JobDriver, @unchecked Sendable {
     }
 
     public func clean(_ job: Job) {
+        removeFilter?()
         let hook = self.hook
         let source = self.source
         if case .forwarding = hook.currentMode {

@@ -41,6 +41,7 @@ public final class StreamJob: JobDriver, NodeUser, @unchecked Sendable {
         let chunk: UInt64 = 1 << 20
         let buffer = AlignedBuffer(capacity: Int(chunk))
         job.progress(current: 0, total: top.length)
+        var ignored: BlockError?
         try ChainCopy.forEachRun(of: top, depths: 1..<baseDepth, chunk: chunk) { (range, zero) throws(JobError) in
             guard job.pausePoint() else { throw JobError("cancelled") }
             let count = range.upperBound - range.lowerBound
@@ -52,13 +53,18 @@ public final class StreamJob: JobDriver, NodeUser, @unchecked Sendable {
                     }
                     break
                 } catch {
-                    if try !job.handleError(error, write: true, policy: onError) { break }
+                    // QEMU's stream names every failure a read; an ignored one still fails the job at its end.
+                    if try !job.handleError(error, write: false, policy: onError) {
+                        if ignored == nil { ignored = error }
+                        break
+                    }
                 }
             }
             job.progress(current: range.upperBound, total: top.length)
             job.throttle(count)
         }
         if job.isCancelled { return }
+        if let ignored { throw JobError(ignored.message) }
         job.progress(current: top.length, total: top.length)
         do {
             try top.flush()

@@ -19,7 +19,13 @@ struct BlockctlCommand: ParsableCommand {
               blockctl --socket /run/blockd/qmp.sock query-block-exports
               blockctl --socket qmp.sock blockdev-add driver=null-co node-name=n0 size=1048576
               blockctl --socket qmp.sock --events
+              blockctl --socket qmp.sock job-wait m1
+              blockctl --socket qmp.sock --progress drive-backup device=d0 target=b.qcow2 sync=full
               blockctl help block-export-add
+
+            job-wait JOBID follows a block job until it ends: a progress bar with percent, rate and \
+            time left on a terminal, one line per change otherwise, then the job's last event. The exit \
+            status is 0 when the job completed, 1 when it failed or was cancelled.
             """,
         version: BlockdVersion.string)
 
@@ -43,6 +49,9 @@ struct BlockctlCommand: ParsableCommand {
 
     @Option(name: .customLong("timeout"), help: "With --events: stop after this many seconds without an event.")
     var timeout: Double?
+
+    @Flag(name: .customLong("progress"), help: "After a command that starts a job, follow the job as job-wait does.")
+    var progress = false
 
     @Argument(help: ArgumentHelp("COMMAND [key=value ...], or: help [COMMAND]", valueName: "command"))
     var words: [String] = []
@@ -75,6 +84,10 @@ struct BlockctlCommand: ParsableCommand {
                 return
             }
             let command = words[0]
+            if command == "job-wait" {
+                guard words.count == 2 else { throw ValidationError("job-wait takes one job id") }
+                throw ExitCode(try follow(words[1], on: connection))
+            }
             let arguments = try CommandArguments.build(command: command, words: Array(words.dropFirst()))
             let reply = try connection.execute(command, arguments: arguments)
             if let error = reply["error"] {
@@ -84,6 +97,12 @@ struct BlockctlCommand: ParsableCommand {
                 throw ExitCode(1)
             }
             let result = reply["return"] ?? .object([:])
+            if progress {
+                guard case .string(let id)? = arguments?["job-id"] ?? arguments?["device"] else {
+                    throw ValidationError("--progress needs a command that starts a job (job-id= or device=)")
+                }
+                throw ExitCode(try follow(id, on: connection))
+            }
             if json {
                 print(reply.serialized())
             } else if result == .object([:]) {
@@ -96,6 +115,35 @@ struct BlockctlCommand: ParsableCommand {
             printError(error.description)
             throw ExitCode(2)
         }
+    }
+
+    /// Follows job `id` to its end, printing its progress and events; returns the exit status.
+    private func follow(_ id: String, on connection: QMPConnection) throws(QMPClientError) -> Int32 {
+        let terminal = isatty(1) == 1
+        var lastLine = ""
+        var barShown = false
+        let outcome = try JobFollower(id: id).run(on: connection) { report in
+            switch report {
+            case .progress(let state):
+                if terminal {
+                    writeOut("\r\u{1B}[K" + state.bar())
+                    barShown = true
+                } else if state.line != lastLine {
+                    lastLine = state.line
+                    writeOut(state.line + "\n")
+                }
+            case .event(let event):
+                if barShown {
+                    writeOut("\n")
+                    barShown = false
+                }
+                let name = event["event"].flatMap { if case .string(let text) = $0 { text } else { nil } } ?? "?"
+                writeOut("\(name) \((event["data"] ?? .object([:])).serialized())\n")
+            }
+        }
+        if barShown { writeOut("\n") }
+        if case .vanished = outcome { printError("job '\(id)' ended without a final event on this connection") }
+        return outcome.exitCode
     }
 
     /// The commands the server lists in query-commands; nil (after printing why) when it cannot be asked.
@@ -118,6 +166,12 @@ struct BlockctlCommand: ParsableCommand {
         var standardError = StandardError()
         print("blockctl: \(text)", to: &standardError)
     }
+}
+
+/// Writes `text` to standard output at once (no buffering: a progress bar must show now).
+func writeOut(_ text: String) {
+    var bytes = Array(text.utf8)
+    bytes.withUnsafeMutableBytes { _ = Glibc.write(1, $0.baseAddress, $0.count) }
 }
 
 /// Standard error as a text stream.

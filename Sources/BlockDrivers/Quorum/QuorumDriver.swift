@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import LogOptionsClock
+import Synchronization
 
 /// The `quorum` driver: writes go to every child and succeed when at least `vote-threshold` of
 /// them do; reads (`read-pattern=quorum`) read every child and return the bytes a majority of at
@@ -11,10 +12,12 @@ import LogOptionsClock
 /// reach the threshold fails and is reported (`QUORUM_FAILURE`). With `rewrite-corrupted` the
 /// outvoted children are rewritten with the majority's bytes; with `blkverify` (two children,
 /// threshold 2) any difference is logged as an error and fails the read.
-public final class QuorumDriver: BlockDriver {
+public final class QuorumDriver: BlockDriver, ChildReplacing {
     public let driverName = "quorum"
     public let features: DriverFeatures
-    private let children: [BlockNode]
+    /// The children; a mirror's pivot may replace one (`replaceChild`).
+    private let slots: Mutex<[BlockNode]>
+    private var children: [BlockNode] { slots.withLock { $0 } }
     private let threshold: Int
     private let fifo: Bool
     private let rewriteCorrupted: Bool
@@ -26,7 +29,7 @@ public final class QuorumDriver: BlockDriver {
     init(nodeName: String, children: [BlockNode], threshold: Int, fifo: Bool, rewriteCorrupted: Bool, blkverify: Bool,
          events: BlockEventSink) {
         self.nodeName = nodeName
-        self.children = children
+        self.slots = Mutex(children)
         self.threshold = threshold
         self.fifo = fifo
         self.rewriteCorrupted = rewriteCorrupted
@@ -43,6 +46,14 @@ public final class QuorumDriver: BlockDriver {
     }
 
     public var length: UInt64 { children[0].length }
+
+    public func replaceChild(_ old: BlockNode, with new: BlockNode) -> Bool {
+        slots.withLock { list in
+            guard let index = list.firstIndex(where: { $0 === old }) else { return false }
+            list[index] = new
+            return true
+        }
+    }
     public var filename: String { "quorum://" }
 
     // MARK: - Reads

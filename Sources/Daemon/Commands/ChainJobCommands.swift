@@ -76,12 +76,12 @@ extension Daemon {
             }
             let chain = backingChain(of: active)
             var topIndex = 0
-            if let top = arguments.top {
+            if let top = arguments.topNode ?? arguments.top {
                 guard let index = chainIndex(top, in: chain) else { throw .generic("Top image file \(top) not found") }
                 topIndex = index
             }
             var baseIndex = chain.count - 1
-            if let base = arguments.base {
+            if let base = arguments.baseNode ?? arguments.base {
                 guard let index = chainIndex(base, in: Array(chain.dropFirst(topIndex + 1))) else {
                     throw .generic("Can't find '\(base)' in the backing chain")
                 }
@@ -105,12 +105,14 @@ extension Daemon {
             }
             do throws(QAPIError) {
                 if topIndex == 0 {
-                    try startActiveCommit(id: id, start: start, active: active, base: base, baseDepth: baseIndex, dropped: dropped)
+                    try startActiveCommit(
+                        id: id, start: start, active: active, base: base, baseDepth: baseIndex,
+                        onError: Daemon.policy(arguments.onError), dropped: dropped)
                 } else {
                     let driver = CommitJob(
                         top: chain[topIndex], base: base, above: chain[topIndex - 1], baseDepth: baseIndex - topIndex,
                         backingFile: arguments.backingFile ?? imageFile(of: oldBase), backingFormat: imageFormat(of: oldBase),
-                        dropped: dropped)
+                        onError: Daemon.policy(arguments.onError), dropped: dropped)
                     _ = try startJob(id: id, driver: driver, start: start)
                 }
             } catch {
@@ -122,7 +124,7 @@ extension Daemon {
     }
 
     private func startActiveCommit(
-        id: String, start: JobStart, active: BlockNode, base: BlockNode, baseDepth: Int,
+        id: String, start: JobStart, active: BlockNode, base: BlockNode, baseDepth: Int, onError: JobErrorPolicy,
         dropped: @escaping @Sendable ([BlockNode]) -> Void
     ) throws(QAPIError) {
         guard graph.parents(of: active).isEmpty else { throw .generic("Need a root block node") }
@@ -135,7 +137,7 @@ extension Daemon {
         }
         let removed = Array(backingChain(of: active).prefix(baseDepth))
         let driver = MirrorJob(
-            kind: .commit, source: active, target: base, sync: .full, devices: { [weak self] in self?.allBackends() ?? [] },
+            kind: .commit, source: active, target: base, sync: .full, onSourceError: onError, onTargetError: onError, devices: { [weak self] in self?.allBackends() ?? [] },
             initialDirty: { (dirty) throws(BlockError) in
                 var position: UInt64 = 0
                 while position < active.length {

@@ -1,4 +1,5 @@
 import BlockCore
+import LogOptionsClock
 import Jobs
 import QAPI
 
@@ -17,6 +18,9 @@ extension Daemon {
         var onSourceError: BlockdevOnError?
         var onTargetError: BlockdevOnError?
         var unmap: Bool?
+        var copyMode: MirrorCopyMode?
+        var replaces: String?
+        var filterNodeName: String?
     }
 
     /// `blockdev-mirror`: mirrors a node onto an existing node.
@@ -29,7 +33,8 @@ extension Daemon {
             let target = try jobNode(arguments.target)
             let settings = MirrorSettings(
                 sync: arguments.sync, granularity: arguments.granularity, bufSize: arguments.bufSize,
-                onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError, unmap: nil)
+                onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError, unmap: nil,
+                copyMode: arguments.copyMode, replaces: arguments.replaces, filterNodeName: arguments.filterNodeName)
             try startMirror(start, source: source, target: target, settings: settings)
             return QAPIEmpty()
         }
@@ -45,8 +50,15 @@ extension Daemon {
             _ = try checkJobStart(start)
             let settings = MirrorSettings(
                 sync: arguments.sync, granularity: arguments.granularity, bufSize: arguments.bufSize,
-                onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError, unmap: arguments.unmap)
+                onSourceError: arguments.onSourceError, onTargetError: arguments.onTargetError, unmap: arguments.unmap,
+                copyMode: arguments.copyMode, replaces: arguments.replaces)
             try checkMirrorSettings(settings)
+            if let replaces = arguments.replaces {
+                guard arguments.nodeName != nil else {
+                    throw .generic("a node-name must be provided when replacing a named node of the graph")
+                }
+                _ = try nodeToReplace(replaces, from: source)
+            }
             let format = arguments.format ?? imageFormat(of: source)
             let backing = arguments.sync == .top ? backingOf(source) : nil
             if arguments.mode != .existing {
@@ -89,16 +101,64 @@ extension Daemon {
         guard graph.parents(of: source).isEmpty, !source.hasWriteHook else { throw .generic("Need a root block node") }
         try checkNotBusy([target, source])
         guard !target.readOnly else { throw .generic("Target node '\(target.name)' is read-only") }
+        let replaced = try settings.replaces.map { (name) throws(QAPIError) in try nodeToReplace(name, from: source) }
+        if let filterName = settings.filterNodeName {
+            guard BlockGraph.isValidNodeName(filterName) else { throw .generic("Invalid node-name: '\(filterName)'") }
+            guard graph.node(named: filterName) == nil else { throw .generic("Duplicate nodes with node-name='\(filterName)'") }
+        }
         let sync: MirrorSync = settings.sync == .full ? .full : settings.sync == .top ? .top : .none
         let driver = MirrorJob(
             source: source, target: target, sync: sync, granularity: UInt64(settings.granularity ?? 65536),
             bufferSize: Int(settings.bufSize.map { $0 > 0 ? $0 : 16 << 20 } ?? 16 << 20),
             onSourceError: Daemon.policy(settings.onSourceError), onTargetError: Daemon.policy(settings.onTargetError),
-            unmap: settings.unmap ?? true, devices: { [weak self] in self?.allBackends() ?? [] })
+            unmap: settings.unmap ?? true, copyMode: settings.copyMode == .writeBlocking ? .writeBlocking : .background, devices: { [weak self] in self?.allBackends() ?? [] })
+        if let replaced, replaced !== source {
+            driver.replacing = { [weak self] in self?.replaceNode(replaced, with: target) }
+        }
+        if let filterName = settings.filterNodeName {
+            let filter = MirrorTopDriver.node(named: filterName, over: source)
+            do throws(OptionError) {
+                try graph.insert(filter)
+            } catch {
+                throw .generic(error.message)
+            }
+            driver.filterNode = filter
+            driver.removeFilter = { [weak self] in _ = try? self?.graph.detach(filterName) }
+        }
         guard driver.attach() else {
+            driver.removeFilter?()
             throw .generic("Node '\(source.name)' is busy: block device is in use by a block job")
         }
-        _ = try startJob(id: id, driver: driver, start: start)
+        do throws(QAPIError) {
+            _ = try startJob(id: id, driver: driver, start: start)
+        } catch {
+            driver.removeFilter?()
+            driver.detachHook()
+            throw error
+        }
+    }
+
+    /// The node a mirror's `replaces` names, checked as QEMU does: it must exist, be the source or
+    /// a child of a quorum source that nothing else uses, and have the source's size.
+    private func nodeToReplace(_ name: String, from source: BlockNode) throws(QAPIError) -> BlockNode {
+        guard let node = graph.node(named: name) else { throw .generic("Failed to find node with node-name='\(name)'") }
+        let replaceable = node === source
+            || (source.driver is any ChildReplacing && source.children.contains { $0.node === node }
+                && graph.parents(of: node).count == 1 && !allBackendsLocked().contains { $0.medium === node })
+        guard replaceable else {
+            throw .generic("Cannot replace '\(name)' by a node mirrored from '\(source.name)', because it cannot be guaranteed "
+                           + "that doing so would not lead to an abrupt change of visible data")
+        }
+        guard node.length == source.length else { throw .generic("cannot replace image with a mirror image of different size") }
+        return node
+    }
+
+    /// The pivot of a mirror with `replaces`: `new` takes `old`'s place under its parents and devices.
+    func replaceNode(_ old: BlockNode, with new: BlockNode) {
+        controlLock.withLock { _ in
+            for parent in graph.parents(of: old) { _ = parent.replaceChild(old, with: new) }
+            for device in allBackendsLocked() { _ = device.replaceMedium(old, with: new) }
+        }
     }
 
     /// A job error policy from its QAPI value (report when absent).

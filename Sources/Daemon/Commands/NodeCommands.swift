@@ -3,6 +3,7 @@ import Glibc
 #endif
 import BlockCore
 import BlockDrivers
+import Jobs
 import JSON
 import QAPI
 import LogOptionsClock
@@ -161,6 +162,8 @@ extension Daemon {
         guard let node = graph.node(named: name) else { throw .generic("Failed to find node with node-name='\(name)'") }
         let exported = server.exports.all.contains { $0.backend.medium === node }
         if exported || devices.values.contains(where: { $0.medium === node }) { throw .generic("Node \(name) is in use") }
+        // A job's filter node (mirror_top) is held by its job.
+        if node.driver is MirrorTopDriver { throw .generic("Node \(name) is in use") }
         guard isOwnedByMonitor(node) || openedMedia.contains(name) else {
             throw .generic("Node \(name) is not owned by the monitor")
         }

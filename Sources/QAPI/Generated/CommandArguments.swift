@@ -191,11 +191,17 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
     public var base: String?
     /// The file name of the topmost image to commit; the active image when absent
     public var top: String?
+    /// The node name of the image to commit into, instead of `base` (later QEMU)
+    public var baseNode: String?
+    /// The node name of the topmost image to commit, instead of `top` (later QEMU)
+    public var topNode: String?
     /// The backing file name to store in the image above `top`; refused when `top` is the active
     /// image. Stored without any check; when absent, a suitable name is chosen or the command fails
     public var backingFile: String?
     /// A speed limit in bytes per second
     public var speed: Int64?
+    /// What to do when one of the job's reads or writes fails; "report" when absent
+    public var onError: BlockdevOnError?
     /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
     /// job-finalize (later QEMU)
     public var autoFinalize: Bool?
@@ -209,8 +215,11 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         device: String,
         base: String? = nil,
         top: String? = nil,
+        baseNode: String? = nil,
+        topNode: String? = nil,
         backingFile: String? = nil,
         speed: Int64? = nil,
+        onError: BlockdevOnError? = nil,
         autoFinalize: Bool? = nil,
         autoDismiss: Bool? = nil
     ) {
@@ -218,8 +227,11 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         self.device = device
         self.base = base
         self.top = top
+        self.baseNode = baseNode
+        self.topNode = topNode
         self.backingFile = backingFile
         self.speed = speed
+        self.onError = onError
         self.autoFinalize = autoFinalize
         self.autoDismiss = autoDismiss
     }
@@ -230,8 +242,11 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         self.device = try object.required("device")
         self.base = try object.optional("base")
         self.top = try object.optional("top")
+        self.baseNode = try object.optional("base-node")
+        self.topNode = try object.optional("top-node")
         self.backingFile = try object.optional("backing-file")
         self.speed = try object.optional("speed")
+        self.onError = try object.optional("on-error")
         self.autoFinalize = try object.optional("auto-finalize")
         self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
@@ -243,8 +258,11 @@ public struct BlockCommitArguments: QAPIValue, Equatable {
         object["device"] = device.json
         if let base { object["base"] = base.json }
         if let top { object["top"] = top.json }
+        if let baseNode { object["base-node"] = baseNode.json }
+        if let topNode { object["top-node"] = topNode.json }
         if let backingFile { object["backing-file"] = backingFile.json }
         if let speed { object["speed"] = speed.json }
+        if let onError { object["on-error"] = onError.json }
         if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
         if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
@@ -309,6 +327,9 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
     /// Whether zero ranges of the source are unmapped on the destination (true, the default) or
     /// written as zeroes; the contents end up the same either way
     public var unmap: Bool?
+    /// Whether clients' writes are copied by the job later ("background", the default) or repeated
+    /// on the target before they are acknowledged ("write-blocking", later QEMU)
+    public var copyMode: MirrorCopyMode?
     /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
     /// job-finalize (later QEMU)
     public var autoFinalize: Bool?
@@ -332,6 +353,7 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
         onSourceError: BlockdevOnError? = nil,
         onTargetError: BlockdevOnError? = nil,
         unmap: Bool? = nil,
+        copyMode: MirrorCopyMode? = nil,
         autoFinalize: Bool? = nil,
         autoDismiss: Bool? = nil
     ) {
@@ -349,6 +371,7 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
         self.unmap = unmap
+        self.copyMode = copyMode
         self.autoFinalize = autoFinalize
         self.autoDismiss = autoDismiss
     }
@@ -369,6 +392,7 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
         self.unmap = try object.optional("unmap")
+        self.copyMode = try object.optional("copy-mode")
         self.autoFinalize = try object.optional("auto-finalize")
         self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
@@ -390,6 +414,7 @@ public struct DriveMirrorArguments: QAPIValue, Equatable {
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
         if let unmap { object["unmap"] = unmap.json }
+        if let copyMode { object["copy-mode"] = copyMode.json }
         if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
         if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
@@ -420,6 +445,12 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
     public var onSourceError: BlockdevOnError?
     /// What to do when writing the target fails; "report" when absent
     public var onTargetError: BlockdevOnError?
+    /// The node name of the job's mirror-top filter node, listed by query-named-block-nodes while
+    /// the job runs; an automatic name when absent (later QEMU)
+    public var filterNodeName: String?
+    /// Whether clients' writes are copied by the job later ("background", the default) or repeated
+    /// on the target before they are acknowledged ("write-blocking", later QEMU)
+    public var copyMode: MirrorCopyMode?
     /// Whether the job finalizes itself when done (true when absent); false leaves it pending until
     /// job-finalize (later QEMU)
     public var autoFinalize: Bool?
@@ -439,6 +470,8 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
         bufSize: Int64? = nil,
         onSourceError: BlockdevOnError? = nil,
         onTargetError: BlockdevOnError? = nil,
+        filterNodeName: String? = nil,
+        copyMode: MirrorCopyMode? = nil,
         autoFinalize: Bool? = nil,
         autoDismiss: Bool? = nil
     ) {
@@ -452,6 +485,8 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
         self.bufSize = bufSize
         self.onSourceError = onSourceError
         self.onTargetError = onTargetError
+        self.filterNodeName = filterNodeName
+        self.copyMode = copyMode
         self.autoFinalize = autoFinalize
         self.autoDismiss = autoDismiss
     }
@@ -468,6 +503,8 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
         self.bufSize = try object.optional("buf-size")
         self.onSourceError = try object.optional("on-source-error")
         self.onTargetError = try object.optional("on-target-error")
+        self.filterNodeName = try object.optional("filter-node-name")
+        self.copyMode = try object.optional("copy-mode")
         self.autoFinalize = try object.optional("auto-finalize")
         self.autoDismiss = try object.optional("auto-dismiss")
         try object.finish()
@@ -485,6 +522,8 @@ public struct BlockdevMirrorArguments: QAPIValue, Equatable {
         if let bufSize { object["buf-size"] = bufSize.json }
         if let onSourceError { object["on-source-error"] = onSourceError.json }
         if let onTargetError { object["on-target-error"] = onTargetError.json }
+        if let filterNodeName { object["filter-node-name"] = filterNodeName.json }
+        if let copyMode { object["copy-mode"] = copyMode.json }
         if let autoFinalize { object["auto-finalize"] = autoFinalize.json }
         if let autoDismiss { object["auto-dismiss"] = autoDismiss.json }
         return .object(object)
