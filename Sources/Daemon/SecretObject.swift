@@ -39,7 +39,7 @@ public struct SecretSpec: Sendable, Equatable {
             throw OptionError("Either 'file' or 'data' must be provided")
         }
         if base64 {
-            guard let decoded = Base64.decode(bytes) else { throw OptionError("Base64 data contains invalid characters") }
+            guard let decoded = Base64.decode(bytes, strict: true) else { throw OptionError("Base64 data contains invalid characters") }
             bytes = decoded
         }
         return bytes
@@ -61,40 +61,5 @@ public struct SecretSpec: Sendable, Equatable {
             bytes += chunk[0..<count]
         }
         throw OptionError("Unable to read \(path): larger than 1 MiB")
-    }
-}
-
-/// Standard base64 (RFC 4648) decoding; whitespace is not allowed, as in GLib's strict decoder.
-enum Base64 {
-    /// The decoded bytes, or nil for a character outside the alphabet or a bad length.
-    static func decode(_ text: [UInt8]) -> [UInt8]? {
-        var output: [UInt8] = []
-        output.reserveCapacity(text.count / 4 * 3)
-        var accumulator: UInt32 = 0
-        var bits = 0
-        var padding = 0
-        for character in text {
-            let value: UInt32
-            switch character {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = UInt32(character - UInt8(ascii: "A"))
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = UInt32(character - UInt8(ascii: "a")) + 26
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = UInt32(character - UInt8(ascii: "0")) + 52
-            case UInt8(ascii: "+"): value = 62
-            case UInt8(ascii: "/"): value = 63
-            case UInt8(ascii: "="):
-                padding += 1
-                continue
-            default: return nil
-            }
-            guard padding == 0 else { return nil }
-            accumulator = accumulator << 6 | value
-            bits += 6
-            if bits >= 8 {
-                bits -= 8
-                output.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
-            }
-        }
-        guard padding <= 2, (text.count % 4 == 0 || padding == 0) else { return nil }
-        return output
     }
 }

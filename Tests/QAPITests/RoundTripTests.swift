@@ -53,7 +53,7 @@ final class RoundTripTests: XCTestCase {
         XCTAssertEqual(BlockdevDriver.hostCdrom.rawValue, "host_cdrom")
         XCTAssertEqual(BlockdevChangeReadOnlyMode.readOnly.json, .string("read-only"))
         XCTAssertEqual(BlkdebugEvent.l1GrowAllocTable.rawValue, "l1_grow_alloc_table")
-        XCTAssertEqual(BlockdevDriver.allCases.count, 29)
+        XCTAssertEqual(BlockdevDriver.allCases.count, 30)
         XCTAssertEqual(decoded(MirrorSyncMode.self, #""incremental""#), .incremental)
     }
 

@@ -116,7 +116,7 @@ struct DmgTable: Sendable {
             guard let stop = DmgTable.find(close, in: text, from: start + open.count) else {
                 throw .invalid("dmg: the property list is malformed (a <data> without </data>)")
             }
-            try readMish(DmgTable.base64(text[(start + open.count)..<stop]), dataFork: dataFork)
+            try readMish(Base64.decode(text[(start + open.count)..<stop], strict: false) ?? [], dataFork: dataFork)
             position = stop + close.count
         }
     }
@@ -178,33 +178,5 @@ struct DmgTable: Sendable {
             index += 1
         }
         return nil
-    }
-
-    /// Decodes base64 text, skipping whitespace and any other character outside the alphabet.
-    static func base64(_ text: ArraySlice<UInt8>) -> [UInt8] {
-        var output: [UInt8] = []
-        output.reserveCapacity(text.count * 3 / 4)
-        var accumulator: UInt32 = 0
-        var bits = 0
-        for character in text {
-            let value: UInt32
-            switch character {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = UInt32(character - UInt8(ascii: "A"))
-            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = UInt32(character - UInt8(ascii: "a")) + 26
-            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = UInt32(character - UInt8(ascii: "0")) + 52
-            case UInt8(ascii: "+"): value = 62
-            case UInt8(ascii: "/"): value = 63
-            case UInt8(ascii: "="): return output
-            default: continue
-            }
-            accumulator = accumulator << 6 | value
-            bits += 6
-            if bits >= 8 {
-                bits -= 8
-                output.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
-                accumulator &= (1 << UInt32(bits)) - 1
-            }
-        }
-        return output
     }
 }
