@@ -92,7 +92,10 @@ final class ReadOnlyFormatsTests: XCTestCase {
     }
 
     func testDmgBase64AndSearch() {
-        XCTAssertEqual(DmgTable.base64(ArraySlice(Array("\n\t\tbWlz\naA==\n".utf8))), Array("mish".utf8))
+        XCTAssertEqual(Base64.decode(ArraySlice(Array("\n\t\tbWlz\naA==\n".utf8)), strict: false), Array("mish".utf8))
+        XCTAssertNil(Base64.decode(Array("bWlz aA==".utf8), strict: true))
+        XCTAssertNil(Base64.decode(Array("bW=lz".utf8), strict: true))
+        XCTAssertEqual(Base64.decode(Array("czNjcmV0".utf8), strict: true), Array("s3cret".utf8))
         XCTAssertEqual(DmgTable.find(Array("</data>".utf8), in: Array("ab</data>".utf8), from: 0), 2)
         XCTAssertNil(DmgTable.find(Array("</data>".utf8), in: Array("ab</dat".utf8), from: 0))
         XCTAssertEqual(DmgDriver.probe([], "disk.dmg"), 2)
