@@ -68,7 +68,7 @@ enum ThrottleOptions {
         let reader = try OptionReader(value, context: "--object", syntax: syntax)
         let type = try reader.requiredString("qom-type")
         guard type == "throttle-group" else {
-            throw OptionError("--object: unknown object type '\(type)' (blockd knows throttle-group, tls-creds-x509, tls-creds-psk, tls-creds-anon, authz-simple, authz-list, authz-listfile)")
+            throw OptionError("--object: unknown object type '\(type)' (blockd knows throttle-group, tls-creds-x509, tls-creds-psk, tls-creds-anon, authz-simple, authz-list, authz-listfile, secret)")
         }
         let id = try reader.requiredString("id")
         guard syntax == .qmp || BlockGraph.isValidNodeName(id) else { throw OptionError("--object: invalid id '\(id)'") }

@@ -312,7 +312,7 @@ def test_measure_of_an_image_matches_qemu_img(tmp_path):
     (["create", "-f", "qcow2", "-o", "compression_type=zstd", "{x}", "1M"], "zstd"),
     (["create", "-f", "qcow2", "{x}", "12Q"], "Invalid image size"),
     (["create", "-f", "qcow2", "{x}"], "size"),
-    (["create", "-f", "vmdk", "{x}", "1M"], "Unknown file format"),
+    (["create", "-f", "luks", "{x}", "1M"], "Unknown file format"),
     (["create", "-f", "raw", "-o", "preallocation=metadata", "{x}", "1M"], "preallocation"),
     (["create", "-f", "qcow2", "-b", "{missing}", "-F", "qcow2", "{x}"], "missing"),
     (["convert", "-O", "qcow2", "{missing}", "{x}"], "missing"),

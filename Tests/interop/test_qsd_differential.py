@@ -175,6 +175,7 @@ BLOCKD_ONLY_COMMANDS = {
     "blockdev-close-tray": "as above", "blockdev-remove-medium": "as above", "blockdev-insert-medium": "as above",
     "x-blockdev-remove-medium": "as above", "x-blockdev-insert-medium": "as above", "blockdev-change-medium": "as above",
     "x-blockdev-create": "blockdev-create under its QEMU 2.12 name",
+    "query-blockd-metrics": "blockd's own: the state of its Prometheus endpoint (x-blockd-metrics-start/stop)",
 }
 
 

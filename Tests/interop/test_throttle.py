@@ -343,8 +343,8 @@ def test_bad_object_is_refused_at_startup(tmp_path):
     from conftest import blockd_binary
     proc = run([blockd_binary(), "--object", "throttle-group,id=tg,limits.bps-total=10,limits.bps-read=10"], ok=False)
     assert proc.returncode != 0 and "cannot be used at the same time" in output(proc)
-    proc = run([blockd_binary(), "--object", "secret,id=s0,data=x"], ok=False)
-    assert proc.returncode != 0 and "unknown object type 'secret'" in output(proc)
+    proc = run([blockd_binary(), "--object", "iothread,id=io0"], ok=False, timeout=10)
+    assert proc.returncode != 0 and "unknown object type 'iothread'" in output(proc)
 
 
 def test_shutdown_completes_throttled_requests_without_waiting_them_out(env):
