@@ -30,8 +30,12 @@ def state(q: QMP) -> list:
 def export_and_write(q: QMP, sock: Path, *commands: str) -> None:
     q.execute("block-export-add", type="nbd", id="e0", **{"node-name": "disk0"}, writable=True)
     run(["qemu-io", "-f", "raw", *[a for c in commands for a in ("-c", c)], f"nbd+unix:///disk0?socket={sock}"])
-    q.execute("block-export-del", id="e0")
+    # qemu-io has closed its connection; the server notices it asynchronously, so a safe-mode delete
+    # may come while the client still counts ("still in use"): retry for a moment.
     deadline = time.monotonic() + 10
+    while "error" in (reply := q.cmd("block-export-del", id="e0")):
+        assert "still in use" in reply["error"]["desc"] and time.monotonic() < deadline, reply
+        time.sleep(0.05)
     while q.execute("query-block-exports"):
         assert time.monotonic() < deadline
         time.sleep(0.05)
