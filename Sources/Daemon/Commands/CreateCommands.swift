@@ -53,7 +53,11 @@ extension Daemon {
             return .failure("Cannot find device='\(name)' nor node-name='\(name)'")
         }
         if let conflict = permissionConflict(on: node, needing: [.write, .resize]) { return .failure(conflict.description) }
-        if checkNodeBusy(node) != nil { return .failure("Node '\(node.name)' is busy: block device is in use by a block job") }
+        do throws(QAPIError) {
+            try checkNotBusy([node])
+        } catch {
+            return .failure(error.description)
+        }
         guard options.size % 512 == 0 else { return .failure("Image size must be a multiple of 512 bytes") }
         if options.dataFile != nil || options.dataFileRaw != nil {
             return .failure("External data files are not supported by blockd")
@@ -88,10 +92,5 @@ extension Daemon {
             return .failure(error.message)
         }
         return .qcow2(node: node, options: settings)
-    }
-
-    /// A job that uses `node`, if any.
-    private func checkNodeBusy(_ node: BlockNode) -> Job? {
-        jobs.all.first { job in !job.status.isFinished && ((job.driver as? any NodeUser)?.uses(node) ?? false) }
     }
 }
