@@ -22,30 +22,12 @@ extension Qcow2Driver {
             case .zero(let host):
                 extents.appendMerging(Extent(length: UInt64(run.length), zero: true, hole: true, depth: 0, hostOffset: host))
             case .unallocated:
-                for extent in try backingStatus(at: run.offset, length: UInt64(run.length)) { extents.appendMerging(extent) }
+                for extent in try ImageBacking.status(of: backing, at: run.offset, length: UInt64(run.length)) { extents.appendMerging(extent) }
             }
         }
         return extents
     }
 
-    /// Block status of the backing chain for an unallocated run, one layer deeper.
-    func backingStatus(at offset: UInt64, length count: UInt64) throws(BlockError) -> [Extent] {
-        guard let backing, offset < backing.length else { return [.hole(count)] }
-        var result: [Extent] = []
-        var position = offset
-        let end = offset + count
-        let backingEnd = min(end, backing.length)
-        while position < backingEnd {
-            for var extent in try backing.blockStatus(at: position, length: backingEnd - position) {
-                extent.depth = extent.depth.map { $0 + 1 }
-                extent.hostOffset = nil
-                result.append(extent)
-                position += extent.length
-            }
-        }
-        if backingEnd < end { result.append(.hole(end - backingEnd)) }
-        return result
-    }
 
     public func resize(to newLength: UInt64) throws(BlockError) {
         guard newLength <= Qcow2Header.maxSize else {

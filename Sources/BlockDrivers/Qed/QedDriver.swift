@@ -75,12 +75,8 @@ public final class QedDriver: BlockDriver, BackingChain, @unchecked Sendable {
         case data(UInt64)
     }
 
-    /// A run of guest bytes in one state (data runs are contiguous in the file).
-    struct Segment {
-        var offset: UInt64
-        var length: Int
-        var state: ClusterState
-    }
+    /// A run of guest bytes in one state.
+    typealias Segment = ClusterRun<ClusterState>
 
     /// The L2 table at `offset`, loaded into the cache; `tables` is held.
     func l2Table(at offset: UInt64) throws(BlockError) -> [UInt64] {
@@ -118,31 +114,8 @@ public final class QedDriver: BlockDriver, BackingChain, @unchecked Sendable {
     func segments(at offset: UInt64, length: Int) throws(BlockError) -> [Segment] {
         tables.lock()
         defer { tables.unlock() }
-        var result: [Segment] = []
-        var position = offset
-        let end = offset + UInt64(length)
-        let mask = UInt64(clusterSize - 1)
-        while position < end {
-            let intra = position & mask
-            let chunk = Int(min(end - position, UInt64(clusterSize) - intra))
-            var state = try self.state(of: position >> UInt64(clusterBits))
-            if case .data(let host) = state { state = .data(host + intra) }
-            if var last = result.last, QedDriver.continues(last, with: state) {
-                last.length += chunk
-                result[result.count - 1] = last
-            } else {
-                result.append(Segment(offset: position, length: chunk, state: state))
-            }
-            position += UInt64(chunk)
-        }
-        return result
-    }
-
-    private static func continues(_ segment: Segment, with state: ClusterState) -> Bool {
-        switch (segment.state, state) {
-        case (.data(let host), .data(let next)): return host + UInt64(segment.length) == next
-        case (.zero, .zero), (.unallocated, .unallocated): return true
-        default: return false
+        return try ClusterRuns.split(at: offset, length: length, clusterBits: clusterBits) { (cluster) throws(BlockError) in
+            try state(of: cluster)
         }
     }
 
@@ -196,30 +169,12 @@ public final class QedDriver: BlockDriver, BackingChain, @unchecked Sendable {
             case .zero:
                 extents.appendMerging(Extent(length: UInt64(run.length), zero: true, hole: true, depth: 0))
             case .unallocated:
-                for extent in try backingStatus(at: run.offset, length: UInt64(run.length)) { extents.appendMerging(extent) }
+                for extent in try ImageBacking.status(of: backing, at: run.offset, length: UInt64(run.length)) { extents.appendMerging(extent) }
             }
         }
         return extents
     }
 
-    /// Block status of the backing chain for an unallocated run, one layer deeper.
-    func backingStatus(at offset: UInt64, length count: UInt64) throws(BlockError) -> [Extent] {
-        guard let backing, offset < backing.length else { return [.hole(count)] }
-        var result: [Extent] = []
-        var position = offset
-        let end = offset + count
-        let backingEnd = min(end, backing.length)
-        while position < backingEnd {
-            for var extent in try backing.blockStatus(at: position, length: backingEnd - position) {
-                extent.depth = extent.depth.map { $0 + 1 }
-                extent.hostOffset = nil
-                result.append(extent)
-                position += extent.length
-            }
-        }
-        if backingEnd < end { result.append(.hole(end - backingEnd)) }
-        return result
-    }
 
     // MARK: - Flush and lifetime
 
@@ -295,5 +250,20 @@ public final class QedDriver: BlockDriver, BackingChain, @unchecked Sendable {
 
     public func setBackingNode(_ node: BlockNode?) {
         backingSlot.withLock { $0 = node }
+    }
+}
+
+extension QedDriver.ClusterState: ClusterMapping {
+    func advanced(by bytes: UInt64) -> Self {
+        if case .data(let host) = self { return .data(host + bytes) }
+        return self
+    }
+
+    func continues(length: Int, with next: Self) -> Bool {
+        switch (self, next) {
+        case (.data(let host), .data(let following)): return host + UInt64(length) == following
+        case (.zero, .zero), (.unallocated, .unallocated): return true
+        default: return false
+        }
     }
 }

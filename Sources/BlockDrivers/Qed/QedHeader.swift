@@ -1,41 +1,7 @@
 import BlockCore
 
 /// Little-endian loads and stores, the byte order of qed and parallels structures.
-enum LittleEndian {
-    @inline(__always)
-    static func u64(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt64 {
-        UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
-    }
-
-    @inline(__always)
-    static func u32(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt32 {
-        UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-    }
-
-    @inline(__always)
-    static func put(_ value: UInt64, _ bytes: UnsafeMutableRawBufferPointer, _ offset: Int) {
-        bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt64.self)
-    }
-
-    @inline(__always)
-    static func put(_ value: UInt32, _ bytes: UnsafeMutableRawBufferPointer, _ offset: Int) {
-        bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt32.self)
-    }
-
-    /// An array of 64-bit words read from bytes.
-    static func words(_ bytes: [UInt8]) -> [UInt64] {
-        bytes.withUnsafeBytes { raw in (0..<raw.count / 8).map { u64(raw, $0 * 8) } }
-    }
-
-    /// The bytes of 64-bit words.
-    static func bytes(_ words: ArraySlice<UInt64>) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: words.count * 8)
-        bytes.withUnsafeMutableBytes { raw in
-            for (index, word) in words.enumerated() { put(word, raw, index * 8) }
-        }
-        return bytes
-    }
-}
+enum LittleEndian: LittleEndianOrder {}
 
 /// The header of a qed image (QEMU's docs/interop/qed_spec).
 public struct QedHeader: Sendable, Equatable {

@@ -4,27 +4,7 @@ import Glibc
 import BlockCore
 
 /// Little-endian loads and stores, the byte order of every VDI structure.
-enum VdiBytes {
-    @inline(__always)
-    static func u32(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt32 {
-        UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-    }
-
-    @inline(__always)
-    static func u64(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt64 {
-        UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
-    }
-
-    @inline(__always)
-    static func put(_ value: UInt32, _ bytes: UnsafeMutableRawBufferPointer, _ offset: Int) {
-        bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt32.self)
-    }
-
-    @inline(__always)
-    static func put(_ value: UInt64, _ bytes: UnsafeMutableRawBufferPointer, _ offset: Int) {
-        bytes.storeBytes(of: value.littleEndian, toByteOffset: offset, as: UInt64.self)
-    }
-}
+enum VdiBytes: LittleEndianOrder {}
 
 /// The 512-byte header of a VirtualBox disk image (VDI 1.1), as QEMU reads and writes it.
 public struct VdiHeader: Sendable, Equatable {

@@ -4,26 +4,7 @@ import Glibc
 import BlockCore
 
 /// Little-endian loads and stores, the byte order of every VHDX structure.
-enum VhdxBytes {
-    @inline(__always)
-    static func u16(_ bytes: [UInt8], _ offset: Int) -> UInt16 {
-        bytes.withUnsafeBytes { UInt16(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt16.self)) }
-    }
-
-    @inline(__always)
-    static func u32(_ bytes: [UInt8], _ offset: Int) -> UInt32 {
-        bytes.withUnsafeBytes { UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self)) }
-    }
-
-    @inline(__always)
-    static func u64(_ bytes: [UInt8], _ offset: Int) -> UInt64 {
-        bytes.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self)) }
-    }
-
-    static func put<T: FixedWidthInteger>(_ value: T, _ bytes: inout [UInt8], _ offset: Int) {
-        bytes.withUnsafeMutableBytes { $0.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self) }
-    }
-
+enum VhdxBytes: LittleEndianOrder {
     /// CRC-32C (Castagnoli), the checksum of VHDX headers, region tables and log entries.
     static func crc32c(_ bytes: [UInt8], zeroing field: Int? = nil) -> UInt32 {
         var crc: UInt32 = 0xffff_ffff

@@ -334,7 +334,7 @@ public final class VmdkDriver: BlockDriver, @unchecked Sendable {
                 case .compressed: result.appendMerging(.data(length))
                 case .zeroed: result.appendMerging(Extent(length: length, zero: true, hole: true, depth: 0))
                 case .unallocated:
-                    for piece in try backingStatus(at: position, length: length) { result.appendMerging(piece) }
+                    for piece in try ImageBacking.status(of: backing, at: position, length: length) { result.appendMerging(piece) }
                 }
                 position += length
             }
@@ -342,25 +342,4 @@ public final class VmdkDriver: BlockDriver, @unchecked Sendable {
         }
     }
 
-    /// Block status of the backing chain for an unallocated range, one layer deeper.
-    private func backingStatus(at offset: UInt64, length count: UInt64) throws(BlockError) -> [Extent] {
-        guard let backing, offset < backing.length else { return [.hole(count)] }
-        var result: [Extent] = []
-        var position = offset
-        let end = offset + count
-        let backingEnd = min(end, backing.length)
-        while position < backingEnd {
-            let pieces = try backing.blockStatus(at: position, length: backingEnd - position)
-            guard !pieces.isEmpty else { break }
-            for var piece in pieces where position < backingEnd {
-                piece.length = min(piece.length, backingEnd - position)
-                piece.depth = piece.depth.map { $0 + 1 }
-                piece.hostOffset = nil
-                result.append(piece)
-                position += piece.length
-            }
-        }
-        if position < end { result.append(.hole(end - position)) }
-        return result
-    }
 }

@@ -1,20 +1,7 @@
 import BlockCore
 
 /// Little-endian fields of VMDK structures.
-enum VmdkBytes {
-    static func u16(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt16 {
-        UInt16(bytes[offset]) | UInt16(bytes[offset + 1]) << 8
-    }
-    static func u32(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt32 {
-        UInt32(u16(bytes, offset)) | UInt32(u16(bytes, offset + 2)) << 16
-    }
-    static func u64(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt64 {
-        UInt64(u32(bytes, offset)) | UInt64(u32(bytes, offset + 4)) << 32
-    }
-    static func put<T: FixedWidthInteger>(_ value: T, _ bytes: inout [UInt8], _ offset: Int) {
-        for index in 0..<MemoryLayout<T>.size { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
-    }
-}
+enum VmdkBytes: LittleEndianOrder {}
 
 /// The header of a hosted sparse extent (`KDMV`, VMware Virtual Disk Format 1.1, "Hosted Sparse
 /// Extent Header"); sizes and offsets are in 512-byte sectors.

@@ -4,34 +4,7 @@ import Glibc
 import BlockCore
 
 /// Big-endian loads and stores, the byte order of every VHD structure.
-enum VpcBytes {
-    @inline(__always)
-    static func u16(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt16 {
-        UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-    }
-
-    @inline(__always)
-    static func u32(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt32 {
-        UInt32(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
-    }
-
-    @inline(__always)
-    static func u64(_ bytes: UnsafeRawBufferPointer, _ offset: Int) -> UInt64 {
-        UInt64(bigEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
-    }
-
-    static func put(_ value: UInt16, _ bytes: UnsafeMutableRawBufferPointer, _ offset: Int) {
-        bytes.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt16.self)
-    }
-
-    static func put(_ value: UInt32, _ bytes: UnsafeMutableRawBufferPointer, _ offset: Int) {
-        bytes.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
-    }
-
-    static func put(_ value: UInt64, _ bytes: UnsafeMutableRawBufferPointer, _ offset: Int) {
-        bytes.storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt64.self)
-    }
-
+enum VpcBytes: BigEndianOrder {
     /// The VHD checksum: the one's complement of the byte sum, with the checksum field (at
     /// `field`) counted as zero.
     static func checksum(_ bytes: [UInt8], field: Int) -> UInt32 {

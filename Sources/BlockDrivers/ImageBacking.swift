@@ -4,10 +4,34 @@ import Glibc
 import BlockCore
 import LogOptionsClock
 
-/// Opens the backing node of an image format that names its backing file in its header (qed, qcow):
-/// the `backing` option when given (null or "" for none), else the stored name relative to the image.
+/// The backing file of an image format: opening the one its header names (qed, qcow), and block
+/// status through it for the formats with backing chains.
 enum ImageBacking {
-    /// The backing node, opened read-only, or nil when the image has none.
+    /// Block status of `backing` for an unallocated run of the image above it, one layer deeper
+    /// (beyond the end of the backing node, or without one, the run is a hole).
+    static func status(of backing: BlockNode?, at offset: UInt64, length count: UInt64) throws(BlockError) -> [Extent] {
+        guard let backing, offset < backing.length else { return [.hole(count)] }
+        var result: [Extent] = []
+        var position = offset
+        let end = offset + count
+        let backingEnd = min(end, backing.length)
+        while position < backingEnd {
+            let pieces = try backing.blockStatus(at: position, length: backingEnd - position)
+            guard !pieces.isEmpty else { break }
+            for var piece in pieces where position < backingEnd {
+                piece.length = min(piece.length, backingEnd - position)
+                piece.depth = piece.depth.map { $0 + 1 }
+                piece.hostOffset = nil
+                result.append(piece)
+                position += piece.length
+            }
+        }
+        if position < end { result.append(.hole(end - position)) }
+        return result
+    }
+
+    /// The backing node named by the `backing` option when given (null or "" for none), else by
+    /// the header's stored name relative to the image; opened read-only, nil when there is none.
     static func open(
         _ options: OptionReader, context: OpenContext, storedName: String?, storedFormat: String?, file: BlockNode
     ) throws(OptionError) -> BlockNode? {
