@@ -80,7 +80,8 @@ public enum Qcow2Opener {
             refcountCache = max(cacheSize / 4, clusterSize * 4)
             l2Cache = cacheSize - min(refcountCache, cacheSize)
         }
-        let backing = try openBacking(options, context: context, header: header, file: file)
+        let backing = try ImageBacking.open(
+            options, context: context, storedName: header.backingFile, storedFormat: header.backingFormat, file: file)
         let meta = Qcow2Metadata(
             file: file, header: header, l1: l1, refcountTable: refcountTable,
             l2CacheClusters: Int(l2Cache / clusterSize), refcountCacheClusters: Int(refcountCache / clusterSize),
@@ -160,48 +161,5 @@ public enum Qcow2Opener {
         default:
             throw options.badValue("overlap-check", value.typeName, expected: "a mode or an object of flags")
         }
-    }
-
-    /// The backing node: from the `backing` option (a reference, an inline definition, or null / ""
-    /// for none), else from the image header, opened read-only.
-    private static func openBacking(
-        _ options: OptionReader, context: OpenContext, header: Qcow2Header, file: BlockNode
-    ) throws(OptionError) -> BlockNode? {
-        if let value = options.value("backing") {
-            switch value {
-            case .null, .string(""):
-                return nil
-            default:
-                return try context.child("backing", of: options)
-            }
-        }
-        guard let name = header.backingFile, !name.isEmpty else { return nil }
-        var path = name
-        if !name.hasPrefix("/") && !name.contains("://") {
-            let imagePath = file.driver.filename
-            let directory = PathName.directory(of: imagePath)
-            path = directory.isEmpty ? name : directory + "/" + name
-        }
-        let format = header.backingFormat ?? probeFormat(path)
-        let definition: OptionValue = .object([
-            "driver": .string(format),
-            "read-only": .bool(true),
-            "file": .object(["driver": .string("file"), "filename": .string(path), "read-only": .bool(true)]),
-        ])
-        do {
-            return try context.graph.open(definition, context: "\(options.context) → backing '\(path)'", inheritReadOnly: true)
-        } catch {
-            throw options.error(qmp: "Could not open backing file: \(error.message)", commandLine: error.message)
-        }
-    }
-
-    /// `qcow2` when the file starts with the qcow2 magic, else `raw`.
-    static func probeFormat(_ path: String) -> String {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return "raw" }
-        defer { Glibc.close(fd) }
-        var magic: [UInt8] = [0, 0, 0, 0]
-        let count = magic.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 4, 0) }
-        return count == 4 && magic == [0x51, 0x46, 0x49, 0xfb] ? "qcow2" : "raw"
     }
 }

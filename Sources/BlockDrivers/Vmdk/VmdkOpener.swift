@@ -69,7 +69,8 @@ public enum VmdkOpener {
         } catch {
             throw fail("'\(name)': \(error.message)")
         }
-        let backing = try openBacking(options, context: context, descriptor: descriptor, file: file)
+        let backing = try ImageBacking.open(
+            options, context: context, storedName: descriptor.parentFileNameHint, storedFormat: "vmdk", file: file)
         var parentMatches = false
         if let backing, let parent = backing.driver as? VmdkDriver {
             parentMatches = parent.currentCID == descriptor.parentCID
@@ -149,36 +150,6 @@ public enum VmdkOpener {
         return (extent, header)
     }
 
-    /// The backing node: from the `backing` option (a reference, an inline definition, or null / ""
-    /// for none), else from `parentFileNameHint` (a vmdk image), opened read-only.
-    private static func openBacking(
-        _ options: OptionReader, context: OpenContext, descriptor: VmdkDescriptor, file: BlockNode
-    ) throws(OptionError) -> BlockNode? {
-        if let value = options.value("backing") {
-            switch value {
-            case .null, .string(""):
-                return nil
-            default:
-                return try context.child("backing", of: options)
-            }
-        }
-        guard let hint = descriptor.parentFileNameHint else { return nil }
-        var path = hint
-        if !hint.hasPrefix("/") && !hint.contains("://") {
-            let directory = PathName.directory(of: file.driver.filename)
-            path = directory.isEmpty ? hint : directory + "/" + hint
-        }
-        let definition: OptionValue = .object([
-            "driver": .string("vmdk"),
-            "read-only": .bool(true),
-            "file": .object(["driver": .string("file"), "filename": .string(path), "read-only": .bool(true)]),
-        ])
-        do {
-            return try context.graph.open(definition, context: "\(options.context) → backing '\(path)'", inheritReadOnly: true)
-        } catch {
-            throw options.error(qmp: "Could not open backing file: \(error.message)", commandLine: error.message)
-        }
-    }
 
     static func readBytes(_ file: BlockNode, at offset: UInt64, count: Int) throws(BlockError) -> [UInt8] {
         guard offset <= file.length, UInt64(count) <= file.length - offset else {
